@@ -1,0 +1,76 @@
+"""Atomic file writes, content hashes and small JSON helpers shared by every pipeline stage."""
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from .errors import ScalableViTError
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
+
+    Readers therefore see either the old file or the complete new one, never a partial write,
+    even when the process is interrupted mid-write.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    except OSError as e:
+        raise ScalableViTError(f'cannot write to {path.parent}: {e.strerror}') from e
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
+
+
+def read_json(path: PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise ScalableViTError(f'{path}: file not found') from e
+    except (OSError, ValueError) as e:
+        raise ScalableViTError(f'{path}: not readable JSON ({e})') from e
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def human_size(num_bytes: int) -> str:
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if num_bytes < 1024 or unit == 'GB':
+            return f'{num_bytes:.0f} {unit}' if unit == 'B' else f'{num_bytes:.1f} {unit}'
+        num_bytes /= 1024
+    raise AssertionError('unreachable')
