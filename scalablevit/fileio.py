@@ -27,11 +27,18 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise ScalableViTError(f'cannot write to {path.parent}: {e.strerror}') from e
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:

@@ -6,7 +6,7 @@ Runners are context managers; inputs and outputs are ``{tensor name: numpy array
 names are fixed by the exporter: one input ``INPUT_NAME`` (N, 3, H, W) float32, one output
 ``OUTPUT_NAME`` (N, num_classes) float32.
 
-Backends import their framework lazily, so ``TrtRunner`` (in ``scalablevit.trt``) works on a device
+Backends import their framework lazily, so ``TrtRunner`` (in ``scalablevit.trt_runner``) works on a device
 that has no torch or onnxruntime.
 """
 import logging

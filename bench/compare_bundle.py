@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""One comparison table for a bundle: every backend/precision, its accuracy and its latency, like an export table.
+
+    python bench/compare_bundle.py out/scalable_vit_small-int8 [--batch 1] [--iters 30] [--out DIR]
+
+Rows: PyTorch FP32 eager (when torch is installed), onnxruntime on each ONNX in manifest.json (sha256
+checked), and TensorRT on each engines/*.engine when tensorrt imports (otherwise skipped with a note).
+Accuracy runs the bundle's held-out reference.npz through each row and compares with the stored PyTorch
+FP32 logits (top-1 against labels when the bundle has them, top-1 agreement otherwise); latency is the
+p50 of the end-to-end call at --batch; speed-up is PyTorch FP32's p50 over the row's (the first FP32 row
+stands in when torch is absent, and the header says so). Writes <out>/compare.json, compare.md and
+compare_accuracy_vs_latency.png (default out: <bundle>/compare).
+"""
+import argparse
+import importlib.util
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, cli, config_dict, load_bundle,  # noqa: E402
+                               make_runner)
+from scalablevit.compare import accuracy_metrics  # noqa: E402
+from scalablevit.errors import ScalableViTError  # noqa: E402
+from scalablevit.fileio import write_json, write_text  # noqa: E402
+from scalablevit.runners import run_batches  # noqa: E402
+
+logger = logging.getLogger('bench.compare_bundle')
+REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('bundle', type=Path, help='bundle directory (manifest.json + reference.npz)')
+    p.add_argument('--batch', type=int, default=1, help='batch size for accuracy runs and latency (default: 1)')
+    p.add_argument('--samples', type=int, help='use only the first N reference images')
+    p.add_argument('--warmup', type=int, default=5, help='warm-up runs (default: 5)')
+    p.add_argument('--iters', type=int, default=30, help='timed runs (default: 30)')
+    p.add_argument('--min-seconds', type=float, default=0.0, help='and at least this many timed seconds')
+    p.add_argument('--no-torch', action='store_true', help='skip the PyTorch row')
+    p.add_argument('--torch-device', default='cpu', help='cpu | cuda (default: cpu)')
+    p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
+    p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
+    p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
+    p.add_argument('--out', type=Path, help='output directory (default: <bundle>/compare)')
+    p.add_argument('--no-plots', action='store_true')
+    p.add_argument('-v', '--verbose', action='store_true')
+    return p.parse_args(argv)
+
+
+def load_reference(bundle: Any, samples: Optional[int]) -> Dict[str, np.ndarray]:
+    """reference.npz checked against the contract: 'input' (N,C,H,W) float32, 'logits' (N,classes), 'labels'?"""
+    path = bundle.path / 'reference.npz'
+    if not path.is_file():
+        raise ScalableViTError(f'{path}: reference file not found (the host pipeline writes it)')
+    try:
+        with np.load(path) as npz:
+            ref = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ScalableViTError(f'{path}: not a readable .npz ({e})') from e
+    missing = {'input', 'logits'} - set(ref)
+    if missing:
+        raise ScalableViTError(f"{path}: missing array(s) {sorted(missing)} (needs 'input' and 'logits')")
+    x, logits = ref['input'], ref['logits']
+    if x.ndim != 4 or tuple(x.shape[1:]) != bundle.input_shape or logits.ndim != 2 or len(logits) != len(x):
+        raise ScalableViTError(f'{path}: input {x.shape} / logits {logits.shape} do not match the manifest input '
+                               f'[N, {", ".join(map(str, bundle.input_shape))}] and N rows of logits')
+    if 'labels' in ref and len(ref['labels']) != len(x):
+        raise ScalableViTError(f"{path}: {len(ref['labels'])} labels for {len(x)} images")
+    keep = slice(0, samples) if samples else slice(None)
+    return {k: (v[keep].astype(np.float32) if k == 'input' else v[keep]) for k, v in ref.items()}
+
+
+def collect_specs(args: argparse.Namespace, bundle: Any, notes: List[str]) -> List[RunnerSpec]:
+    specs: List[RunnerSpec] = []
+    if args.no_torch:
+        notes.append('PyTorch row skipped (--no-torch)')
+    elif importlib.util.find_spec('torch') is None:
+        notes.append('PyTorch row skipped: torch not installed')
+    else:
+        specs.append(RunnerSpec('torch', 'fp32', model=bundle.model, weights=bundle.weights,
+                                name=f'torch-{args.torch_device}'))
+    specs += bundle.onnx
+    if bundle.engines:
+        if importlib.util.find_spec('tensorrt') is None:
+            notes.append(f'{len(bundle.engines)} TensorRT engine(s) skipped: tensorrt not importable here')
+        else:
+            specs += bundle.engines
+    return specs
+
+
+def torch_accuracy_ok(bundle: Any) -> Tuple[bool, Optional[int], str]:
+    """Can the torch row reproduce the reference? (yes when untrained: same seed; or the weights file is here)."""
+    if bundle.manifest.get('untrained'):
+        from scalablevit import pipeline
+        return True, getattr(pipeline, 'UNTRAINED_SEED', 0), 'random weights re-created from the pipeline seed'
+    if bundle.weights is not None:
+        return True, None, f'weights {bundle.weights}'
+    file = (bundle.manifest.get('weights') or {}).get('file')
+    return False, None, f'weights file {file} not on this machine: PyTorch row reports latency only'
+
+
+def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[str, np.ndarray],
+            config: BenchConfig, notes: List[str]) -> Dict[str, Any]:
+    """Accuracy on the reference images and latency at --batch for one row."""
+    with_accuracy, seed = True, None
+    if spec.backend == 'torch':
+        with_accuracy, seed, how = torch_accuracy_ok(bundle)
+        notes.append(f'PyTorch row: {how}')
+    runner = make_runner(spec, torch_device=args.torch_device, providers=args.providers, threads=args.threads,
+                         cuda_graph=args.cuda_graph, seed=seed)
+    with runner:
+        accuracy = None
+        if with_accuracy:
+            logits = run_batches(runner, ref['input'], args.batch)
+            accuracy = accuracy_metrics(ref['logits'], logits, ref.get('labels'), reference_name=REFERENCE_NAME)
+        block = batch_sweep(runner, bundle.input_shape, [args.batch], config)[0]
+    return {'name': spec.name, 'backend': spec.backend, 'precision': spec.precision,
+            'file': spec.path.name if spec.path else None, 'accuracy': accuracy, 'latency_ms': block}
+
+
+def add_speedup(rows: List[Dict[str, Any]]) -> str:
+    """Speed-up of every row over the baseline (torch FP32, else the first FP32 row); returns its name."""
+    base = next((r for r in rows if r['backend'] == 'torch'), None) or \
+        next((r for r in rows if r['precision'] == 'fp32'), rows[0])
+    for row in rows:
+        row['speedup'] = base['latency_ms']['p50'] / row['latency_ms']['p50']
+    return base['name']
+
+
+def _pct(value: Optional[float], scale: float = 1.0) -> str:
+    return '-' if value is None else f'{value * scale:.2f}'
+
+
+def render(report: Dict[str, Any]) -> str:
+    labelled = report['labelled']
+    head = ['backend', 'precision', 'file'] + (['top-1 (%)'] if labelled else []) + \
+        ['agreement vs FP32 (%)', 'worst cosine', f"p50 ms (batch {report['batch']})", 'img/s',
+         f"speed-up vs {report['baseline']}"]
+    lines = [f"# {report['model']}: backends and precisions", '', '| ' + ' | '.join(head) + ' |',
+             '|---|---|---|' + '---:|' * (len(head) - 3)]
+    for r in report['rows']:
+        acc = r['accuracy'] or {}
+        cells = [r['backend'], r['precision'], r['file'] or '-'] + \
+            ([_pct(acc.get('top1_candidate'))] if labelled else []) + \
+            [_pct(acc.get('top1_agreement'), 100), '-' if not acc else f"{acc['cosine_min']:.6f}",
+             f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['throughput_ips']:.1f}", f"{r['speedup']:.2f}x"]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    if report.get('untrained'):
+        lines += ['', '> Untrained (random) weights: agreement shows the deployed graphs compute the PyTorch '
+                      'function; it says nothing about task accuracy.']
+    lines += ['', f"{report['samples']} reference images; accuracy against {REFERENCE_NAME}. Latency: end-to-end "
+              f"backend call, {report['config']['iters']} timed runs after {report['config']['warmup']} warm-up."]
+    lines += [f'- {n}' for n in report['notes']]
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    if args.batch < 1 or (args.samples is not None and args.samples < 1):
+        raise ScalableViTError('--batch and --samples must be positive')
+    config = BenchConfig(warmup=args.warmup, iters=args.iters, min_s=args.min_seconds).validate()
+    bundle = load_bundle(args.bundle)
+    ref = load_reference(bundle, args.samples)
+    notes: List[str] = []
+    specs = collect_specs(args, bundle, notes)
+    if not specs:
+        raise ScalableViTError(f'{bundle.path}: nothing to compare (no ONNX in manifest.json, no torch)')
+    rows = [measure(spec, args, bundle, ref, config, notes) for spec in specs]
+    baseline = add_speedup(rows)
+    report = {'kind': 'compare', 'model': bundle.model, 'bundle': str(bundle.path), 'batch': args.batch,
+              'samples': int(len(ref['input'])), 'labelled': 'labels' in ref,
+              'untrained': bundle.manifest.get('untrained'),
+              'baseline': baseline, 'config': config_dict(config), 'rows': rows, 'notes': notes}
+    from scalablevit.report import environment
+    report['environment'] = environment()
+    out = args.out or bundle.path / 'compare'
+    if not args.no_plots:
+        from scalablevit.plots import plot_accuracy_vs_latency
+        metric = ('top1_candidate', 'top-1 vs labels (%)') if report['labelled'] else \
+            ('top1_agreement', 'top-1 agreement with PyTorch FP32 (%)')
+        plot_accuracy_vs_latency(rows, out / 'compare_accuracy_vs_latency.png', metric=metric[0],
+                                 metric_label=metric[1], title=f'{bundle.model}: accuracy vs latency')
+    write_json(out / 'compare.json', report)
+    text = render(report)
+    write_text(out / 'compare.md', text)
+    print(text)
+    print(f'written: {out}/compare.json, compare.md')
+    if any(not math.isfinite(r['speedup']) for r in rows):
+        logger.warning('a speed-up is not finite (zero latency measured?)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli(main))

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""INT8 sensitivity sweep: Fashion-MNIST accuracy of the INT8 ONNX for each exclusion setting.
+
+    python bench/int8_sweep.py --weights fmnist.safetensors [--calib-size 512] [--eval-size 2000] [--out sweep.md]
+
+Exports the trained scalable_vit_fmnist model, calibrates on TRAIN images (a seeded sample), and evaluates
+every setting on the first --eval-size TEST images with onnxruntime CPU against the FP32 ONNX: top-1, its
+drop, top-1 agreement, worst cosine, and how many MatMul/Gemm/Conv nodes stay INT8. Settings start from
+modelopt's plain heuristics ('none') and exclude one thing at a time: an op type, a known ViT hazard, one
+stage-block; then the shipped policies with both calibration methods. Prints a markdown table.
+"""
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deploy._cli import run_cli  # noqa: E402
+
+logger = logging.getLogger('int8_sweep')
+MODEL = 'scalable_vit_fmnist'
+
+
+def settings(depths: Sequence[int], methods: Sequence[str]) -> List[Dict[str, Any]]:
+    """The sweep: (label, quantize_int8 keyword arguments), one change at a time from 'none'."""
+    from scalablevit.quantize import HAZARDS, INT8_POLICIES
+    base = dict(policy='none', disable_mha_qdq=False, method='entropy')
+    rows = [dict(label='none (modelopt heuristics)', **base),
+            dict(label='none + disable_mha_qdq', **{**base, 'disable_mha_qdq': True})]
+    rows += [dict(label=f'exclude op {op}', exclude_op_types=[op], **base) for op in ('Add', 'Conv', 'Gemm')]
+    rows += [dict(label=f'exclude {name}', exclude_nodes=[rx], **base) for name, rx in HAZARDS.items()]
+    rows += [dict(label=f'exclude block stages.{k}.{i}', exclude_nodes=[rf'^/stages\.{k}\.{i}/'], **base)
+             for k, depth in enumerate(depths) for i in range(depth)]
+    for name in INT8_POLICIES:
+        for method in methods:
+            rows.append(dict(label=f'policy {name}', policy=name, method=method))
+    rows += [dict(label='policy default, high precision fp32', policy='default', method='entropy',
+                  high_precision_dtype='fp32')]
+    return rows
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--weights', type=Path, required=True, help=f'trained {MODEL} weights (safetensors or .pth)')
+    p.add_argument('--calib-size', type=int, default=512, help='TRAIN images to calibrate on (default 512)')
+    p.add_argument('--eval-size', type=int, default=2000, help='TEST images to evaluate on (default 2000)')
+    p.add_argument('--methods', nargs='+', default=['entropy', 'max'], help='methods for the policy rows')
+    p.add_argument('--only', nargs='*', help='run only settings whose label contains one of these words')
+    p.add_argument('--seed', type=int, default=0, help='calibration sample seed')
+    p.add_argument('--out', type=Path, help='also write the markdown table here')
+    return p.parse_args(argv)
+
+
+def load_data(model: Any, calib_size: int, eval_size: int, seed: int):
+    """(calibration images from TRAIN, eval images and labels from TEST), preprocessed like deployment."""
+    from scalablevit.fmnist import load_fashion_mnist, to_model_input
+    train, _ = load_fashion_mnist('train')
+    test, labels = load_fashion_mnist('test')
+    pick = np.random.default_rng(seed).choice(len(train), calib_size, replace=False)
+    calib = to_model_input(train[np.sort(pick)], model.data_cfg)
+    return calib, to_model_input(test[:eval_size], model.data_cfg), labels[:eval_size]
+
+
+def logits(onnx_path: Path, images: np.ndarray) -> np.ndarray:
+    from scalablevit.runners import OnnxRuntimeRunner, run_batches
+    with OnnxRuntimeRunner(str(onnx_path)) as runner:
+        return run_batches(runner, images, batch_size=100)
+
+
+def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, images: np.ndarray,
+                labels: np.ndarray, ref: np.ndarray) -> Dict[str, Any]:
+    from scalablevit.compare import accuracy_metrics
+    from scalablevit.quantize import quantize_int8
+    kwargs = {k: v for k, v in row.items() if k != 'label'}
+    out = work / 'model.int8.onnx'
+    info = quantize_int8(fp32, out, calib, batch_size=32, **kwargs)
+    metrics = accuracy_metrics(ref, logits(out, images), labels, reference_name='onnxruntime-fp32')
+    q = info['qdq']['quantized']
+    return {'label': row['label'], 'method': info['method'], 'mha': 'off' if info['disable_mha_qdq'] else 'on',
+            'hp': info['high_precision_dtype'],
+            'kept': ' / '.join(f"{q[op]['quantized']}/{q[op]['total']}" for op in ('MatMul', 'Gemm', 'Conv')),
+            'top1': metrics['top1_candidate'], 'drop': metrics['top1_reference'] - metrics['top1_candidate'],
+            'agree': metrics['top1_agreement'] * 100, 'cos': metrics['cosine_min'], 'time': info['time_s']}
+
+
+def table(rows: List[Dict[str, Any]], fp32_top1: float, samples: int) -> str:
+    lines = [f'FP32 ONNX top-1 {fp32_top1:.2f} % on {samples} Fashion-MNIST test images.', '',
+             '| setting | calib | MHA Q/DQ | non-INT8 dtype | INT8 MatMul / Gemm / Conv | top-1 % | drop pt '
+             '| agreement % | worst cosine | quantize s |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['method']} | {r['mha']} | {r['hp']} | {r['kept']} | {r['top1']:.2f} "
+                     f"| {r['drop']:+.2f} | {r['agree']:.2f} | {r['cos']:.4f} | {r['time']:.0f} |")
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    from scalablevit.compare import accuracy_metrics
+    from scalablevit.export import export_onnx
+    from scalablevit.model import create_model
+    model = create_model(MODEL, weights=str(args.weights)).eval()
+    calib, images, labels = load_data(model, args.calib_size, args.eval_size, args.seed)
+    rows = settings(model.depths, args.methods)
+    if args.only:
+        rows = [r for r in rows if any(w in r['label'] for w in args.only)]
+    results = []
+    with tempfile.TemporaryDirectory(prefix='int8-sweep-') as tmp:
+        work = Path(tmp)
+        fp32 = work / 'model.fp32.onnx'
+        export_onnx(model, fp32)
+        ref = logits(fp32, images)
+        fp32_top1 = accuracy_metrics(ref, ref, labels)['top1_reference']
+        for i, row in enumerate(rows, 1):
+            start = time.perf_counter()
+            results.append(run_setting(row, fp32, work, calib, images, labels, ref))
+            logger.info('[%d/%d] %s: top-1 %.2f %% (drop %+.2f pt), agreement %.2f %% in %.0f s', i, len(rows),
+                        row['label'], results[-1]['top1'], results[-1]['drop'], results[-1]['agree'],
+                        time.perf_counter() - start)
+    text = table(results, fp32_top1, len(images))
+    print(text)
+    if args.out:
+        from scalablevit.fileio import write_text
+        write_text(args.out, text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

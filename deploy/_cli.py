@@ -1,0 +1,41 @@
+"""Shared entry point for the deploy/, calib/ and bench/ command-line tools.
+
+``run_cli(main)`` sets up logging, runs ``main(argv)`` and turns the project's errors into one line on
+stderr: ``error: <message>`` with exit code 1; Ctrl-C exits with 130 (128 + SIGINT) and no traceback.
+Any other exception is a bug and keeps its traceback.
+"""
+import logging
+import os
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+from scalablevit.errors import ScalableViTError
+
+Main = Callable[[Optional[Sequence[str]]], Optional[int]]
+
+LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO to stderr (DEBUG with ``verbose`` or SCALABLEVIT_DEBUG=1); stdout stays for results."""
+    debug = verbose or os.environ.get('SCALABLEVIT_DEBUG') == '1'
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT, datefmt='%H:%M:%S')
+
+
+def one_line(message: object) -> str:
+    """Collapse a message onto one line (errors from libraries sometimes carry newlines)."""
+    return ' '.join(str(message).split())
+
+
+def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """Run ``main(argv)`` and exit: its return code (None -> 0), 1 on ScalableViTError, 130 on Ctrl-C."""
+    setup_logging()
+    try:
+        code = main(argv) or 0
+    except ScalableViTError as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print('error: interrupted', file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The main job: build a deployable ScalableViT bundle and, where TensorRT and a GPU are present, its engine.
+
+Host (any machine, CPU is fine):
+    python deploy/build_engine.py --precision int8 [--model scalable_vit_small] [--weights W.pth] [--calib DIR]
+exports the FP32 ONNX, builds the calibration and held-out sets, quantizes (INT8 Q/DQ or FP16 AutoCast),
+validates the deployed ONNX with onnxruntime against PyTorch FP32 and writes the bundle (see README).
+Then, when TensorRT and a CUDA device are available, it builds and validates the engine for --target.
+
+Device (Jetson / GPU box, needs only tensorrt, numpy and a CUDA binding):
+    python deploy/build_engine.py --bundle out/scalable_vit_small-int8 --target jetson-orin-nano
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deploy._cli import run_cli  # noqa: E402
+from scalablevit.errors import ScalableViTError  # noqa: E402
+
+logger = logging.getLogger('build_engine')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--precision', default='int8', help='fp32 | fp16 | int8 (default: int8)')
+    p.add_argument('--model', default='scalable_vit_small', help='registered model name or alias (s, b, l, fmnist)')
+    p.add_argument('--weights', type=Path, help='official .pth or safetensors; omitted: random weights (a warning)')
+    p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
+    p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
+    p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
+    p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
+    p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
+    p.add_argument('--input-size', type=int, help='square input side (default: the model\'s, 224 for S/B/L)')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
+    p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
+    p.add_argument('--int8-policy', default='default', help='INT8 exclusion policy (see README)')
+    p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
+    p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
+    p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
+    p.add_argument('--bundle', type=Path, help='device mode: build the engine from this existing bundle only')
+    p.add_argument('--require-engine', action='store_true', help='fail when TensorRT or a GPU is missing')
+    p.add_argument('--force', action='store_true', help='rebuild every stage even when its inputs are unchanged')
+    p.add_argument('-v', '--verbose', action='store_true')
+    return p.parse_args(argv)
+
+
+def host(args: argparse.Namespace) -> Path:
+    from scalablevit.pipeline import HostOptions, HostPipeline
+    options = HostOptions(
+        model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
+        calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
+        opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
+        exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force)
+    report = HostPipeline(options).run()
+    acc = report['accuracy']
+    print(f"bundle: {options.out}  ({report['precision']} ONNX on onnxruntime vs PyTorch FP32: "
+          f"top-1 agreement {acc['top1_agreement'] * 100:.2f} %, worst cosine {acc['cosine_min']:.5f}; "
+          f"gate {report['status']})")
+    if report['status'].startswith('FAILED'):
+        raise ScalableViTError(f"accuracy gate failed for {options.out}: {report['status'][len('FAILED: '):]}")
+    return options.out
+
+
+def device(bundle: Path, args: argparse.Namespace) -> int:
+    """The TensorRT stage; imports only tensorrt, numpy and a CUDA binding."""
+    from scalablevit.engine import build_bundle_engine, load_target, trt_status
+    target = load_target(args.target)
+    ok, reason = trt_status()
+    if not ok:
+        where = f'python deploy/build_engine.py --bundle {bundle} --target {args.target}'
+        if args.require_engine:
+            raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')
+        print(f'TensorRT stage skipped: {reason}. The host bundle is complete; on the target run: {where}')
+        return 0
+    engine = build_bundle_engine(bundle, target, force=args.force)
+    print(f'engine: {engine}')
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    bundle = args.bundle if args.bundle else host(args)
+    return device(bundle, args)
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,391 @@
+"""Latency harness over any Runner: warm-up, timed runs, percentiles, throughput, batch sweeps, reports.
+
+Two clocks, reported apart (TensorRT's trtexec does the same with "Latency" vs "GPU Compute Time"):
+
+* end-to-end (``p50``, ``p90`` ...): ``runner.last_inference_time_s``, the backend call with its
+  host<->device copies and synchronisation (what an application waits for);
+* GPU-only (``gpu_p50`` ...): ``runner.last_gpu_time_s`` when the runner measures it (the TensorRT
+  runner's CUDA events around the enqueue); ``None`` for runners without a GPU clock.
+
+Percentiles use linear interpolation between order statistics (numpy's default, NIST method R-7). The
+per-batch block fits the report contract ``latency_ms {batch, p50, p90, p99, mean}`` and adds min, max,
+std, run count and throughput. Every call is numpy-only; torch, onnxruntime and tensorrt are imported by
+``make_runner`` for the backend asked for, so the on-device path needs neither torch nor onnxruntime.
+"""
+import importlib
+import inspect
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ScalableViTError, unknown_choice
+from .fileio import read_json, sha256_file, write_json, write_text
+from .runners import INPUT_NAME, Runner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'BundleInfo', 'latency_stats', 'time_runs', 'benchmark',
+           'input_shape_of', 'batch_sweep', 'bench_entry', 'make_runner', 'precision_from_name', 'load_bundle',
+           'render_markdown', 'write_bench_report', 'cli']
+
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+PRECISIONS = ('fp32', 'fp16', 'int8')
+PERCENTILES = (50, 90, 99)
+ENGINE_SUFFIXES = ('.engine', '.plan')
+# An observer sees each batch's timed window and returns fields merged into its block (e.g. power).
+Observer = Callable[[int, 'TimedRuns'], Dict[str, Any]]
+
+
+@dataclass
+class BenchConfig:
+    """How long to warm up and measure: each phase runs until BOTH its count and its seconds are reached."""
+    warmup: int = 10
+    warmup_s: float = 0.0
+    iters: int = 50
+    min_s: float = 0.0
+    seed: int = 0
+    log_every_s: float = 10.0
+
+    def validate(self) -> 'BenchConfig':
+        if self.iters < 1:
+            raise ScalableViTError(f'--iters must be at least 1 (got {self.iters})')
+        if self.warmup < 0 or self.warmup_s < 0 or self.min_s < 0:
+            raise ScalableViTError('--warmup, --warmup-s and --min-seconds must not be negative')
+        return self
+
+
+@dataclass
+class TimedRuns:
+    """Raw timings of one batch size: per-run seconds and the monotonic window they were taken in."""
+    batch: int
+    e2e_s: List[float]
+    gpu_s: Optional[List[float]]
+    start: float
+    end: float
+    warmup_runs: int
+
+    @property
+    def images_per_s(self) -> float:
+        """Images over the wall time of the timed loop (gaps between runs included): energy's denominator."""
+        return len(self.e2e_s) * self.batch / max(self.end - self.start, 1e-12)
+
+
+# --------------------------------------------------------------------------------------- statistics
+def latency_stats(times_ms: Sequence[float], batch: int, prefix: str = '') -> Dict[str, Any]:
+    """p50/p90/p99/mean/min/max/std (ms), run count and throughput (images/s) of per-run times in ms."""
+    values = np.asarray(list(times_ms), dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ScalableViTError(f'latency statistics need finite timings (got {values.size} values)')
+    if batch < 1:
+        raise ScalableViTError(f'batch must be at least 1 (got {batch})')
+    p50, p90, p99 = (float(v) for v in np.percentile(values, PERCENTILES))
+    mean = float(values.mean())
+    stats = {'p50': p50, 'p90': p90, 'p99': p99, 'mean': mean, 'min': float(values.min()),
+             'max': float(values.max()), 'std': float(values.std()), 'runs': int(values.size),
+             'throughput_ips': batch * 1000.0 / mean if mean > 0 else math.inf}
+    block = {prefix + k: v for k, v in stats.items()}
+    return {'batch': int(batch), **block} if not prefix else block
+
+
+_GPU_KEYS = ('p50', 'p90', 'p99', 'mean', 'min', 'max', 'std', 'throughput_ips')
+
+
+def _gpu_block(timed: TimedRuns) -> Dict[str, Any]:
+    if not timed.gpu_s:
+        return {'gpu_' + k: None for k in _GPU_KEYS}
+    stats = latency_stats([t * 1000 for t in timed.gpu_s], timed.batch, prefix='gpu_')
+    stats.pop('gpu_runs')
+    return stats
+
+
+# --------------------------------------------------------------------------------------- timing loop
+def _input(shape: Sequence[int], batch: int, seed: int) -> np.ndarray:
+    """One seeded N(0, 1) float32 batch: content does not change a ViT's latency, shape does."""
+    return np.random.default_rng(seed).standard_normal((batch, *shape), dtype=np.float32)
+
+
+def _loop(runner: Runner, feed: Dict[str, np.ndarray], count: int, seconds: float, what: str,
+          log_every_s: float) -> Tuple[List[float], List[float], float, float]:
+    """Run until ``count`` runs and ``seconds`` have passed; per-run end-to-end and GPU seconds."""
+    e2e: List[float] = []
+    gpu: List[float] = []
+    start = last_log = time.monotonic()
+    while len(e2e) < count or time.monotonic() - start < seconds:
+        runner.infer(feed)
+        e2e.append(runner.last_inference_time_s)
+        gpu_time = getattr(runner, 'last_gpu_time_s', None)
+        if gpu_time is not None:
+            gpu.append(gpu_time)
+        now = time.monotonic()
+        if log_every_s and now - last_log >= log_every_s:
+            last_log = now
+            logger.info('%s: %d runs in %.0f s, running p50 %.2f ms', what, len(e2e), now - start,
+                        float(np.median(e2e)) * 1000)
+    return e2e, gpu, start, time.monotonic()
+
+
+def time_runs(runner: Runner, input_shape: Sequence[int], batch: int, config: BenchConfig) -> TimedRuns:
+    """Warm up, then time ``runner`` on one seeded batch of ``(batch, *input_shape)`` float32."""
+    feed = {INPUT_NAME: _input(input_shape, batch, config.seed)}
+    what = f'{runner.name} batch {batch}'
+    warm, _, _, _ = _loop(runner, feed, config.warmup, config.warmup_s, what + ' warm-up', config.log_every_s)
+    e2e, gpu, start, end = _loop(runner, feed, config.iters, config.min_s, what, config.log_every_s)
+    if gpu and len(gpu) != len(e2e):
+        logger.warning('%s: GPU time missing for %d of %d runs; GPU statistics use the rest',
+                       what, len(e2e) - len(gpu), len(e2e))
+    return TimedRuns(batch, e2e, gpu or None, start, end, len(warm))
+
+
+def benchmark(runner: Runner, input_shape: Sequence[int], batch: int, config: BenchConfig,
+              observer: Optional[Observer] = None) -> Dict[str, Any]:
+    """One latency block: the contract fields, min/max/std/throughput, and ``gpu_*`` (None without a GPU clock)."""
+    timed = time_runs(runner, input_shape, batch, config)
+    block = latency_stats([t * 1000 for t in timed.e2e_s], batch)
+    block.update(_gpu_block(timed))
+    block['warmup_runs'] = timed.warmup_runs
+    block['measured_s'] = timed.end - timed.start
+    if observer is not None:
+        block.update(observer(batch, timed))
+    gpu = f", GPU p50 {block['gpu_p50']:.3f} ms" if block['gpu_p50'] is not None else ''
+    logger.info('%s batch %d: p50 %.3f ms, p99 %.3f ms, %.1f img/s (%d runs)%s', runner.name, batch,
+                block['p50'], block['p99'], block['throughput_ips'], block['runs'], gpu)
+    return block
+
+
+def input_shape_of(runner: Runner, default: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """``default`` (C, H, W) when given, else the active runner's static input dims (an engine or fixed ONNX)."""
+    if default:
+        return tuple(int(d) for d in default)
+    shape = runner.input_metadata()[INPUT_NAME][1][1:]
+    if any(d is None for d in shape):
+        raise ScalableViTError(f'{runner.name}: the model input size is dynamic {shape}; pass --input-size')
+    return tuple(shape)
+
+
+def batch_sweep(runner: Runner, input_shape: Sequence[int], batches: Sequence[int], config: BenchConfig,
+                observer: Optional[Observer] = None) -> List[Dict[str, Any]]:
+    """``benchmark`` at every batch size, in the order given (the first one is the report's headline)."""
+    config.validate()
+    if not batches or any(int(b) < 1 for b in batches):
+        raise ScalableViTError(f'batch sizes must be positive integers (got {list(batches)})')
+    return [benchmark(runner, input_shape, int(b), config, observer) for b in batches]
+
+
+def bench_entry(name: str, backend: str, precision: str, sweep: List[Dict[str, Any]],
+                source: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
+    """One result row of a report: ``latency_ms`` is the first batch's block, ``sweep`` all of them."""
+    return {'name': name, 'backend': backend, 'precision': precision, 'source': source,
+            'latency_ms': sweep[0] if sweep else None, 'sweep': sweep, **extra}
+
+
+# --------------------------------------------------------------------------------------- runners
+@dataclass
+class RunnerSpec:
+    """What to benchmark: a backend, its precision, and the file (ONNX, engine) or model name behind it."""
+    backend: str
+    precision: str
+    path: Optional[Path] = None
+    model: Optional[str] = None
+    weights: Optional[Path] = None
+    name: str = ''
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise unknown_choice('backend', self.backend, BACKENDS)
+        if not self.name:
+            self.name = f'{self.backend}-{self.precision}'
+
+
+def precision_from_name(path: Path) -> Optional[str]:
+    """``model.int8.onnx`` -> 'int8': a precision token (fp32/fp16/int8) in the file name, or None."""
+    tokens = re.split(r'[._\-]', Path(path).name.lower())
+    found = [t for t in tokens if t in PRECISIONS]
+    return found[-1] if found else None
+
+
+def _trt_runner(path: Path, name: str, cuda_graph: bool) -> Runner:
+    """The TensorRT runner (scalablevit.trt_runner), imported only when an engine is benchmarked."""
+    try:
+        module = importlib.import_module('scalablevit.trt_runner')
+    except ImportError as e:
+        raise ScalableViTError(f'cannot benchmark {path}: TensorRT runner unavailable ({e})') from e
+    params = inspect.signature(module.TrtRunner).parameters
+    kwargs: Dict[str, Any] = {'name': name} if 'name' in params else {}
+    if cuda_graph:
+        flag = next((p for p in ('cuda_graph', 'use_cuda_graph') if p in params), None)
+        if flag is None:
+            raise ScalableViTError('--cuda-graph: this TrtRunner has no CUDA-graph option')
+        kwargs[flag] = True
+    return module.TrtRunner(str(path), **kwargs)
+
+
+def _torch_model(spec: RunnerSpec, seed: Optional[int]) -> Any:
+    import torch
+    from .model import create_model
+    if seed is not None:
+        torch.manual_seed(seed)
+    return create_model(spec.model, weights=str(spec.weights) if spec.weights else None)
+
+
+def make_runner(spec: RunnerSpec, torch_device: str = 'cpu', providers: Sequence[str] = ('CPUExecutionProvider',),
+                threads: Optional[int] = None, cuda_graph: bool = False, seed: Optional[int] = None) -> Runner:
+    """An inactive Runner for ``spec``; the backend's framework is imported here and nowhere earlier."""
+    from .runners import OnnxRuntimeRunner, TorchRunner
+    if spec.backend == 'torch':
+        if not spec.model:
+            raise ScalableViTError('a torch benchmark needs a model name (--model)')
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        return TorchRunner(lambda: _torch_model(spec, seed), device=torch_device, name=spec.name)
+    if spec.path is None or not Path(spec.path).is_file():
+        raise ScalableViTError(f'{spec.path}: file not found')
+    if spec.backend == 'onnxruntime':
+        return OnnxRuntimeRunner(str(spec.path), providers=providers, threads=threads, name=spec.name)
+    return _trt_runner(Path(spec.path), spec.name, cuda_graph)
+
+
+# --------------------------------------------------------------------------------------- bundles
+@dataclass
+class BundleInfo:
+    """A host bundle as the benchmarks see it: manifest, verified ONNX files, engines, input shape."""
+    path: Path
+    manifest: Dict[str, Any]
+    onnx: List[RunnerSpec] = field(default_factory=list)
+    engines: List[RunnerSpec] = field(default_factory=list)
+
+    @property
+    def model(self) -> Optional[str]:
+        return self.manifest.get('model')
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        shape = (self.manifest.get('input') or {}).get('shape') or []
+        if len(shape) != 4 or any(not isinstance(s, int) for s in shape[1:]):
+            raise ScalableViTError(f"{self.path / 'manifest.json'}: input.shape must be [null, C, H, W] (got {shape})")
+        return tuple(shape[1:])
+
+    @property
+    def weights(self) -> Optional[Path]:
+        file = (self.manifest.get('weights') or {}).get('file')
+        return Path(file) if file and Path(file).is_file() else None
+
+
+def _bundle_onnx(path: Path, manifest: Dict[str, Any], verify: bool) -> List[RunnerSpec]:
+    specs = []
+    for precision, entry in sorted((manifest.get('onnx') or {}).items(), key=lambda kv: PRECISIONS.index(kv[0])
+                                   if kv[0] in PRECISIONS else 99):
+        file = path / entry['file']
+        if not file.is_file():
+            raise ScalableViTError(f'{file}: listed in manifest.json but missing')
+        if verify and entry.get('sha256') and sha256_file(file) != entry['sha256']:
+            raise ScalableViTError(f'{file}: sha256 differs from manifest.json (changed after the bundle was made)')
+        specs.append(RunnerSpec('onnxruntime', precision, file, name=f'onnxruntime-{precision}'))
+    return specs
+
+
+def _engine_precision(file: Path, default: Optional[str]) -> str:
+    """Precision of an engine: its sidecar ``<stem>.json`` first, then its file name, then the bundle's."""
+    sidecar = file.with_suffix('.json')
+    if sidecar.is_file():
+        precision = read_json(sidecar).get('precision')
+        if precision:
+            return str(precision)
+    return precision_from_name(file) or default or 'unknown'
+
+
+def load_bundle(path: Path, verify: bool = True) -> BundleInfo:
+    """Read ``manifest.json``, check each listed ONNX exists (and its sha256), find ``engines/*.engine|plan``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ScalableViTError(f'{path}: bundle directory not found')
+    manifest = read_json(path / 'manifest.json')
+    info = BundleInfo(path, manifest, _bundle_onnx(path, manifest, verify))
+    engine_dir = path / 'engines'
+    files = sorted(f for f in engine_dir.glob('*') if f.suffix in ENGINE_SUFFIXES) if engine_dir.is_dir() else []
+    info.engines = [RunnerSpec('tensorrt', p, f, name=f'tensorrt-{p}-{f.stem}')
+                    for f in files for p in [_engine_precision(f, manifest.get('precision'))]]
+    return info
+
+
+# --------------------------------------------------------------------------------------- reports
+def _fmt(value: Any, spec: str = '.2f') -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float) and not math.isfinite(value):
+        return 'inf' if value > 0 else '-'
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _columns(entries: Sequence[Dict[str, Any]]) -> List[Tuple[str, Callable[[Dict[str, Any]], str]]]:
+    """Table columns: the latency ones always, GPU/power/roofline ones when any block has them."""
+    blocks = [b for e in entries for b in e['sweep']]
+    cols: List[Tuple[str, Callable[[Dict[str, Any]], str]]] = [
+        ('batch', lambda b: str(b['batch'])), ('p50 ms', lambda b: _fmt(b['p50'], '.3f')),
+        ('p90 ms', lambda b: _fmt(b['p90'], '.3f')), ('p99 ms', lambda b: _fmt(b['p99'], '.3f')),
+        ('mean ms', lambda b: _fmt(b['mean'], '.3f')), ('img/s', lambda b: _fmt(b['throughput_ips'], '.1f'))]
+    if any(b.get('gpu_p50') is not None for b in blocks):
+        cols += [('GPU p50 ms', lambda b: _fmt(b.get('gpu_p50'), '.3f'))]
+    if any(b.get('power') for b in blocks):
+        cols += [('GPU W', lambda b: _fmt((b.get('power') or {}).get('gpu_power_w'))),
+                 ('total W', lambda b: _fmt((b.get('power') or {}).get('total_power_w'))),
+                 ('mJ/img', lambda b: _fmt((b.get('power') or {}).get('energy_mj_per_img')))]
+    if any(b.get('roofline') for b in blocks):
+        cols += [('achieved T(FL)OPS', lambda b: _fmt((b.get('roofline') or {}).get('achieved'), '.4g')),
+                 ('% of peak', lambda b: _fmt(100 * b['roofline']['utilization'], '.1f')
+                  if (b.get('roofline') or {}).get('utilization') is not None else '-')]
+    return cols
+
+
+def render_markdown(report: Dict[str, Any], title: str = 'Latency') -> str:
+    """A readable table (one row per runner and batch) plus the settings that produced it."""
+    entries = report['results']
+    cols = _columns(entries)
+    lines = [f"# {title}: {report.get('model') or 'model'}", '',
+             '| runner | precision | ' + ' | '.join(c for c, _ in cols) + ' |',
+             '|---|---|' + '---:|' * len(cols)]
+    for e in entries:
+        for b in e['sweep']:
+            lines.append(f"| {e['name']} | {e['precision']} | " + ' | '.join(f(b) for _, f in cols) + ' |')
+    cfg = report.get('config', {})
+    lines += ['', f"Input {report.get('input_shape')}; warm-up {cfg.get('warmup')} runs / {cfg.get('warmup_s')} s, "
+              f"timed {cfg.get('iters')} runs / {cfg.get('min_s')} s minimum per batch. Latency = end-to-end backend "
+              'call (host<->device copies included); GPU p50 = GPU-only time where the runner measures it.']
+    lines += [f'- {note}' for note in report.get('notes', [])]
+    return '\n'.join(lines) + '\n'
+
+
+def write_bench_report(out_dir: Path, report: Dict[str, Any], stem: str = 'latency', plots: bool = True,
+                       title: str = 'Latency') -> Dict[str, Optional[Path]]:
+    """Write ``<stem>.json``, ``<stem>.md`` and the latency-vs-batch PNG (skipped with a note without matplotlib)."""
+    out_dir = Path(out_dir)
+    paths: Dict[str, Optional[Path]] = {'json': out_dir / f'{stem}.json', 'md': out_dir / f'{stem}.md', 'png': None}
+    if plots:
+        from .plots import plot_latency_vs_batch
+        paths['png'] = plot_latency_vs_batch(report['results'], out_dir / f'{stem}_vs_batch.png',
+                                             title=f"{report.get('model') or ''} latency vs batch".strip())
+    write_json(paths['json'], report)
+    write_text(paths['md'], render_markdown(report, title))
+    logger.info('report written: %s', ', '.join(str(p) for p in paths.values() if p))
+    return paths
+
+
+def config_dict(config: BenchConfig) -> Dict[str, Any]:
+    return asdict(config)
+
+
+def cli(main: Callable[[], int]) -> int:
+    """Run a bench CLI: INFO logging, and a ScalableViTError becomes one line on stderr and exit code 2."""
+    import sys
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return main()
+    except ScalableViTError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2

@@ -1,0 +1,395 @@
+"""torch -> ONNX: one self-contained FP32 ``.onnx`` per model, checked for TensorRT before it is written.
+
+The export stage (``ExportOnnx``, Polygraphy-loader style: built with its settings, run with an output
+path) traces the model with the TorchScript exporter, checks the graph (IO contract, LayerNorm fused,
+every op parseable by TensorRT 10), simplifies it with onnxslim, stamps ``scalablevit.*`` metadata
+and writes it atomically. ``check_onnx`` is the gate later stages (quantize, TensorRT build) run on
+their input: a valid ONNX, of the expected model and input size.
+
+Why the TorchScript exporter (``dynamo=False``): torch 2.13's default dynamo exporter needs opset
+>= 18 and writes external data; opset 17 is the newest TensorRT 8.6 (JetPack 6.0) parses, and the
+first with the fused ``LayerNormalization`` (a decomposed LayerNorm overflows in FP16 on TensorRT).
+
+torch, onnx and onnxslim are imported inside the functions that need them.
+"""
+import contextlib
+import logging
+import numbers
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .errors import ScalableViTError
+from .fileio import PathLike, atomic_path, human_size, sha256_file
+from .runners import INPUT_NAME, OUTPUT_NAME
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['ExportOnnx', 'export_onnx', 'check_onnx', 'check_tensorrt_ops', 'check_layernorm_fused', 'op_histogram',
+           'read_metadata', 'stamp_metadata', 'OPSETS', 'DEFAULT_OPSET', 'TRT_ONNX_OPS', 'TRT_OPS_ADDED_AFTER_10_0']
+
+# opset -> oldest TensorRT whose ONNX parser reads it (docs: onnx-tensorrt docs/operators.md of each release).
+OPSETS = {17: '8.6', 18: '10.0', 19: '10.0', 20: '10.0'}
+DEFAULT_OPSET = 17
+META_PREFIX = 'scalablevit.'
+BATCH_DIM = 'batch'
+
+# ONNX ops the TensorRT ONNX parser supports ('Y' rows of the support matrix), taken from onnx/onnx-tensorrt
+# docs/operators.md of the TensorRT 10.15 release ("opset 9 to opset 24"). Ops its docs/Changelog.md says
+# arrived after 10.0 are listed apart and not accepted, so the table holds for every TensorRT 10.x parser
+# (JetPack 6.1/6.2 ship 10.3). Only default-domain ops count: custom domains need plugins.
+_TRT_10_15_OPS = frozenset('''
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
+    BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
+    CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+    Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
+    Greater GreaterOrEqual GridSample GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish
+    Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less
+    LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+    ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike
+    Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd
+    ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RMSNormalization RNN RoiAlign
+    RotaryEmbedding Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid
+    Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+    TensorScatter ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+'''.split())
+# op -> TensorRT release that added it (onnx-tensorrt docs/Changelog.md).
+TRT_OPS_ADDED_AFTER_10_0 = {
+    'DeformConv': '10.1', 'BlackmanWindow': '10.4', 'HammingWindow': '10.4', 'HannWindow': '10.4',
+    'STFT': '10.5', 'Attention': '10.14', 'RotaryEmbedding': '10.15', 'RMSNormalization': '10.15',
+    'TensorScatter': '10.15',
+}
+TRT_ONNX_OPS = _TRT_10_15_OPS - set(TRT_OPS_ADDED_AFTER_10_0)
+_DEFAULT_DOMAINS = ('', 'ai.onnx')
+
+# Ops that only a decomposed LayerNorm brings into ScalableViT (its attention scale is a constant Mul).
+_LAYERNORM_DECOMPOSITION_OPS = ('Pow', 'Sqrt', 'Reciprocal')
+
+InputSize = Union[int, Sequence[int]]
+
+
+# --------------------------------------------------------------------------------------- small helpers
+def _pair(size: InputSize) -> Tuple[int, int]:
+    """``224`` or ``(224, 448)`` -> (height, width)."""
+    if isinstance(size, numbers.Integral):
+        return int(size), int(size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ScalableViTError(f'input size {size} must be one side or (height, width)')
+    return size
+
+
+def _check_opset(opset: int) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        lo, hi = min(OPSETS), max(OPSETS)
+        raise ScalableViTError(f'opset {opset!r} is not supported: choose {lo}..{hi} ({lo} parses on TensorRT '
+                               f'{OPSETS[lo]} through 11, {lo + 1}..{hi} need TensorRT >= {OPSETS[hi]})')
+    return opset
+
+
+def _versions() -> Dict[str, str]:
+    import onnx
+    import torch
+    from . import __version__
+    return {'torch': torch.__version__, 'onnx': onnx.__version__, 'scalablevit': __version__}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the TorchScript exporter's known noise, nothing else."""
+    import torch
+    with warnings.catch_warnings():
+        # We choose the TorchScript exporter on purpose (see the module docstring).
+        warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export', category=DeprecationWarning)
+        warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.onnx')
+        # check_input_size() reads the traced H, W: static by design, so baking them in is what we want.
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning, module=r'scalablevit\.model')
+        yield
+
+
+# --------------------------------------------------------------------------------------- graph checks
+def _nodes(graph: Any) -> Iterator[Any]:
+    """Every node, including those of If/Loop/Scan subgraphs."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField('g') else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def op_histogram(model: Any) -> Dict[str, int]:
+    """``{op_type: count}`` over the whole model, most frequent first."""
+    return dict(Counter(n.op_type for n in _nodes(model.graph)).most_common())
+
+
+def check_tensorrt_ops(model: Any, name: str = 'ONNX model') -> None:
+    """Raise unless every node is an op the TensorRT 10 ONNX parser supports (see ``TRT_ONNX_OPS``)."""
+    bad: Dict[str, List[str]] = {}
+    for node in _nodes(model.graph):
+        if node.domain not in _DEFAULT_DOMAINS or node.op_type not in TRT_ONNX_OPS:
+            op = node.op_type if node.domain in _DEFAULT_DOMAINS else f'{node.domain}::{node.op_type}'
+            bad.setdefault(op, []).append(node.name or '<unnamed>')
+    if bad:
+        listed = '; '.join(f'{op} x{len(nodes)} (e.g. {nodes[0]})' for op, nodes in sorted(bad.items()))
+        raise ScalableViTError(f'{name}: ops the TensorRT 10 ONNX parser does not support: {listed}')
+
+
+def _constants(graph: Any) -> Dict[str, Any]:
+    """Tensors known without running the graph: initializers and Constant node values."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == 'Constant':
+            found.update({node.output[0]: a.t for a in node.attribute if a.name == 'value'})
+    return found
+
+
+def _reduce_axes(node: Any, initializers: Dict[str, Any]) -> Optional[List[int]]:
+    """Axes of a ReduceMean (attribute up to opset 17, input from 18); None when not known."""
+    from onnx import numpy_helper
+    for attr in node.attribute:
+        if attr.name == 'axes':
+            return list(attr.ints)
+    if len(node.input) > 1 and node.input[1] in initializers:
+        return [int(a) for a in numpy_helper.to_array(initializers[node.input[1]]).reshape(-1)]
+    return None
+
+
+def _ranks(model: Any) -> Dict[str, int]:
+    """Rank of every tensor whose shape ONNX shape inference knows."""
+    from onnx import shape_inference
+    graph = shape_inference.infer_shapes(model).graph
+    infos = list(graph.value_info) + list(graph.input) + list(graph.output)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField('shape')}
+
+
+def _reduces_last_axis(node: Any, initializers: Dict[str, Any], ranks: Dict[str, int]) -> bool:
+    """True for a ReduceMean over the last axis, or one whose axes or rank are unknown."""
+    axes, rank = _reduce_axes(node, initializers), ranks.get(node.input[0])
+    if axes is None or rank is None:
+        return True
+    return any(a % rank == rank - 1 for a in axes)
+
+
+def check_layernorm_fused(model: Any, expected: Optional[int] = None, name: str = 'ONNX model') -> int:
+    """Raise if any LayerNorm was decomposed; returns the number of LayerNormalization nodes.
+
+    A decomposed LayerNorm shows up as Pow/Sqrt/Reciprocal or as a ReduceMean over the last (channel)
+    axis; ScalableViT's only legitimate ReduceMean is the global average pool over tokens (axis 1).
+    ``expected`` is the number of ``nn.LayerNorm`` modules: each must be exactly one fused node.
+    """
+    initializers = _constants(model.graph)
+    ranks = _ranks(model) if any(n.op_type == 'ReduceMean' for n in _nodes(model.graph)) else {}
+    suspects = [f'{n.op_type} {n.name or "<unnamed>"}' for n in _nodes(model.graph)
+                if n.op_type in _LAYERNORM_DECOMPOSITION_OPS
+                or (n.op_type == 'ReduceMean' and _reduces_last_axis(n, initializers, ranks))]
+    if suspects:
+        raise ScalableViTError(f'{name}: LayerNorm decomposed into primitive ops ({len(suspects)} nodes, e.g. '
+                               f'{", ".join(suspects[:3])}); export at opset >= 17 with the TorchScript exporter')
+    fused = sum(1 for n in _nodes(model.graph) if n.op_type == 'LayerNormalization')
+    if expected is not None and fused != expected:
+        raise ScalableViTError(f'{name}: {fused} LayerNormalization nodes for {expected} nn.LayerNorm modules')
+    return fused
+
+
+def _dims(value_info: Any) -> List[Union[int, str]]:
+    return [d.dim_param if d.HasField('dim_param') else d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _io_shapes(model: Any, name: str) -> Tuple[List[Union[int, str]], List[Union[int, str]]]:
+    """Shapes of the one ``input`` and the one ``logits`` tensor; raise if the IO contract is broken."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    ins, outs = [i.name for i in inputs], [o.name for o in model.graph.output]
+    if ins != [INPUT_NAME] or outs != [OUTPUT_NAME]:
+        raise ScalableViTError(f'{name}: inputs {ins} / outputs {outs}, expected [{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]')
+    return _dims(inputs[0]), _dims(model.graph.output[0])
+
+
+# --------------------------------------------------------------------------------------- metadata
+def read_metadata(model: Any) -> Dict[str, str]:
+    """The ``scalablevit.*`` metadata_props, without the prefix."""
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def stamp_metadata(model: Any, values: Dict[str, Any]) -> None:
+    """Add/replace ``scalablevit.<key>`` metadata_props, keeping every other entry."""
+    from onnx import helper
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({META_PREFIX + k: str(v) for k, v in values.items()})
+    helper.set_model_props(model, props)
+
+
+# --------------------------------------------------------------------------------------- check_onnx
+def _load(path: Path) -> Any:
+    """Load an ONNX file (weights inline); every failure is one ScalableViTError line."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+    if not path.is_file():
+        raise ScalableViTError(f'{path}: file not found')
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ScalableViTError(f'{path}: not a valid ONNX file ({type(e).__name__})') from e
+    if not model.graph.node:
+        raise ScalableViTError(f'{path}: not a valid ONNX file (empty graph)')
+    external = [t.name for t in model.graph.initializer if uses_external_data(t)]
+    if external:
+        raise ScalableViTError(f'{path}: weights stored in external data files ({len(external)} tensors, e.g. '
+                               f'{external[0]}); bundles need one self-contained .onnx')
+    return model
+
+
+def check_onnx(path: PathLike, expected_model: Optional[str] = None, input_size: Optional[InputSize] = None,
+               require_trt_ops: bool = True) -> Dict[str, Any]:
+    """Load ``path`` and check that it is a valid ScalableViT export of ``expected_model`` at ``input_size``.
+
+    Returns the facts later stages need (model, input size, classes, opset, metadata, op histogram,
+    size, sha256). Raises ScalableViTError with one line naming the file and the mismatch.
+    """
+    import onnx
+    path = Path(path)
+    model = _load(path)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ScalableViTError(f'{path}: invalid ONNX model ({str(e).splitlines()[0]})') from e
+    meta = read_metadata(model)
+    if 'model' not in meta:
+        raise ScalableViTError(f'{path}: not a ScalableViT export (no {META_PREFIX}model metadata)')
+    if expected_model is not None and meta['model'] != expected_model:
+        raise ScalableViTError(f"{path}: exported from '{meta['model']}', expected '{expected_model}'")
+    in_dims, out_dims = _io_shapes(model, str(path))
+    if len(in_dims) != 4 or isinstance(in_dims[0], int) or not all(isinstance(d, int) for d in in_dims[1:]):
+        raise ScalableViTError(f'{path}: input shape {in_dims}, expected (batch, C, H, W) with static C, H, W')
+    size = (in_dims[2], in_dims[3])
+    if input_size is not None and size != _pair(input_size):
+        h, w = _pair(input_size)
+        raise ScalableViTError(f'{path}: input size {size[0]}x{size[1]}, expected {h}x{w}')
+    if require_trt_ops:
+        check_tensorrt_ops(model, str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
+    return dict(path=str(path), model=meta['model'], input_size=size, in_chans=in_dims[1], num_classes=out_dims[-1],
+                opset=opset, weights_sha256=meta.get('weights_sha256'), metadata=meta, ops=op_histogram(model),
+                size_bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+# --------------------------------------------------------------------------------------- export stage
+class ExportOnnx:
+    """Export stage: ``ExportOnnx(model, opset, input_size)(out_path) -> info``.
+
+    Settings are checked when the stage is built (bad opset or input size fail before any work); the
+    export runs when it is called. Batch is dynamic (dim 0 named ``batch``), H and W are static.
+    """
+
+    def __init__(self, model: Any, opset: int = DEFAULT_OPSET, input_size: Optional[InputSize] = None,
+                 weights_sha256: Optional[str] = None, simplify: bool = True):
+        self.model = model
+        self.opset = _check_opset(opset)
+        self.name = getattr(model, 'name', None) or type(model).__name__
+        self.input_size = self._resolve_size(input_size)
+        self.weights_sha256 = weights_sha256 or getattr(model, 'weights_sha256', None) or 'untrained'
+        self.simplify = simplify
+
+    def _resolve_size(self, input_size: Optional[InputSize]) -> Tuple[int, int]:
+        if input_size is None:
+            data_cfg = getattr(self.model, 'data_cfg', None)
+            if not data_cfg:
+                raise ScalableViTError(f'{self.name}: no data_cfg to take the input size from; pass input_size')
+            input_size = tuple(data_cfg['input_size'][1:])
+        h, w = _pair(input_size)
+        self.model.check_input_size(h, w)
+        return h, w
+
+    def __call__(self, out_path: PathLike) -> Dict[str, Any]:
+        out_path = Path(out_path)
+        h, w = self.input_size
+        v = _versions()
+        logger.info('exporting %s (%dx%d, opset %d) with torch %s, onnx %s -> %s',
+                    self.name, h, w, self.opset, v['torch'], v['onnx'], out_path)
+        start = time.perf_counter()
+        model = self._trace()
+        self._check(model, 'traced graph')
+        if self.simplify:
+            model = self._simplify(model)
+            self._check(model, 'simplified graph')
+        stamp_metadata(model, self._metadata(v))
+        info = self._save(model, out_path)
+        info['export_s'] = time.perf_counter() - start
+        logger.info('export done in %.1f s, saved as %s (%s)', info['export_s'], out_path,
+                    human_size(info['size_bytes']))
+        return info
+
+    def _trace(self) -> Any:
+        """TorchScript export to memory (never external data), model in eval mode, FP32 on its device."""
+        import io
+        import onnx
+        import torch
+        param = next(self.model.parameters(), None)
+        if param is not None and param.dtype != torch.float32:
+            raise ScalableViTError(f'{self.name}: export takes an FP32 model, got {param.dtype}')
+        device = param.device if param is not None else torch.device('cpu')
+        # Batch 2, not 1: a traced size-1 dimension can be specialised into the graph.
+        x = torch.zeros(2, self.model.in_chans, *self.input_size, device=device)
+        buffer = io.BytesIO()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                torch.onnx.export(self.model, (x,), buffer, dynamo=False, opset_version=self.opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                                  dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
+        finally:
+            self.model.train(was_training)
+        return onnx.load_from_string(buffer.getvalue())
+
+    def _simplify(self, model: Any) -> Any:
+        import onnxslim
+        before = len(model.graph.node)
+        start = time.perf_counter()
+        model = onnxslim.slim(model)
+        logger.info('onnxslim %s: %d -> %d nodes in %.1f s', onnxslim.__version__, before, len(model.graph.node),
+                    time.perf_counter() - start)
+        return model
+
+    def _check(self, model: Any, what: str) -> None:
+        """Full ONNX check plus the project's own: IO contract, fused LayerNorm, TensorRT ops."""
+        import onnx
+        import torch
+        name = f'{self.name} {what}'
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ScalableViTError(f'{name}: ONNX checker failed ({str(e).splitlines()[0]})') from e
+        in_dims, _ = _io_shapes(model, name)
+        expected = [BATCH_DIM, self.model.in_chans, *self.input_size]
+        if in_dims != expected:
+            raise ScalableViTError(f'{name}: input shape {in_dims}, expected {expected}')
+        n_ln = sum(isinstance(m, torch.nn.LayerNorm) for m in self.model.modules())
+        check_layernorm_fused(model, expected=n_ln, name=name)
+        check_tensorrt_ops(model, name)
+
+    def _metadata(self, versions: Dict[str, str]) -> Dict[str, Any]:
+        h, w = self.input_size
+        return {'model': self.name, 'input_size': f'{h}x{w}', 'num_classes': self.model.num_classes,
+                'opset': self.opset, 'weights_sha256': self.weights_sha256,
+                'exporter': f'torch {versions["torch"]} (TorchScript, dynamo=False)',
+                'onnx_version': versions['onnx'], 'version': versions['scalablevit']}
+
+    def _save(self, model: Any, out_path: Path) -> Dict[str, Any]:
+        """Write one self-contained file and re-read it with ``check_onnx`` before it takes the final name."""
+        import onnx
+        with atomic_path(out_path) as tmp:
+            onnx.save_model(model, str(tmp), save_as_external_data=False)
+            info = check_onnx(tmp, expected_model=self.name, input_size=self.input_size)
+        info['path'] = str(out_path)
+        return info
+
+
+def export_onnx(model: Any, out_path: PathLike, opset: int = DEFAULT_OPSET, input_size: Optional[InputSize] = None,
+                weights_sha256: Optional[str] = None, simplify: bool = True) -> Dict[str, Any]:
+    """Export ``model`` to one checked, simplified, self-contained ONNX file; returns ``check_onnx`` info."""
+    return ExportOnnx(model, opset=opset, input_size=input_size, weights_sha256=weights_sha256,
+                      simplify=simplify)(out_path)

@@ -1,0 +1,109 @@
+"""Fashion-MNIST (Xiao et al., arXiv 1708.07747): the project's labelled data set for accuracy gates.
+
+The Debian package ``dataset-fashion-mnist`` (MIT) installs the four idx files under
+``/usr/share/datasets/fashion-mnist``. This module parses them with numpy alone (no torchvision) and
+turns images into model inputs with exactly the project's eval transform, ``scalablevit.data.preprocess``:
+a model sees the same pixels in training, in tests and in every calibration or accuracy stage.
+"""
+import gzip
+import logging
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from .errors import ScalableViTError, unknown_choice
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['CLASSES', 'DEFAULT_ROOT', 'INSTALL_HINT', 'load_fashion_mnist', 'resize_images', 'normalize',
+           'to_model_input']
+
+DEFAULT_ROOT = Path('/usr/share/datasets/fashion-mnist')
+INSTALL_HINT = 'apt-get install dataset-fashion-mnist'
+CLASSES: Tuple[str, ...] = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                            'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+
+# split -> (images file, labels file, number of samples)
+_SPLITS: Dict[str, Tuple[str, str, int]] = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 60000),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz', 10000),
+}
+# idx magic: two zero bytes, dtype code 0x08 (uint8), number of dimensions.
+_IMAGES_MAGIC = 0x00000803
+_LABELS_MAGIC = 0x00000801
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse one gzip'd idx file into a uint8 array of the shape its header declares."""
+    if not path.is_file():
+        raise ScalableViTError(f'Fashion-MNIST file {path} not found; install the data set: {INSTALL_HINT}')
+    try:
+        with gzip.open(path, 'rb') as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ScalableViTError(f'{path}: not a readable gzip idx file ({e})') from e
+    ndim = magic & 0xFF
+    header = 4 * (1 + ndim)
+    if len(data) < header or int.from_bytes(data[:4], 'big') != magic:
+        found = data[:4].hex() if len(data) >= 4 else 'truncated header'
+        raise ScalableViTError(f'{path}: bad idx magic number {found}, expected {magic:08x}')
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    if len(data) - header != int(np.prod(shape)):
+        raise ScalableViTError(f'{path}: {len(data) - header} data bytes, header declares shape {shape}')
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_fashion_mnist(split: str, root: Path = DEFAULT_ROOT) -> Tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, 28, 28) and labels int64 (N,) of the 'train' (60k) or 'test' (10k) split."""
+    if split not in _SPLITS:
+        raise unknown_choice('Fashion-MNIST split', split, _SPLITS)
+    root = Path(root)
+    images_name, labels_name, count = _SPLITS[split]
+    images = _read_idx(root / images_name, _IMAGES_MAGIC)
+    labels = _read_idx(root / labels_name, _LABELS_MAGIC).astype(np.int64)
+    if images.shape != (count, 28, 28) or labels.shape != (count,):
+        raise ScalableViTError(f'{root}: {split} split has images {images.shape} and labels {labels.shape}, '
+                               f'expected ({count}, 28, 28) and ({count},)')
+    if labels.max() >= len(CLASSES):
+        raise ScalableViTError(f'{root / labels_name}: label {labels.max()} outside 0..{len(CLASSES) - 1}')
+    logger.debug('loaded Fashion-MNIST %s: %d images from %s', split, count, root)
+    return images, labels
+
+
+def resize_images(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
+    """uint8 (N, h, w) gray -> uint8 (N, S, S): the resize and center crop of ``preprocess``, per image with PIL.
+
+    PIL resamples every 8-bit band alike, so resizing the gray band equals resizing its RGB copy;
+    ``tests/test_fmnist.py`` checks the end result against ``preprocess`` bit for bit.
+    """
+    from PIL import Image
+
+    from .data import _INTERPOLATIONS, eval_sizes
+    resize, crop = eval_sizes(data_cfg)
+    method = Image.Resampling(_INTERPOLATIONS[data_cfg['interpolation']])
+    h, w = images.shape[1:]
+    scale = resize / min(w, h)
+    new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
+    left, top = (new_w - crop) // 2, (new_h - crop) // 2
+    out = np.empty((len(images), crop, crop), np.uint8)
+    for i, img in enumerate(images):
+        resized = Image.fromarray(img).resize((new_w, new_h), method)
+        out[i] = np.asarray(resized)[top:top + crop, left:left + crop]
+    return out
+
+
+def normalize(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
+    """uint8 (N, S, S) gray -> float32 (N, 3, S, S), the same float32 arithmetic as ``preprocess``."""
+    arr = np.asarray(images, dtype=np.float32)[:, None] / 255.0
+    mean = np.asarray(data_cfg['mean'], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(data_cfg['std'], np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((arr - mean) / std)
+
+
+def to_model_input(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 (N, 3, S, S), identical to ``preprocess(Image.fromarray(img), data_cfg)``."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ScalableViTError(f'Fashion-MNIST images must be uint8 (N, H, W), got {images.dtype} {images.shape}')
+    return normalize(resize_images(images, data_cfg), data_cfg)

@@ -1,0 +1,566 @@
+"""Post-training quantization of the exported FP32 ONNX with NVIDIA Model Optimizer (modelopt).
+
+* INT8: explicit Q/DQ (``modelopt.onnx.quantization.quantize``) calibrated with onnxruntime on the host.
+  TensorRT 10+ builds a strongly typed engine straight from those Q/DQ nodes (TensorRT 11 has no other
+  INT8 path). modelopt writes INT8 models at opset >= 19, which TensorRT 8.6 cannot parse.
+* FP16: modelopt AutoCast (``convert_to_mixed_precision``) with FP32 inputs/outputs; what must stay FP32
+  is kept FP32 by op type / node name (plus AutoCast's own range check on the calibration images).
+
+Which nodes stay out of INT8 is a small policy table (``INT8_POLICIES``), chosen by measurement on the
+trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README). Node
+patterns are regexes searched in ONNX node names, which our TorchScript export takes from torch module
+paths, e.g. ``/stages.2.1/attn/proj/MatMul``.
+
+modelopt writes intermediate files beside its input and output; it therefore runs in a private temporary
+directory, and only the final model is written (atomically) to the output path. modelopt, onnx and
+onnxruntime are imported inside the functions that need them.
+"""
+import contextlib
+import logging
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from .errors import ScalableViTError, unknown_choice
+from .fileio import PathLike, atomic_path, human_size, sha256_bytes, sha256_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['Int8Policy', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
+           'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'quantize_int8', 'convert_fp16', 'resolve_policy',
+           'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes']
+
+CALIBRATION_METHODS = ('entropy', 'max')
+# our name -> (modelopt calibration EP, onnxruntime provider that must be present)
+CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0', 'CUDAExecutionProvider')}
+# Precision of everything INT8 does not cover. 'fp16' is what TensorRT runs fastest; see INT8_HIGH_PRECISION.
+HIGH_PRECISION_DTYPES = ('fp32', 'fp16')
+INT8_HIGH_PRECISION = 'fp16'
+COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
+DEFAULT_CALIB_BATCH = 8
+MIN_TENSORRT = '10.0'  # the oldest TensorRT that parses opset 19 Q/DQ models
+
+# Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
+HAZARDS: Dict[str, str] = {
+    # the two attention batched matmuls: q @ k^T, and softmax(attn) @ v (its input is the softmax output)
+    'attention_bmm': r'/attn/MatMul(_1)?$',
+    # the block residual adds, and the PEG residual (x + dwconv(x))
+    'residual_add': r'^/stages\.\d+\.\d+/Add(_1)?$|^/pos_block\.\d+/Add$',
+    # the classifier: plain Linear (/head/Gemm) or the 4096-wide MLP head (/head/head.N/...)
+    'head': r'^/head/',
+    # depthwise convs: LIM (IWSA), the SSA spatial reduction, PEG
+    'depthwise_conv': r'/attn/lim_func/Conv$|/attn/reduction/reduction\.0/Conv$|^/pos_block\.\d+/proj/',
+    # the stem: the first conv sees raw normalised pixels
+    'stem_conv': r'^/patch_embeds\.0/proj/Conv$',
+}
+
+
+@dataclass(frozen=True)
+class Int8Policy:
+    """What stays out of INT8, and why. Patterns are ``re.search``-ed in node names; absent ones are skipped."""
+
+    description: str
+    exclude_op_types: Tuple[str, ...] = ()
+    exclude_nodes: Tuple[str, ...] = ()
+    disable_mha_qdq: bool = False
+
+
+# Chosen by measurement: bench/int8_sweep.py on the trained Fashion-MNIST model (table in the README).
+INT8_POLICIES: Dict[str, Int8Policy] = {
+    'none': Int8Policy('modelopt heuristics only: nothing excluded by us'),
+    'default': Int8Policy(
+        'attention softmax@V and q@K^T in high precision (disable_mha_qdq), residual adds unquantized',
+        exclude_nodes=(HAZARDS['residual_add'],), disable_mha_qdq=True),
+}
+
+# FP16: op types AutoCast keeps in FP32 unless told otherwise (see convert_fp16 and the README).
+FP16_KEEP_FP32_OP_TYPES: Tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------- small helpers
+def _modelopt_version() -> str:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version('nvidia-modelopt')
+    except importlib.metadata.PackageNotFoundError as e:
+        raise ScalableViTError('nvidia-modelopt is not installed: pip install -e ".[host]"') from e
+
+
+def _choice(what: str, value: str, choices: Iterable[str]) -> str:
+    if value not in choices:
+        raise unknown_choice(what, value, choices)
+    return value
+
+
+def resolve_policy(name: str) -> Int8Policy:
+    """The INT8 exclusion policy called ``name``; unknown names get the closest suggestion."""
+    return INT8_POLICIES[_choice('INT8 policy', name, INT8_POLICIES)]
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), 0)
+
+
+def _modelopt_log_level() -> str:
+    return 'INFO' if logger.isEnabledFor(logging.DEBUG) else 'WARNING'
+
+
+class _DropNvmlNoise(logging.Filter):
+    """modelopt logs an ERROR when NVML is missing, which is the normal case on a CPU-only host."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'NVML Shared Library Not Found' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _modelopt_session() -> Iterator[Path]:
+    """A private work directory; modelopt's console logging quieted and, like onnxruntime's, on stderr.
+
+    stdout stays for results (CLIs print JSON there). modelopt binds its handlers to stdout at import.
+    """
+    level = logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
+    loggers = [logging.getLogger(name) for name in ('modelopt.onnx', 'modelopt.onnx.autocast')]
+    saved = [(lg, lg.level, [(h, h.stream) for h in lg.handlers if isinstance(h, logging.StreamHandler)])
+             for lg in loggers]
+    noise = _DropNvmlNoise()
+    for lg, _, handlers in saved:
+        lg.setLevel(level)
+        lg.addFilter(noise)
+        for handler, stream in handlers:
+            if stream in (sys.stdout, sys.__stdout__):
+                handler.setStream(sys.stderr)
+    try:
+        with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, \
+                contextlib.redirect_stdout(sys.stderr):
+            yield Path(work)
+    finally:
+        for lg, old_level, handlers in saved:
+            lg.setLevel(old_level)
+            lg.removeFilter(noise)
+            for handler, stream in handlers:
+                handler.setStream(stream)
+
+
+# --------------------------------------------------------------------------------------- model input
+def _load_checked(fp32_onnx: PathLike) -> Tuple[Any, Dict[str, Any]]:
+    """The FP32 export (validated by ``export.check_onnx``) and its facts; refuses already quantized models."""
+    import onnx
+    from .export import check_onnx
+    info = check_onnx(fp32_onnx)
+    model = onnx.load(str(fp32_onnx))
+    info['metadata_props'] = {p.key: p.value for p in model.metadata_props}  # modelopt drops them
+    done = sorted({n.op_type for n in model.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')})
+    if done:
+        raise ScalableViTError(f'{fp32_onnx}: already quantized (has {", ".join(done)}); give the FP32 export')
+    return model, info
+
+
+def _stage_copy(model: Any, work: Path) -> Path:
+    """Save ``model`` into the work directory with every node named (modelopt and our patterns need names)."""
+    import onnx
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f'{node.op_type}_{i}'
+    path = work / 'model.fp32.onnx'
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return path
+
+
+def _check_calibration(images: Any, info: Dict[str, Any], what: str = 'calibration') -> np.ndarray:
+    """(N, C, H, W) finite float images matching the ONNX input; returned as contiguous float32."""
+    arr = np.asarray(images)
+    expected = (info['in_chans'], *info['input_size'])
+    if arr.ndim != 4 or arr.shape[1:] != expected:
+        raise ScalableViTError(f"{what} images have shape {arr.shape}, the ONNX input {info['path']} needs "
+                               f"(N, {', '.join(map(str, expected))})")
+    if len(arr) == 0:
+        raise ScalableViTError(f'{what} set is empty: give at least one image (a few hundred for INT8)')
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ScalableViTError(f'{what} images are {arr.dtype}; expected preprocessed float32 (scalablevit.data)')
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ScalableViTError(f'{what} images contain NaN or Inf values')
+    return arr
+
+
+def _check_device(device: str) -> str:
+    """modelopt's calibration EP for ``device``; never falls back to another device."""
+    import onnxruntime as ort
+    ep, provider = CALIBRATION_DEVICES[_choice('calibration device', device, CALIBRATION_DEVICES)]
+    if provider not in ort.get_available_providers():
+        raise ScalableViTError(f"calibration device '{device}' asked for, but onnxruntime {ort.__version__} has no "
+                               f"{provider} (available: {', '.join(ort.get_available_providers())}); "
+                               f"use calibration_device='cpu' or install onnxruntime-gpu")
+    return ep
+
+
+# --------------------------------------------------------------------------------------- node selection
+def _compile(pattern: str) -> 're.Pattern[str]':
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ScalableViTError(f"node pattern '{pattern}' is not a valid regular expression ({e})") from e
+
+
+def match_nodes(model: Any, op_types: Iterable[str] = (), patterns: Iterable[str] = (),
+                strict: bool = True) -> List[str]:
+    """Names of the nodes whose op type is in ``op_types`` or whose name a pattern ``re.search``-es.
+
+    ``strict`` (user input): an op type absent from the graph or a pattern matching nothing is an error,
+    almost always a typo. Policies are applied non-strictly (a pattern may not apply to every variant).
+    """
+    nodes = list(model.graph.node)
+    present = {n.op_type for n in nodes}
+    op_types, patterns = list(op_types), list(patterns)
+    if strict:
+        for op in op_types:
+            if op not in present:
+                raise unknown_choice('op type (not in this model)', op, present)
+    compiled = [(p, _compile(p)) for p in patterns]
+    if strict:
+        for p, rx in compiled:
+            if not any(rx.search(n.name) for n in nodes):
+                raise ScalableViTError(f"node pattern '{p}' matches no node of the model (names look like "
+                                       f"'{next((n.name for n in nodes if n.op_type == 'MatMul'), nodes[0].name)}')")
+    return [n.name for n in nodes if n.op_type in op_types or any(rx.search(n.name) for _, rx in compiled)]
+
+
+def _exact(names: Iterable[str]) -> List[str]:
+    """modelopt ``re.match``-es its patterns: escape and anchor names so each selects exactly one node."""
+    return [re.escape(n) + '$' for n in names]
+
+
+# --------------------------------------------------------------------------------------- Q/DQ inspection
+def _producers(model: Any) -> Dict[str, Any]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _constants(model: Any) -> Dict[str, np.ndarray]:
+    """Initializers and Constant-node values by tensor name."""
+    from onnx import numpy_helper
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == 'Constant':
+            for attr in node.attribute:
+                if attr.name == 'value':
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def quantized_nodes(model: Any, op_types: Sequence[str] = COMPUTE_OP_TYPES) -> List[str]:
+    """Names of ``op_types`` nodes whose data and weight inputs (first two) both come from DequantizeLinear."""
+    producers = _producers(model)
+
+    def from_dq(tensor: str) -> bool:
+        node = producers.get(tensor)
+        return node is not None and node.op_type == 'DequantizeLinear'
+    return [n.name for n in model.graph.node
+            if n.op_type in op_types and len(n.input) >= 2 and all(from_dq(t) for t in n.input[:2])]
+
+
+def nodes_with_dq_inputs(model: Any, names: Iterable[str]) -> List[str]:
+    """Those of ``names`` that read any DequantizeLinear output (an excluded node must read none)."""
+    producers, wanted = _producers(model), set(names)
+    return [n.name for n in model.graph.node if n.name in wanted and any(
+        producers.get(t) is not None and producers[t].op_type == 'DequantizeLinear' for t in n.input)]
+
+
+def qdq_summary(model: Any) -> Dict[str, Any]:
+    """Counts of Q/DQ nodes and, per compute op type, quantized / total nodes."""
+    ops = [n.op_type for n in model.graph.node]
+    done = set(quantized_nodes(model))
+    by_type = {op: {'quantized': sum(1 for n in model.graph.node if n.op_type == op and n.name in done),
+                    'total': ops.count(op)} for op in COMPUTE_OP_TYPES if op in ops}
+    return {'quantize_linear': ops.count('QuantizeLinear'), 'dequantize_linear': ops.count('DequantizeLinear'),
+            'quantized': by_type, 'quantized_total': len(done), 'compute_total': sum(v['total'] for v in
+                                                                                      by_type.values())}
+
+
+def check_zero_points(model: Any, name: str = 'INT8 model') -> int:
+    """Every Q/DQ must have an explicit int8 zero point of 0 and a finite positive scale (TensorRT's rules).
+
+    Returns the number of Q/DQ nodes checked; raises ScalableViTError naming the first offending node.
+    """
+    values = _constants(model)
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type not in ('QuantizeLinear', 'DequantizeLinear'):
+            continue
+        checked += 1
+        if len(node.input) < 3 or not node.input[2]:
+            raise ScalableViTError(f'{name}: {node.op_type} {node.name} has no zero point (uint8 by default); '
+                                   f'TensorRT needs int8 with zero point 0')
+        zp, scale = values.get(node.input[2]), values.get(node.input[1])
+        if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+            found = 'not a constant' if zp is None else f'{zp.dtype} {np.unique(zp)[:4].tolist()}'
+            raise ScalableViTError(f'{name}: {node.op_type} {node.name} zero point is {found}; TensorRT needs int8 0')
+        if scale is None or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ScalableViTError(f'{name}: {node.op_type} {node.name} has a non-constant, zero or non-finite scale')
+    return checked
+
+
+def _reroute_excluded(model: Any, excluded: Set[str]) -> int:
+    """Let excluded nodes read the float tensor, not a Q/DQ that ORT shares with a quantized sibling.
+
+    ORT puts one Q/DQ pair on a tensor for all of its consumers: when a quantized depthwise conv and an
+    excluded residual Add read the same tensor, the Add would otherwise add the INT8-rounded value.
+    Returns the number of inputs rerouted; Q/DQ pairs left without consumers are removed.
+    """
+    producers = _producers(model)
+    source = {}
+    for node in model.graph.node:
+        q = producers.get(node.input[0]) if node.op_type == 'DequantizeLinear' else None
+        if q is not None and q.op_type == 'QuantizeLinear':
+            source[node.output[0]] = q.input[0]
+    rerouted = 0
+    for node in model.graph.node:
+        if node.name in excluded:
+            for i, tensor in enumerate(node.input):
+                if tensor in source:
+                    node.input[i] = source[tensor]
+                    rerouted += 1
+    _drop_unused(model, ('DequantizeLinear', 'QuantizeLinear'))
+    return rerouted
+
+
+def _drop_unused(model: Any, op_types: Sequence[str]) -> None:
+    """Remove nodes of ``op_types`` (in this order) whose outputs nothing reads."""
+    outputs = {o.name for o in model.graph.output}
+    for op in op_types:
+        used = {t for n in model.graph.node for t in n.input} | outputs
+        keep = [n for n in model.graph.node if n.op_type != op or any(o in used for o in n.output)]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+
+
+# --------------------------------------------------------------------------------------- INT8
+def _calibration_reader(images: np.ndarray, input_name: str, batch_size: int) -> Any:
+    """onnxruntime CalibrationDataReader over ``images`` in batches, logging its progress."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+            self.position = 0
+
+        def get_first(self) -> Dict[str, np.ndarray]:  # modelopt's shape probes
+            return {input_name: self.batches[0]}
+
+        def rewind(self) -> None:
+            self.position = 0
+
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+            if self.position >= len(self.batches):
+                return None
+            batch = self.batches[self.position]
+            self.position += 1
+            logger.info('calibration batch %d/%d (%d images)', self.position, len(self.batches), len(batch))
+            return {input_name: batch}
+    return _Reader()
+
+
+def _int8_settings(policy: str, method: str, exclude_op_types: Sequence[str], exclude_nodes: Sequence[str],
+                   disable_mha_qdq: Optional[bool], high_precision_dtype: str) -> Dict[str, Any]:
+    """Checked settings: the policy's table entry plus the caller's own exclusions."""
+    pol = resolve_policy(policy)
+    _choice('calibration method', method, CALIBRATION_METHODS)
+    _choice('high-precision dtype', high_precision_dtype, HIGH_PRECISION_DTYPES)
+    return {'policy': policy, 'method': method, 'policy_exclude_op_types': list(pol.exclude_op_types),
+            'policy_exclude_nodes': list(pol.exclude_nodes), 'exclude_op_types': list(exclude_op_types),
+            'exclude_nodes': list(exclude_nodes),
+            'disable_mha_qdq': pol.disable_mha_qdq if disable_mha_qdq is None else bool(disable_mha_qdq),
+            'high_precision_dtype': high_precision_dtype}
+
+
+def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarray, method: str = 'entropy',
+                  exclude_op_types: Sequence[str] = (), exclude_nodes: Sequence[str] = (), policy: str = 'default',
+                  calibration_device: str = 'cpu', disable_mha_qdq: Optional[bool] = None,
+                  high_precision_dtype: str = INT8_HIGH_PRECISION,
+                  batch_size: int = DEFAULT_CALIB_BATCH) -> Dict[str, Any]:
+    """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32).
+
+    Nodes kept out of INT8: the ``policy`` (see INT8_POLICIES) plus ``exclude_op_types`` and
+    ``exclude_nodes`` (regexes searched in node names). ``disable_mha_qdq`` overrides the policy's choice.
+    Calibrates on ``calibration_device`` ('cpu' or 'cuda', never silently another). Returns the facts for
+    the manifest: settings, opset, Q/DQ counts, calibration size and hash, time, size, sha256.
+    """
+    out_path = Path(out_path)
+    settings = _int8_settings(policy, method, exclude_op_types, exclude_nodes, disable_mha_qdq,
+                              high_precision_dtype)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScalableViTError(f'calibration batch size must be a positive integer, got {batch_size!r}')
+    model, src = _load_checked(fp32_onnx)
+    images = _check_calibration(calibration, src)
+    ep = _check_device(calibration_device)
+    excluded = _excluded_nodes(model, settings)
+    version = _modelopt_version()
+    batches = -(-len(images) // batch_size)
+    logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d) '
+                'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, high precision %s', fp32_onnx, version,
+                method, len(images), batches, batch_size, calibration_device, policy, len(excluded),
+                settings['disable_mha_qdq'], high_precision_dtype)
+    start = time.perf_counter()
+    quantized = _run_modelopt_int8(model, images, settings, excluded, ep, batch_size)
+    rerouted = _reroute_excluded(quantized, set(excluded))
+    info = _finish_int8(quantized, src, out_path, settings, excluded, rerouted, images, calibration_device,
+                        batch_size, version, start)
+    logger.info('INT8 quantization done in %.1f s: %d/%d MatMul/Gemm/Conv nodes quantized, opset %d, saved as '
+                '%s (%s)', info['time_s'], info['qdq']['quantized_total'], info['qdq']['compute_total'],
+                info['opset'], out_path, human_size(info['size_bytes']))
+    return info
+
+
+def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
+    """Policy exclusions (lenient) plus the caller's (strict: typos are errors), in graph order."""
+    policy = set(match_nodes(model, settings['policy_exclude_op_types'], settings['policy_exclude_nodes'],
+                             strict=False))
+    user = set(match_nodes(model, settings['exclude_op_types'], settings['exclude_nodes'], strict=True))
+    return [n.name for n in model.graph.node if n.name in policy | user]
+
+
+def _run_modelopt_int8(model: Any, images: np.ndarray, settings: Dict[str, Any], excluded: List[str], ep: str,
+                       batch_size: int) -> Any:
+    """modelopt INT8 in a private directory; returns the quantized ModelProto."""
+    import onnx
+    from modelopt.onnx.quantization import quantize
+    input_name = model.graph.input[0].name
+    with _modelopt_session() as work:
+        staged = _stage_copy(model, work)
+        output = work / 'model.int8.onnx'
+        try:
+            quantize(str(staged), quantize_mode='int8', calibration_method=settings['method'],
+                     calibration_data_reader=_calibration_reader(images, input_name, batch_size),
+                     calibration_eps=[ep], nodes_to_exclude=_exact(excluded) or None,
+                     disable_mha_qdq=settings['disable_mha_qdq'],
+                     high_precision_dtype=settings['high_precision_dtype'], output_path=str(output),
+                     log_level=_modelopt_log_level())
+        except (RuntimeError, ValueError, AssertionError, onnx.checker.ValidationError) as e:
+            raise ScalableViTError(f'modelopt INT8 quantization failed: {type(e).__name__}: {e}') from e
+        if not output.is_file():
+            raise ScalableViTError('modelopt INT8 quantization wrote no model (see its log above)')
+        return onnx.load(str(output))
+
+
+def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, settings: Dict[str, Any], excluded: List[str],
+                 rerouted: int, images: np.ndarray, device: str, batch_size: int, version: str,
+                 start: float) -> Dict[str, Any]:
+    """Check the result (zero points, TensorRT ops, exclusions), stamp metadata, write it atomically."""
+    from .export import check_tensorrt_ops
+    name = f'INT8 model of {src["path"]}'
+    checked = check_zero_points(model, name)
+    if checked == 0:
+        raise ScalableViTError(f'{name}: modelopt inserted no Q/DQ node (everything excluded?)')
+    check_tensorrt_ops(model, name)
+    leaks = nodes_with_dq_inputs(model, excluded)
+    if leaks:
+        raise ScalableViTError(f'{name}: excluded nodes still read INT8 tensors: {", ".join(leaks[:3])}')
+    info = {**settings, 'precision': 'int8', 'calibration_device': device, 'modelopt_version': version,
+            'calibration_images': int(len(images)), 'calibration_batch_size': batch_size,
+            'calibration_sha256': sha256_bytes(images.tobytes()), 'excluded_nodes': len(excluded),
+            'rerouted_inputs': rerouted, 'opset': _opset(model), 'min_tensorrt': MIN_TENSORRT,
+            'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
+    _stamp(model, src, info, ('policy', 'method', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
+                              'modelopt_version', 'min_tensorrt'))
+    _save(model, out_path)
+    info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
+                path=str(out_path))
+    return info
+
+
+def _stamp(model: Any, src: Dict[str, Any], info: Dict[str, Any], keys: Sequence[str]) -> None:
+    """The source's metadata plus scalablevit.* precision, the real opset and the settings that made the file."""
+    from onnx import helper
+    from .export import stamp_metadata
+    helper.set_model_props(model, {**src['metadata_props'], **{p.key: p.value for p in model.metadata_props}})
+    stamp_metadata(model, {'precision': info['precision'], 'opset': info['opset'],
+                           **{f'quantization.{k}': info[k] for k in keys}})
+
+
+def _save(model: Any, out_path: Path) -> None:
+    import onnx
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+
+
+# --------------------------------------------------------------------------------------- FP16
+def fp32_compute_nodes(model: Any) -> List[str]:
+    """Names of non-Cast nodes whose first output is float32 (after type inference): what runs in FP32."""
+    import onnx
+    from onnx import TensorProto
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    skip = {'Cast', 'Shape', 'Constant', 'Concat', 'Gather', 'Unsqueeze', 'Squeeze', 'Slice', 'Reshape'}
+    return [n.name for n in model.graph.node
+            if n.op_type not in skip and n.output and types.get(n.output[0]) == TensorProto.FLOAT]
+
+
+def _write_reference_batches(images: np.ndarray, input_name: str, work: Path, batch_size: int) -> Path:
+    """AutoCast's range check reads a directory of .npz files, one batch each."""
+    folder = work / 'reference_inputs'
+    folder.mkdir()
+    for i in range(0, len(images), batch_size):
+        np.savez(folder / f'batch_{i // batch_size:05d}.npz', **{input_name: images[i:i + batch_size]})
+    return folder
+
+
+def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
+                 keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES, keep_fp32_nodes: Sequence[str] = (),
+                 calibration: Optional[np.ndarray] = None, batch_size: int = DEFAULT_CALIB_BATCH) -> Dict[str, Any]:
+    """FP16 model of ``fp32_onnx`` by modelopt AutoCast, FP32 inputs/outputs kept.
+
+    ``keep_fp32_op_types`` / ``keep_fp32_nodes`` (regexes searched in node names) stay FP32. AutoCast also
+    keeps FP32 any node whose inputs/outputs exceed 512 in magnitude on ``calibration`` images (random
+    inputs when none are given). Returns the facts for the manifest.
+    """
+    import onnx
+    out_path = Path(out_path)
+    model, src = _load_checked(fp32_onnx)
+    images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
+    keep = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
+    version = _modelopt_version()
+    logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d nodes kept FP32 by request (op types %s), '
+                'range check on %s', fp32_onnx, version, len(keep), list(keep_fp32_op_types) or 'none',
+                f'{len(images)} images' if images is not None else 'random inputs')
+    start = time.perf_counter()
+    converted = _run_autocast(model, images, keep, batch_size)
+    leaked = [n for n in keep if n not in set(fp32_compute_nodes(converted))]
+    io_types = [v.type.tensor_type.elem_type for v in (*converted.graph.input, *converted.graph.output)]
+    if leaked or any(t != onnx.TensorProto.FLOAT for t in io_types):
+        raise ScalableViTError(f'AutoCast broke its contract on {fp32_onnx}: FP16 IO or kept nodes converted '
+                               f'({", ".join(leaked[:3]) or "IO types"})')
+    info = {'precision': 'fp16', 'keep_fp32_op_types': list(keep_fp32_op_types),
+            'keep_fp32_nodes': list(keep_fp32_nodes), 'modelopt_version': version, 'opset': _opset(converted),
+            'fp32_nodes': len(fp32_compute_nodes(converted)), 'nodes': len(converted.graph.node),
+            'range_check_images': 0 if images is None else int(len(images)), 'source_sha256': src['sha256']}
+    _stamp(converted, src, info, ('modelopt_version',))
+    _save(converted, out_path)
+    info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
+                path=str(out_path))
+    logger.info('FP16 conversion done in %.1f s: %d nodes still FP32, opset %d, saved as %s (%s)', info['time_s'],
+                info['fp32_nodes'], info['opset'], out_path, human_size(info['size_bytes']))
+    return info
+
+
+def _run_autocast(model: Any, images: Optional[np.ndarray], keep: List[str], batch_size: int) -> Any:
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+    with _modelopt_session() as work:
+        staged = _stage_copy(model, work)
+        reference = None if images is None else str(
+            _write_reference_batches(images, model.graph.input[0].name, work, batch_size))
+        try:
+            return convert_to_mixed_precision(onnx_path=str(staged), low_precision_type='fp16',
+                                              nodes_to_exclude=_exact(keep) or None, keep_io_types=True,
+                                              calibration_data=reference, providers=['cpu'])
+        except (RuntimeError, ValueError, AssertionError) as e:
+            raise ScalableViTError(f'modelopt AutoCast FP16 conversion failed: {type(e).__name__}: {e}') from e
+
+
+def settings_dict(policy: Int8Policy) -> Dict[str, Any]:
+    """A policy as plain JSON-able data (for reports)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(policy).items()}

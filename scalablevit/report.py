@@ -1,0 +1,117 @@
+"""report.json (a contract other tools read) and report.md (for people).
+
+report.json keeps these fields (more may be added):
+  model, precision, backend,
+  accuracy {reference, samples, top1_agreement, cosine_mean, cosine_min, max_abs_diff, top1_reference, top1_candidate},
+  latency_ms {batch, p50, p90, p99, mean} | null,
+  environment {...}
+"""
+import importlib.metadata
+import logging
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+from .fileio import human_size, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED = 'untrained weights'
+_TOOLS = ('torch', 'onnx', 'onnxruntime', 'nvidia-modelopt', 'onnxslim', 'tensorrt', 'cuda-python', 'pycuda', 'numpy')
+
+
+def tool_versions(names: Iterable[str] = _TOOLS) -> Dict[str, Optional[str]]:
+    """Installed versions of the tools that shape an artifact (None when absent), without importing them."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> Dict[str, Any]:
+    return {
+        'python': platform.python_version(),
+        'platform': platform.platform(),
+        'machine': platform.machine(),
+        'cpu_count': os.cpu_count(),
+        'tools': {k: v for k, v in tool_versions().items() if v},
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 / 1024 if sys.platform != 'darwin' else 1 / 1024 / 1024
+    return max(own, children) * scale
+
+
+def make_report(model: str, precision: str, backend: str, accuracy: Dict[str, Any],
+                latency_ms: Optional[Dict[str, Any]], untrained: bool, **extra: Any) -> Dict[str, Any]:
+    report = {'model': model, 'precision': precision, 'backend': backend, 'accuracy': accuracy,
+              'latency_ms': latency_ms, 'environment': environment()}
+    if untrained:
+        report['warning'] = UNTRAINED
+    report.update(extra)
+    return report
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return 'n/a'
+    if isinstance(value, float):
+        return f'{value:.{digits}f}'
+    return str(value)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    acc = report['accuracy']
+    lines = [f"# {report['model']} {report['precision'].upper()} on {report['backend']}", '']
+    if report.get('warning') == UNTRAINED:
+        lines += ['> **Untrained weights** (random initialisation): accuracy numbers below only show that the '
+                  'deployed graph computes the same function as PyTorch; they say nothing about task accuracy.', '']
+    status = report.get('status')
+    if status:
+        lines += [f'**Accuracy gate:** {status}', '']
+    lines += [f"## Accuracy against {acc['reference']} ({acc['samples']} held-out images)", '',
+              '| metric | value |', '|---|---|',
+              f"| top-1 agreement | {acc['top1_agreement'] * 100:.2f} % |",
+              f"| cosine similarity, mean | {_fmt(acc['cosine_mean'], 6)} |",
+              f"| cosine similarity, worst image | {_fmt(acc['cosine_min'], 6)} |",
+              f"| max abs logit difference | {_fmt(acc['max_abs_diff'], 5)} |"]
+    if acc.get('top1_reference') is not None:
+        lines += [f"| top-1 vs labels, reference | {acc['top1_reference']:.2f} % |",
+                  f"| top-1 vs labels, {report['precision']} | {acc['top1_candidate']:.2f} % |"]
+    lat = report.get('latency_ms')
+    if lat:
+        lines += ['', f"## Latency (batch {lat['batch']}, {report['backend']})", '',
+                  '| p50 | p90 | p99 | mean |', '|---|---|---|---|',
+                  f"| {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['mean']:.2f} ms |"]
+    stages = report.get('stages')
+    if stages:
+        lines += ['', '## Stages', '', '| stage | seconds | reused |', '|---|---|---|']
+        lines += [f"| {name} | {s['seconds']:.1f} | {'yes' if s.get('reused') else 'no'} |" for name, s in stages.items()]
+    files = report.get('files')
+    if files:
+        lines += ['', '## Files', '', '| file | size | sha256 |', '|---|---|---|']
+        lines += [f"| {f['file']} | {human_size(f['bytes'])} | `{f['sha256'][:16]}…` |" for f in files]
+    env = report['environment']
+    tools = ', '.join(f'{k} {v}' for k, v in env.get('tools', {}).items())
+    lines += ['', '## Environment', '', f"Python {env['python']} on {env['platform']} ({env['cpu_count']} CPUs); {tools}"]
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(out_dir: Path, report: Dict[str, Any], stem: str = 'report') -> Path:
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically; returns the JSON path."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / f'{stem}.json'
+    write_json(json_path, report)
+    write_text(out_dir / f'{stem}.md', render_markdown(report))
+    logger.info('report written: %s and %s.md', json_path, stem)
+    return json_path

@@ -1,0 +1,307 @@
+"""Jetson parsers against real tool output (tests/data/jetson, sources in its README), power math, the
+tegrastats sampler (replaying a real log through a subprocess), and the Jetson benchmark CLI on a CPU box."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalablevit import jetson
+from scalablevit.bench import BenchConfig, batch_sweep
+from scalablevit.errors import ScalableViTError
+from scalablevit.runners import OnnxRuntimeRunner
+
+DATA = Path(__file__).parent / 'data' / 'jetson'
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lines(name):
+    return jetson.parse_tegrastats((DATA / name).read_text())
+
+
+def text(name):
+    return (DATA / name).read_text()
+
+
+# --------------------------------------------------------------------------------------- tegrastats lines
+def test_orin_nano_busy_line_every_field():
+    idle, busy = lines('tegrastats_orin_nano_super_jp62.txt')
+    assert busy['time'] == '10-08-2026 04:35:02'
+    assert (busy['ram_used_mb'], busy['ram_total_mb']) == (6712, 7620)
+    assert busy['cpu'][0] == {'util': 38, 'mhz': 1497} and len(busy['cpu']) == 6
+    assert (busy['emc_util'], busy['emc_mhz']) == (61, 2133)
+    assert (busy['gpu_util'], busy['gpu_mhz']) == (99, [612])
+    assert busy['temps_c']['tj'] == 58.312 and busy['temps_c']['gpu'] == 58.625
+    # instantaneous first, running average second: the parser keeps them apart
+    assert busy['rails_mw'] == {'VDD_IN': 16321, 'VDD_CPU_GPU_CV': 7104, 'VDD_SOC': 3120}
+    assert busy['rails_avg_mw']['VDD_IN'] == 11204
+    assert idle['gpu_util'] == 0 and idle['gpu_mhz'] == [305]
+
+
+def test_gr3d_without_clock_and_no_emc_field():
+    first, second = lines('tegrastats_orin_nano_gr3d_no_clock.txt')
+    assert (first['gpu_util'], first['gpu_mhz']) == (0, None)
+    assert first['emc_util'] is None and first['emc_mhz'] is None
+    assert second['cpu'][1] == {'util': 0, 'mhz': 729}
+    assert first['rails_mw']['VDD_CPU_GPU_CV'] == 527
+
+
+def test_r39_three_value_rails_take_the_instantaneous_one():
+    samples = lines('tegrastats_orin_nano_super_r39.txt')
+    assert len(samples) == 4
+    second = samples[1]  # 'VDD_IN 3462mW/3522mW/3582mW': inst / avg / max
+    assert second['rails_mw'] == {'VDD_IN': 3462, 'VDD_CPU_GPU_CV': 442, 'VDD_SOC': 1127}
+    assert second['rails_avg_mw']['VDD_IN'] == 3522
+    assert second['temps_c']['cpu'] == 45.375  # 'cpu@45.375C/45.812C': current, then max
+    assert samples[3]['gpu_mhz'] == [306]
+
+
+def test_agx_orin_r36_rails_and_two_gpc_clocks():
+    samples = lines('tegrastats_agx_orin_r36.4.4.txt')
+    assert len(samples) == 3
+    s = samples[0]
+    assert s['gpu_util'] == 0 and s['gpu_mhz'] == [0, 0]
+    assert s['rails_mw'] == {'VDD_GPU_SOC': 2412, 'VDD_CPU_CV': 1607, 'VIN_SYS_5V0': 4707}
+    assert len(s['cpu']) == 12 and s['cpu'][4] == {'util': 46, 'mhz': 1267}
+    assert 'VDD_IN' not in s['rails_mw']
+
+
+def test_agx_orin_jp51_absent_sensors_and_nc_rails_dropped():
+    (s,) = lines('tegrastats_agx_orin_jp51.txt')
+    assert s['gpu_mhz'] == [0]  # 'GR3D_FREQ 0%@0', then a separate GR3D2_FREQ
+    assert 'CV0' not in s['temps_c'] and 'GPU' not in s['temps_c']  # printed as -256C: no sensor
+    assert s['temps_c']['CPU'] == 42.593
+    assert 'NC' not in s['rails_mw'] and s['rails_mw']['VDDQ_VDD2_1V8AO'] == 301
+
+
+def test_thor_gr3d_without_percent():
+    s = lines('tegrastats_thor_r38.4.txt')[1]
+    assert s['gpu_util'] is None and s['gpu_mhz'] == [0, 0, 0]
+    assert s['rails_mw'] == {'VDD_GPU': 0, 'VDD_CPU_SOC_MSS': 4923, 'VIN_SYS_5V0': 4327}
+
+
+def test_non_root_xavier_line_has_no_rails():
+    s = lines('tegrastats_xavier_nonroot_no_rails.txt')[0]
+    assert s['time'] is None and s['gpu_util'] == 39 and s['rails_mw'] == {}
+    assert s['cpu'][4] is None  # 'off'
+
+
+def test_non_tegrastats_lines_are_skipped():
+    assert jetson.parse_tegrastats_line('NVPM ERROR: Error opening /sys/kernel/nvpmodel_emc_cap') is None
+    assert jetson.parse_tegrastats('hello\n\n') == []
+
+
+@pytest.mark.parametrize('name, family, gpu_rail', [
+    ('tegrastats_orin_nano_super_jp62.txt', 'Orin Nano / Orin NX (and Xavier NX)', 'VDD_CPU_GPU_CV'),
+    ('tegrastats_orin_nano_super_r39.txt', 'Orin Nano / Orin NX (and Xavier NX)', 'VDD_CPU_GPU_CV'),
+    ('tegrastats_agx_orin_r36.4.4.txt', 'AGX Orin', 'VDD_GPU_SOC'),
+    ('tegrastats_agx_orin_jp51.txt', 'AGX Orin', 'VDD_GPU_SOC'),
+    ('tegrastats_thor_r38.4.txt', 'Thor', 'VDD_GPU'),
+])
+def test_rail_layout_per_board(name, family, gpu_rail):
+    layout = jetson.rail_layout(lines(name)[0]['rails_mw'])
+    assert layout['family'] == family and layout['gpu_rail'] == gpu_rail
+
+
+# --------------------------------------------------------------------------------------- power math
+def test_power_summary_orin_nano_energy_per_image():
+    idle, busy = lines('tegrastats_orin_nano_super_jp62.txt')
+    power = jetson.power_summary([busy, busy], images_per_s=100.0, idle=[idle])
+    assert power['available'] and power['total_rails'] == ['VDD_IN']
+    assert power['gpu_power_w'] == pytest.approx(7.104)
+    assert power['total_power_w'] == pytest.approx(16.321)
+    # mJ/img = W / (img/s) * 1000: 16.321 W at 100 img/s is 163.21 mJ per image
+    assert power['energy_mj_per_img'] == pytest.approx(163.21)
+    assert power['gpu_energy_mj_per_img'] == pytest.approx(71.04)
+    assert power['idle_total_power_w'] == pytest.approx(5.251)
+    assert power['dynamic_energy_mj_per_img'] == pytest.approx((16.321 - 5.251) * 10)
+    assert power['gpu_util_mean'] == 99 and power['gpu_mhz_mean'] == 612 and power['tj_max_c'] == 58.312
+    assert 'warning' in power  # two samples are too few for a stable mean
+
+
+def test_power_summary_agx_orin_total_is_the_module_rail_sum():
+    samples = lines('tegrastats_agx_orin_r36.4.4.txt')
+    power = jetson.power_summary(samples, images_per_s=50.0)
+    totals = [2412 + 1607 + 4707, 2412 + 1607 + 4607, 2412 + 1607 + 4707]
+    assert power['total_power_w'] == pytest.approx(np.mean(totals) / 1000)
+    assert power['gpu_power_w'] == pytest.approx(2.412)
+    assert power['energy_mj_per_img'] == pytest.approx(np.mean(totals) / 1000 / 50 * 1000)
+
+
+def test_power_summary_without_samples_or_rails_says_why():
+    assert jetson.power_summary([], 10.0) == {
+        'available': False, 'reason': 'no tegrastats sample fell inside the timed window (run longer: --min-seconds)'}
+    no_rails = jetson.power_summary(lines('tegrastats_xavier_nonroot_no_rails.txt'), 10.0)
+    assert not no_rails['available'] and 'root' in no_rails['reason']
+
+
+# --------------------------------------------------------------------------------------- nvpmodel, clocks
+def test_nvpmodel_outputs():
+    assert jetson.parse_nvpmodel(text('nvpmodel_q_orin_nano_super_r39.txt')) == {
+        'mode_name': '25W', 'mode_id': 1, 'fan_mode': None, 'errors': []}
+    assert jetson.parse_nvpmodel(text('nvpmodel_q_xavier_maxn.txt'))['mode_id'] == 0
+    nonroot = jetson.parse_nvpmodel(text('nvpmodel_q_xavier_nonroot.txt'))
+    assert (nonroot['mode_name'], nonroot['mode_id'], nonroot['fan_mode']) == ('MODE_15W_DESKTOP', 7, 'quiet')
+    assert len(nonroot['errors']) == 14
+
+
+def test_jetson_clocks_before_and_after_locking():
+    before = jetson.parse_jetson_clocks(text('jetson_clocks_show_agx_orin_30w_dynamic.txt'))
+    assert before['machine'] == 'NVIDIA Jetson AGX Orin Developer Kit' and before['power_mode'] == 'MODE_30W'
+    assert len(before['cpus']) == 12 and sum(c['online'] for c in before['cpus']) == 8
+    verdict = jetson.clocks_locked(before)
+    assert verdict['locked'] is False and verdict['domains'] == {'cpu': False, 'gpu': False, 'emc': False}
+
+    after = jetson.parse_jetson_clocks(text('jetson_clocks_show_agx_orin_30w_locked.txt'))
+    assert after['gpu'] == {'min': 612000000, 'max': 612000000, 'cur': 612000000}
+    assert after['emc'] == {'min': 204000000, 'max': 3199000000, 'cur': 3199000000, 'override': 1}
+    locked = jetson.clocks_locked(after)  # offline cpu8-11 keep other clocks and do not count
+    assert locked['locked'] is True and '8 online cores' in locked['evidence']['cpu']
+    strict = jetson.clocks_locked(after, strict_emc=True)  # EMC MinFreq stays 204 MHz under jetson_clocks
+    assert strict['locked'] is False and strict['domains']['emc'] is False
+
+
+def test_jetson_clocks_other_boards_and_formats():
+    maxn = jetson.parse_jetson_clocks(text('jetson_clocks_show_agx_orin_64gb_jp51_maxn.txt'))
+    assert [c['cpu'] for c in maxn['cpus']] == list(range(12))
+    assert maxn['gpu']['max'] == 1300500000 and not jetson.clocks_locked(maxn)['locked']
+    r39 = jetson.parse_jetson_clocks(text('jetson_clocks_show_orin_nano_super_r39_25w.txt'))
+    assert len(r39['cpus']) == 6 and all(c['online'] for c in r39['cpus'])  # from 'Online CPUs: 0-5'
+    assert r39['emc']['override'] is None and r39['power_mode'] == '25W'
+    assert not jetson.clocks_locked(r39)['locked']
+    nx = jetson.parse_jetson_clocks(text('jetson_clocks_show_orin_nx_locked_overclock.txt'))
+    assert jetson.clocks_locked(nx)['locked'] is True
+
+
+def test_empty_clock_output_is_never_locked():
+    verdict = jetson.clocks_locked(jetson.parse_jetson_clocks(''))
+    assert verdict['locked'] is False and verdict['evidence']['gpu'] == 'no GPU line'
+
+
+# --------------------------------------------------------------------------------------- versions, board
+def test_l4t_and_jetpack():
+    r36 = jetson.parse_nv_tegra_release(text('nv_tegra_release_r36.4.4.txt'))
+    assert r36['l4t'] == '36.4.4' and r36['board'] == 'generic'
+    assert jetson.jetpack_from_l4t(r36['l4t']) == '6.2.1'
+    r39 = jetson.parse_nv_tegra_release(text('nv_tegra_release_r39.2.1.txt'))
+    assert r39['l4t'] == '39.2.1' and jetson.jetpack_from_l4t('39.2.1') is None  # never guessed
+    assert jetson.parse_dpkg_versions(text('dpkg_query_l4t_core_r36.4.4.txt')) == {
+        'nvidia-l4t-core': '36.4.4-20250616085344'}
+    assert jetson.parse_dpkg_versions(text('dpkg_query_l4t_jetpack_r39.txt'))['nvidia-jetpack'] == '7.2.1-b49'
+    assert jetson.parse_nv_tegra_release('garbage')['l4t'] is None
+
+
+def test_board_model_strips_the_nul():
+    model = jetson.board_model(str(DATA / 'device_tree_model_orin_nano_super.bin'))
+    assert model == 'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super'
+    assert jetson.board_model(str(DATA / 'absent')) is None
+
+
+@pytest.mark.skipif(Path('/etc/nv_tegra_release').exists(), reason='this machine is a Jetson')
+def test_jetson_info_off_jetson_claims_nothing():
+    info = jetson.jetson_info()
+    assert info['is_jetson'] is False and 'clocks' not in info and info['mem_total_gb'] > 0
+
+
+# --------------------------------------------------------------------------------------- sampler
+REPLAY = textwrap.dedent('''
+    import sys, time
+    lines = open(sys.argv[1]).read().splitlines()
+    for i in range(int(sys.argv[2])):
+        print(lines[i % len(lines)], flush=True)
+        time.sleep(float(sys.argv[3]))
+    time.sleep(30)
+''')
+
+
+def replay(name, count=400, period=0.02):
+    return [sys.executable, '-c', REPLAY, str(DATA / name), str(count), str(period)]
+
+
+def test_sampler_replays_a_real_log_and_windows_it():
+    sampler = jetson.TegrastatsSampler(interval_ms=20, command=replay('tegrastats_orin_nano_super_jp62.txt', 30))
+    with sampler:
+        assert sampler.wait_for_samples(10, timeout_s=10)
+        proc = sampler._proc
+    everything = sampler.samples()
+    assert proc.poll() is not None  # stopped (terminated while the replay still slept)
+    assert len(everything) >= 10 and everything[1]['gpu_util'] == 99
+    t0, t1 = everything[0]['t'], everything[-1]['t']
+    window = sampler.samples(t0, t1)
+    assert window == [s for s in everything if t0 + 0.02 <= s['t'] <= t1] and len(window) < len(everything)
+
+
+@pytest.mark.skipif(shutil.which('tegrastats') is not None, reason='tegrastats present on this machine')
+def test_sampler_without_tegrastats_says_so():
+    with pytest.raises(ScalableViTError, match='tegrastats not found'):
+        jetson.TegrastatsSampler().start()
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A real ONNX with the project IO contract: input (N, 3, 4, 4) -> Flatten -> MatMul -> logits (N, 10)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((48, 10)).astype(np.float32), 'w')
+    graph = helper.make_graph(
+        [helper.make_node('Flatten', ['input'], ['flat']), helper.make_node('MatMul', ['flat', 'w'], ['logits'])],
+        'tiny', [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['batch', 3, 4, 4])],
+        [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 10])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), str(path))
+    return path
+
+
+def test_benchmark_with_power_from_a_replayed_log(tmp_path):
+    """The timed window of each batch picks its own tegrastats samples; energy x throughput = power."""
+    command = replay('tegrastats_agx_orin_r36.4.4.txt', count=2000, period=0.01)
+    with jetson.TegrastatsSampler(interval_ms=10, command=command) as sampler, \
+            OnnxRuntimeRunner(str(tiny_onnx(tmp_path / 'tiny.onnx')), threads=1) as runner:
+        assert sampler.wait_for_samples(3, timeout_s=10)
+        sweep = batch_sweep(runner, (3, 4, 4), [1, 4], BenchConfig(warmup=2, iters=5, min_s=0.3),
+                            observer=lambda b, t: {'power': jetson.power_summary(sampler.samples(t.start, t.end),
+                                                                                 t.images_per_s)})
+    for block in sweep:
+        power = block['power']
+        assert power['available'] and power['family'] == 'AGX Orin' and power['samples'] >= 5
+        assert power['gpu_power_w'] == pytest.approx(2.412)
+        assert 8.626 <= power['total_power_w'] <= 8.726
+        assert power['energy_mj_per_img'] * power['images_per_s'] / 1000 == pytest.approx(power['total_power_w'])
+
+
+def _load_cli(name):
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', ROOT / 'bench' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(Path('/etc/nv_tegra_release').exists(), reason='this machine is a Jetson')
+def test_jetson_bench_cli_off_jetson(tmp_path):
+    """On a CPU box the CLI still runs (onnxruntime), says power and clocks are unknown, and adds the roofline."""
+    cli = _load_cli('jetson_bench')
+    out = tmp_path / 'out'
+    rc = cli.main(['--onnx', str(tiny_onnx(tmp_path / 'tiny.fp32.onnx')), '--providers', 'CPUExecutionProvider',
+                   '--batch', '1', '2', '--warmup', '1', '--warmup-s', '0', '--iters', '3', '--min-seconds', '0',
+                   '--idle-s', '0', '--gmacs', '0.00048', '--device-peak', 'jetson-orin-nano-8gb',
+                   '--no-plots', '--out', str(out)])
+    assert rc == 0
+    report = json.loads((out / 'jetson.json').read_text())
+    assert report['jetson']['is_jetson'] is False and report['device_peak'] == 'jetson-orin-nano-8gb'
+    assert any('power not measured' in n for n in report['notes'])
+    (entry,) = report['results']
+    assert entry['precision'] == 'fp32' and [b['batch'] for b in entry['sweep']] == [1, 2]
+    roof = entry['latency_ms']['roofline']
+    assert roof['peak'] == 1.28
+    assert roof['achieved'] == pytest.approx(0.00048 * 2 * entry['latency_ms']['throughput_ips'] / 1e3)
+    assert '| onnxruntime-tiny.fp32 | fp32 | 1 |' in (out / 'jetson.md').read_text()
+
+
+def test_jetson_bench_cli_nothing_to_run(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / 'bench' / 'jetson_bench.py'), '--out', str(tmp_path / 'o'),
+                           '--no-power'], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and 'nothing to benchmark' in done.stderr
+    assert not (tmp_path / 'o').exists()

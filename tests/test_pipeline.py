@@ -1,0 +1,158 @@
+"""The host pipeline and deploy/build_engine.py end to end, on the small test config (real ONNX, real modelopt)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scalablevit.checkpoint import save_weights
+from scalablevit.model import create_model
+from scalablevit.pipeline import HostOptions, HostPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(model='scalable_vit_test', calib_size=16, val_size=8)
+CONTRACT_ACCURACY = {'reference': str, 'samples': int, 'top1_agreement': float, 'cosine_mean': float,
+                     'cosine_min': float, 'max_abs_diff': float}
+
+
+@pytest.fixture(scope='module')
+def int8_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bundle') / 'int8'
+    report = HostPipeline(HostOptions(precision='int8', out=out, **SMALL)).run()
+    return out, report
+
+
+def test_report_follows_the_contract(int8_bundle):
+    out, report = int8_bundle
+    on_disk = json.loads((out / 'report.json').read_text())
+    assert on_disk['model'] == 'scalable_vit_test' and on_disk['precision'] == 'int8'
+    assert on_disk['backend'] == 'onnxruntime-cpu'
+    for key, kind in CONTRACT_ACCURACY.items():
+        assert isinstance(on_disk['accuracy'][key], kind), key
+    assert on_disk['accuracy']['samples'] == 8
+    assert on_disk['accuracy']['top1_reference'] is None and on_disk['accuracy']['top1_candidate'] is None
+    lat = on_disk['latency_ms']
+    assert lat['batch'] == 1 and 0 < lat['p50'] <= lat['p90'] <= lat['p99']
+    assert on_disk['environment']['tools']['onnxruntime']
+    assert on_disk['warning'] == 'untrained weights' and on_disk['status'].startswith(('passed', 'not gated'))
+    assert set(on_disk['stages']) == {'export', 'data', 'quantize', 'validate'}
+    md = (out / 'report.md').read_text()
+    assert 'Untrained weights' in md and 'top-1 agreement' in md
+
+
+def test_manifest_describes_every_artifact(int8_bundle):
+    out, _ = int8_bundle
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['deploy_onnx'] == 'model.int8.onnx' and m['untrained'] is True and m['weights'] is None
+    assert m['input'] == {'name': 'input', 'shape': [None, 3, 224, 224], 'preprocessing': m['input']['preprocessing']}
+    assert m['onnx']['fp32']['opset'] == 17 and m['onnx']['int8']['opset'] >= 19
+    from scalablevit.fileio import sha256_file
+    for entry in m['onnx'].values():
+        assert sha256_file(out / entry['file']) == entry['sha256']
+    assert m['calibration']['count'] == 16 and m['reference']['samples'] == 8
+    assert m['quantization']['method'] == 'entropy'
+    ref = np.load(out / 'reference.npz')
+    assert ref['input'].shape == (8, 3, 224, 224) and ref['logits'].shape == (8, 10)
+    assert not list(out.glob('*.tmp')) and not list(out.glob('.*.tmp'))
+
+
+def test_untrained_int8_graph_still_tracks_fp32(int8_bundle):
+    """Random weights, so only numerical closeness is meaningful: the Q/DQ model stays near the FP32 logits."""
+    _, report = int8_bundle
+    assert report['accuracy']['cosine_mean'] > 0.9
+
+
+def test_rerun_reuses_finished_stages_and_force_rebuilds(int8_bundle):
+    out, first = int8_bundle
+    again = HostPipeline(HostOptions(precision='int8', out=out, **SMALL)).run()
+    assert all(again['stages'][s]['reused'] for s in ('export', 'data', 'quantize'))
+    assert again['accuracy'] == first['accuracy']
+    changed = HostPipeline(HostOptions(precision='int8', out=out, int8_method='max', **SMALL)).run()
+    assert changed['stages']['export']['reused'] and not changed['stages']['quantize']['reused']
+
+
+def test_interrupted_run_resumes_after_last_finished_stage(tmp_path, monkeypatch):
+    from scalablevit import quantize
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, 'convert_fp16', boom)
+    with pytest.raises(KeyboardInterrupt):
+        HostPipeline(HostOptions(precision='fp16', out=tmp_path, **SMALL)).run()
+    assert (tmp_path / 'model.fp32.onnx').is_file() and not (tmp_path / 'model.fp16.onnx').exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+    monkeypatch.undo()
+    report = HostPipeline(HostOptions(precision='fp16', out=tmp_path, **SMALL)).run()
+    assert report['stages']['export']['reused'] and not report['stages']['quantize']['reused']
+    assert report['accuracy']['top1_agreement'] == 1.0
+
+
+def test_trained_weights_are_hashed_and_gated(tmp_path):
+    torch.manual_seed(3)
+    model = create_model('scalable_vit_test')
+    weights = tmp_path / 'w.safetensors'
+    save_weights(model, weights)
+    report = HostPipeline(HostOptions(precision='fp32', out=tmp_path / 'b', weights=weights, **SMALL)).run()
+    assert report['status'] == 'passed' and 'warning' not in report
+    assert report['accuracy']['top1_agreement'] == 1.0 and report['accuracy']['max_abs_diff'] < 1e-4
+    manifest = json.loads((tmp_path / 'b' / 'manifest.json').read_text())
+    from scalablevit.fileio import sha256_file
+    assert manifest['weights']['sha256'] == sha256_file(weights)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def run_cli(*args, cwd=None):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / 'deploy' / 'build_engine.py'), *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_cli_without_tensorrt_completes_host_bundle_and_says_so(tmp_path):
+    out = tmp_path / 'b'
+    res = run_cli('--model', 'test', '--precision', 'fp32', '--calib-size', '4', '--val-size', '4', '--out', str(out))
+    assert res.returncode == 0, res.stderr
+    skip = [line for line in res.stdout.splitlines() if line.startswith('TensorRT stage skipped')]
+    assert len(skip) == 1 and f'--bundle {out}' in skip[0] and 'tensorrt not importable' in skip[0]
+    assert (out / 'report.json').is_file()
+    strict = run_cli('--bundle', str(out), '--require-engine')
+    assert strict.returncode == 1
+    assert strict.stderr.strip().splitlines()[-1].startswith('error: TensorRT stage needed')
+
+
+def _bad_inputs(tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'\x00not weights at all')
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('x')
+    base = ['--model', 'test', '--calib-size', '4', '--val-size', '4']
+    return [
+        (base + ['--precision', 'int4'], "unknown precision 'int4'"),
+        (base + ['--opset', '16'], 'unsupported opset 16'),
+        (base + ['--weights', str(tmp_path / 'missing.pth')], 'weights file not found'),
+        (base + ['--weights', str(garbage)], 'not a checkpoint'),
+        (base + ['--calib', str(empty)], 'no images found'),
+        (base + ['--input-size', '230'], 'multiples of 224'),
+        (base + ['--out', str(blocker / 'sub')], 'not writable'),
+        (base + ['--model', 'scalable_vit_smal'], "did you mean 'scalable_vit_small'"),
+    ]
+
+
+def test_cli_bad_inputs_fail_with_one_clear_line(tmp_path):
+    for args, expected in _bad_inputs(tmp_path):
+        out = tmp_path / ('out-' + str(abs(hash(tuple(args)))))
+        if '--out' not in args:
+            args = args + ['--out', str(out)]
+        res = run_cli(*args)
+        last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else ''
+        assert res.returncode == 1, (args, res.stderr[-2000:])
+        assert last.startswith('error: ') and expected in last, (args, last)
+        assert 'Traceback' not in res.stderr, args
+        leftovers = [p.name for p in out.rglob('*') if p.suffix in ('.onnx', '.npz', '.tmp')] if out.exists() else []
+        assert not leftovers, (args, leftovers)
