@@ -22,15 +22,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, cli, config_dict, load_bundle,  # noqa: E402
-                               make_runner)
+from scalablevit.bench import (REFERENCE_NAME, BenchConfig, RunnerSpec, add_speedups, batch_sweep,  # noqa: E402
+                               cli, config_dict, load_bundle, load_reference, make_runner, render_compare_markdown)
 from scalablevit.compare import accuracy_metrics  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import write_json, write_text  # noqa: E402
 from scalablevit.runners import run_batches  # noqa: E402
 
 logger = logging.getLogger('bench.compare_bundle')
-REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -50,29 +49,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('-v', '--verbose', action='store_true')
     return p.parse_args(argv)
-
-
-def load_reference(bundle: Any, samples: Optional[int]) -> Dict[str, np.ndarray]:
-    """reference.npz checked against the contract: 'input' (N,C,H,W) float32, 'logits' (N,classes), 'labels'?"""
-    path = bundle.path / 'reference.npz'
-    if not path.is_file():
-        raise ScalableViTError(f'{path}: reference file not found (the host pipeline writes it)')
-    try:
-        with np.load(path) as npz:
-            ref = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise ScalableViTError(f'{path}: not a readable .npz ({e})') from e
-    missing = {'input', 'logits'} - set(ref)
-    if missing:
-        raise ScalableViTError(f"{path}: missing array(s) {sorted(missing)} (needs 'input' and 'logits')")
-    x, logits = ref['input'], ref['logits']
-    if x.ndim != 4 or tuple(x.shape[1:]) != bundle.input_shape or logits.ndim != 2 or len(logits) != len(x):
-        raise ScalableViTError(f'{path}: input {x.shape} / logits {logits.shape} do not match the manifest input '
-                               f'[N, {", ".join(map(str, bundle.input_shape))}] and N rows of logits')
-    if 'labels' in ref and len(ref['labels']) != len(x):
-        raise ScalableViTError(f"{path}: {len(ref['labels'])} labels for {len(x)} images")
-    keep = slice(0, samples) if samples else slice(None)
-    return {k: (v[keep].astype(np.float32) if k == 'input' else v[keep]) for k, v in ref.items()}
 
 
 def collect_specs(args: argparse.Namespace, bundle: Any, notes: List[str]) -> List[RunnerSpec]:
@@ -123,42 +99,6 @@ def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[s
             'file': spec.path.name if spec.path else None, 'accuracy': accuracy, 'latency_ms': block}
 
 
-def add_speedup(rows: List[Dict[str, Any]]) -> str:
-    """Speed-up of every row over the baseline (torch FP32, else the first FP32 row); returns its name."""
-    base = next((r for r in rows if r['backend'] == 'torch'), None) or \
-        next((r for r in rows if r['precision'] == 'fp32'), rows[0])
-    for row in rows:
-        row['speedup'] = base['latency_ms']['p50'] / row['latency_ms']['p50']
-    return base['name']
-
-
-def _pct(value: Optional[float], scale: float = 1.0) -> str:
-    return '-' if value is None else f'{value * scale:.2f}'
-
-
-def render(report: Dict[str, Any]) -> str:
-    labelled = report['labelled']
-    head = ['backend', 'precision', 'file'] + (['top-1 (%)'] if labelled else []) + \
-        ['agreement vs FP32 (%)', 'worst cosine', f"p50 ms (batch {report['batch']})", 'img/s',
-         f"speed-up vs {report['baseline']}"]
-    lines = [f"# {report['model']}: backends and precisions", '', '| ' + ' | '.join(head) + ' |',
-             '|---|---|---|' + '---:|' * (len(head) - 3)]
-    for r in report['rows']:
-        acc = r['accuracy'] or {}
-        cells = [r['backend'], r['precision'], r['file'] or '-'] + \
-            ([_pct(acc.get('top1_candidate'))] if labelled else []) + \
-            [_pct(acc.get('top1_agreement'), 100), '-' if not acc else f"{acc['cosine_min']:.6f}",
-             f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['throughput_ips']:.1f}", f"{r['speedup']:.2f}x"]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    if report.get('untrained'):
-        lines += ['', '> Untrained (random) weights: agreement shows the deployed graphs compute the PyTorch '
-                      'function; it says nothing about task accuracy.']
-    lines += ['', f"{report['samples']} reference images; accuracy against {REFERENCE_NAME}. Latency: end-to-end "
-              f"backend call, {report['config']['iters']} timed runs after {report['config']['warmup']} warm-up."]
-    lines += [f'- {n}' for n in report['notes']]
-    return '\n'.join(lines) + '\n'
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.verbose:
@@ -173,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not specs:
         raise ScalableViTError(f'{bundle.path}: nothing to compare (no ONNX in manifest.json, no torch)')
     rows = [measure(spec, args, bundle, ref, config, notes) for spec in specs]
-    baseline = add_speedup(rows)
+    baseline = add_speedups(rows)
     report = {'kind': 'compare', 'model': bundle.model, 'bundle': str(bundle.path), 'batch': args.batch,
               'samples': int(len(ref['input'])), 'labelled': 'labels' in ref,
               'untrained': bundle.manifest.get('untrained'),
@@ -188,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plot_accuracy_vs_latency(rows, out / 'compare_accuracy_vs_latency.png', metric=metric[0],
                                  metric_label=metric[1], title=f'{bundle.model}: accuracy vs latency')
     write_json(out / 'compare.json', report)
-    text = render(report)
+    text = render_compare_markdown(report)
     write_text(out / 'compare.md', text)
     print(text)
     print(f'written: {out}/compare.json, compare.md')

@@ -26,22 +26,33 @@ logger = logging.getLogger('int8_sweep')
 MODEL = 'scalable_vit_fmnist'
 
 
-def settings(depths: Sequence[int], methods: Sequence[str]) -> List[Dict[str, Any]]:
+def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str) -> List[Dict[str, Any]]:
     """The sweep: (label, quantize_int8 keyword arguments), one change at a time from 'none'."""
     from scalablevit.quantize import HAZARDS, INT8_POLICIES
-    base = dict(policy='none', disable_mha_qdq=False, method='entropy')
+    base = dict(policy='none', disable_mha_qdq=False, method='entropy', high_precision_dtype=high_precision)
     rows = [dict(label='none (modelopt heuristics)', **base),
             dict(label='none + disable_mha_qdq', **{**base, 'disable_mha_qdq': True})]
     rows += [dict(label=f'exclude op {op}', exclude_op_types=[op], **base) for op in ('Add', 'Conv', 'Gemm')]
     rows += [dict(label=f'exclude {name}', exclude_nodes=[rx], **base) for name, rx in HAZARDS.items()]
     rows += [dict(label=f'exclude block stages.{k}.{i}', exclude_nodes=[rf'^/stages\.{k}\.{i}/'], **base)
              for k, depth in enumerate(depths) for i in range(depth)]
+    # candidate policies: combinations of the single changes that helped
+    rows += [dict(label='residual_add + depthwise_conv', exclude_nodes=[HAZARDS['residual_add'],
+                                                                       HAZARDS['depthwise_conv']], **base),
+             dict(label='policy default + depthwise_conv', policy='default', method='entropy',
+                  exclude_nodes=[HAZARDS['depthwise_conv']], high_precision_dtype=high_precision)]
     for name in INT8_POLICIES:
         for method in methods:
-            rows.append(dict(label=f'policy {name}', policy=name, method=method))
-    rows += [dict(label='policy default, high precision fp32', policy='default', method='entropy',
-                  high_precision_dtype='fp32')]
+            for hp in ('fp16', 'fp32'):
+                rows.append(dict(label=f'policy {name}', policy=name, method=method, high_precision_dtype=hp))
     return rows
+
+
+# FP16 rows (--fp16): what AutoCast keeps in FP32 beyond its own range check.
+FP16_SETTINGS = [('all FP16 (AutoCast range check only)', ()), ('keep LayerNormalization', ('LayerNormalization',)),
+                 ('keep Softmax', ('Softmax',)),
+                 ('keep LayerNormalization + Softmax + ReduceMean', ('LayerNormalization', 'Softmax', 'ReduceMean'))]
+FP16_SQUARE_LIMIT = 255.9  # sqrt(65504): a LayerNorm input beyond it squares to inf in an FP16 variance
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -51,7 +62,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--eval-size', type=int, default=2000, help='TEST images to evaluate on (default 2000)')
     p.add_argument('--methods', nargs='+', default=['entropy', 'max'], help='methods for the policy rows')
     p.add_argument('--only', nargs='*', help='run only settings whose label contains one of these words')
+    p.add_argument('--high-precision', default='fp32', help='non-INT8 dtype of the exclusion rows (default fp32: '
+                                                           'no FP16 rounding noise hiding the INT8 effects)')
     p.add_argument('--seed', type=int, default=0, help='calibration sample seed')
+    p.add_argument('--fp16', action='store_true', help='also measure FP16 AutoCast settings and activation ranges')
     p.add_argument('--out', type=Path, help='also write the markdown table here')
     return p.parse_args(argv)
 
@@ -88,6 +102,55 @@ def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, 
             'agree': metrics['top1_agreement'] * 100, 'cos': metrics['cosine_min'], 'time': info['time_s']}
 
 
+def activation_ranges(fp32: Path, images: np.ndarray) -> Dict[str, float]:
+    """Max |value| over ``images`` of every float tensor, by producing op type, plus LayerNorm inputs."""
+    import onnx
+    import onnxruntime as ort
+    model = onnx.load(str(fp32))
+    producer = {out: n.op_type for n in model.graph.node for out in n.output if n.op_type not in ('Shape', 'Constant')}
+    ln_inputs = {n.input[0] for n in model.graph.node if n.op_type == 'LayerNormalization'}
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in producer if t not in known)
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    peak: Dict[str, float] = {}
+    for i in range(0, len(images), 100):
+        for name, value in zip(names, session.run(names, {'input': images[i:i + 100]})):
+            if value.dtype == np.float32 and value.size:
+                key = 'LayerNormalization input' if name in ln_inputs else producer.get(name, 'output')
+                peak[key] = max(peak.get(key, 0.0), float(np.abs(value).max()))
+    return dict(sorted(peak.items(), key=lambda kv: -kv[1]))
+
+
+def fp16_rows(fp32: Path, work: Path, calib: np.ndarray, images: np.ndarray, labels: np.ndarray,
+              ref: np.ndarray) -> List[Dict[str, Any]]:
+    from scalablevit.compare import accuracy_metrics
+    from scalablevit.quantize import convert_fp16
+    rows = []
+    for label, keep in FP16_SETTINGS:
+        out = work / 'model.fp16.onnx'
+        info = convert_fp16(fp32, out, keep_fp32_op_types=keep, calibration=calib[:64])
+        got = logits(out, images)
+        m = accuracy_metrics(ref, got, labels)
+        rows.append({'label': label, 'fp32_nodes': f"{info['fp32_nodes']}/{info['nodes']}",
+                     'top1': m['top1_candidate'], 'drop': m['top1_reference'] - m['top1_candidate'],
+                     'agree': m['top1_agreement'] * 100, 'rel': float(np.abs(got - ref).max() / np.abs(ref).max())})
+    return rows
+
+
+def fp16_table(rows: List[Dict[str, Any]], ranges: Dict[str, float]) -> str:
+    lines = ['| FP16 setting | FP32 nodes | top-1 % | drop pt | agreement % | max abs diff / max abs logit |',
+             '|---|---|---|---|---|---|']
+    lines += [f"| {r['label']} | {r['fp32_nodes']} | {r['top1']:.2f} | {r['drop']:+.2f} | {r['agree']:.2f} "
+              f"| {r['rel']:.2e} |" for r in rows]
+    lines += ['', f'Max |activation| on the evaluated images (FP16 max 65504; LayerNorm inputs above '
+                  f'{FP16_SQUARE_LIMIT:.0f} overflow an FP16 variance):', '',
+              '| tensor (by producing op) | max abs |', '|---|---|']
+    lines += [f'| {k} | {v:.1f} |' for k, v in ranges.items()]
+    return '\n'.join(lines)
+
+
 def table(rows: List[Dict[str, Any]], fp32_top1: float, samples: int) -> str:
     lines = [f'FP32 ONNX top-1 {fp32_top1:.2f} % on {samples} Fashion-MNIST test images.', '',
              '| setting | calib | MHA Q/DQ | non-INT8 dtype | INT8 MatMul / Gemm / Conv | top-1 % | drop pt '
@@ -106,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from scalablevit.model import create_model
     model = create_model(MODEL, weights=str(args.weights)).eval()
     calib, images, labels = load_data(model, args.calib_size, args.eval_size, args.seed)
-    rows = settings(model.depths, args.methods)
+    rows = settings(model.depths, args.methods, args.high_precision)
     if args.only:
         rows = [r for r in rows if any(w in r['label'] for w in args.only)]
     results = []
@@ -122,7 +185,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info('[%d/%d] %s: top-1 %.2f %% (drop %+.2f pt), agreement %.2f %% in %.0f s', i, len(rows),
                         row['label'], results[-1]['top1'], results[-1]['drop'], results[-1]['agree'],
                         time.perf_counter() - start)
-    text = table(results, fp32_top1, len(images))
+        text = table(results, fp32_top1, len(images))
+        if args.fp16:
+            text += '\n\n' + fp16_table(fp16_rows(fp32, work, calib, images, labels, ref),
+                                         activation_ranges(fp32, images))
     print(text)
     if args.out:
         from scalablevit.fileio import write_text

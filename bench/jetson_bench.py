@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Jetson benchmark: TensorRT engines with power from tegrastats, the board's facts, and the roofline.
 
-    sudo nvpmodel -m 0 && sudo jetson_clocks          # optional: the report says what it found either way
+    sudo nvpmodel -m 2 && sudo jetson_clocks   # Orin Nano Super MAXN_SUPER (AGX Orin MAXN: -m 0); optional
     python bench/jetson_bench.py --bundle out/scalable_vit_small-int8 --batch 1 8 --min-seconds 5
     python bench/jetson_bench.py --engine s.int8.engine --input-size 224 --gmacs 4.265 --cuda-graph
 
@@ -14,16 +14,15 @@ jetson_vs_batch.png. Needs only numpy, tensorrt and a CUDA binding (``--onnx`` a
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.bench import (BenchConfig, RunnerSpec, TimedRuns, batch_sweep, bench_entry, cli,  # noqa: E402
+from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, cli,  # noqa: E402
                                config_dict, input_shape_of, load_bundle, make_runner, precision_from_name,
                                write_bench_report)
 from scalablevit.errors import ScalableViTError  # noqa: E402
-from scalablevit.jetson import TegrastatsSampler, jetson_info, power_summary  # noqa: E402
+from scalablevit.jetson import PowerMonitor, describe_jetson, jetson_info  # noqa: E402
 from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs  # noqa: E402
 
 logger = logging.getLogger('bench.jetson')
@@ -58,27 +57,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def describe(info: Dict[str, Any]) -> List[str]:
-    """One line per fact for the log and the markdown notes; clock locks only as proven."""
-    if not info['is_jetson']:
-        return [f"{info.get('note')}: board facts, clocks and power not recorded; "
-                f"TensorRT {info['tensorrt'] or 'not importable'}"]
-    clocks = info['clocks']
-    if clocks.get('locked') is None:
-        lock = clocks['reason']
-    elif clocks['locked']:
-        lock = f"locked (jetson_clocks --show: {clocks['rule']})"
-    else:
-        lock = 'NOT locked: ' + '; '.join(f"{d} {clocks['evidence'][d]}"
-                                          for d, ok in clocks['domains'].items() if not ok)
-    memory = f"{info['mem_total_gb']:.1f} GB" if info.get('mem_total_gb') else 'memory unknown'
-    return [f"board: {info['board_model']} ({memory})",
-            f"L4T {info['l4t']}, JetPack {info['jetpack'] or 'unknown'} ({info['jetpack_source']}), "
-            f"TensorRT {info['tensorrt'] or 'not importable'}",
-            f"nvpmodel: {info['nvpmodel'].get('mode_name') or info['nvpmodel'].get('error')}",
-            f'clocks: {lock}']
-
-
 def collect_specs(args: argparse.Namespace, bundle: Any) -> List[RunnerSpec]:
     specs = list(bundle.engines) if bundle else []
     specs += [RunnerSpec('tensorrt', precision_from_name(p) or 'unknown', p, name=f'tensorrt-{p.stem}')
@@ -89,39 +67,6 @@ def collect_specs(args: argparse.Namespace, bundle: Any) -> List[RunnerSpec]:
         where = f' ({bundle.path}/engines has none: build one with deploy/build_engine.py --bundle)' if bundle else ''
         raise ScalableViTError(f'nothing to benchmark: give --bundle with engines, --engine or --onnx{where}')
     return specs
-
-
-class Power:
-    """tegrastats for the whole run; hands each batch the samples of its own timed window."""
-
-    def __init__(self, args: argparse.Namespace, notes: List[str]):
-        self.sampler: Optional[TegrastatsSampler] = None
-        self.idle: List[Dict[str, Any]] = []
-        if args.no_power:
-            notes.append('power not measured (--no-power)')
-            return
-        try:
-            self.sampler = TegrastatsSampler(args.interval).start()
-        except ScalableViTError as e:
-            notes.append(f'power not measured: {e}')
-            return
-        if not self.sampler.wait_for_samples(2, timeout_s=3 + 2 * args.interval / 1000):
-            notes.append('power not measured: tegrastats printed nothing')
-            self.stop()
-            return
-        start = time.monotonic()
-        time.sleep(args.idle_s)
-        self.idle = self.sampler.samples(start, time.monotonic())
-
-    def observe(self, batch: int, timed: TimedRuns) -> Dict[str, Any]:
-        if self.sampler is None:
-            return {}
-        return {'power': power_summary(self.sampler.samples(timed.start, timed.end), timed.images_per_s, self.idle)}
-
-    def stop(self) -> None:
-        if self.sampler is not None:
-            self.sampler.stop()
-            self.sampler = None
 
 
 def _gpu_clock(info: Dict[str, Any]) -> Any:
@@ -137,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = BenchConfig(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds)
     config.validate()
     info = jetson_info(strict_emc=args.strict_clocks)
-    notes = describe(info)
+    notes = describe_jetson(info)
     for line in notes:
         logger.info('%s', line)
     bundle = load_bundle(args.bundle) if args.bundle else None
@@ -146,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     default_shape = (3, size, size) if size else (bundle.input_shape if bundle else None)
     model = args.model or (bundle.model if bundle else None)
     device = detect_local_device(args.device_peak, info)
-    power = Power(args, notes)
+    power = PowerMonitor(None if args.no_power else args.interval, args.idle_s, notes)
     entries, shape = [], default_shape
     try:
         for spec in specs:
@@ -159,6 +104,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         power.stop()
     gmacs, gmacs_source = resolve_gmacs(args.gmacs, bundle.manifest if bundle else None, model, shape[-1])
     add_roofline(entries, gmacs, device, _gpu_clock(info))
+    if gmacs is None:
+        notes.append('roofline omitted: no MAC count (pass --gmacs, or add gmacs to the bundle manifest)')
     notes += sorted({f"power: {b['power']['reason']}" for e in entries for b in e['sweep']
                      if b.get('power') and not b['power']['available']})
     notes += sorted({f"power: {b['power']['note']}" for e in entries for b in e['sweep']

@@ -108,11 +108,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     shape = shape or run_shape
     gmacs, gmacs_source = resolve_gmacs(args.gmacs, bundle.manifest if bundle else None, model, shape[-1])
     add_roofline(entries, gmacs, device)
+    notes = [f'threads: {args.threads or "library default"}; onnxruntime providers: {args.providers}']
+    if gmacs is None:
+        notes.append('roofline omitted: no MAC count (pass --gmacs; torch counts a registered --model)')
     from scalablevit.report import environment
     report = {'kind': 'latency', 'model': model, 'input_shape': list(shape), 'config': config_dict(config),
               'gmacs': gmacs, 'gmacs_source': gmacs_source, 'device_peak': device, 'environment': environment(),
-              'results': entries,
-              'notes': [f'threads: {args.threads or "library default"}; onnxruntime providers: {args.providers}']}
+              'results': entries, 'notes': notes}
     paths = write_bench_report(args.out, report, plots=not args.no_plots)
     print(Path(paths['md']).read_text())
     print(f"written: {', '.join(str(p) for p in paths.values() if p)}")

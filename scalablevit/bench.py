@@ -32,12 +32,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'BundleInfo', 'latency_stats', 'time_runs', 'benchmark',
            'input_shape_of', 'batch_sweep', 'bench_entry', 'make_runner', 'precision_from_name', 'load_bundle',
-           'render_markdown', 'write_bench_report', 'cli']
+           'load_reference', 'add_speedups', 'render_compare_markdown', 'render_markdown', 'write_bench_report', 'cli']
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp32', 'fp16', 'int8')
 PERCENTILES = (50, 90, 99)
 ENGINE_SUFFIXES = ('.engine', '.plan')
+REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
 # An observer sees each batch's timed window and returns fields merged into its block (e.g. power).
 Observer = Callable[[int, 'TimedRuns'], Dict[str, Any]]
 
@@ -291,10 +292,9 @@ def _bundle_onnx(path: Path, manifest: Dict[str, Any], verify: bool) -> List[Run
 
 
 def _engine_precision(file: Path, default: Optional[str]) -> str:
-    """Precision of an engine: its sidecar ``<stem>.json`` first, then its file name, then the bundle's."""
-    sidecar = file.with_suffix('.json')
-    if sidecar.is_file():
-        precision = read_json(sidecar).get('precision')
+    """Precision of an engine: its manifest ``<engine>.json`` first, then its file name, then the bundle's."""
+    for sidecar in (file.with_name(file.name + '.json'), file.with_suffix('.json')):  # engine.py writes the first
+        precision = read_json(sidecar).get('precision') if sidecar.is_file() else None
         if precision:
             return str(precision)
     return precision_from_name(file) or default or 'unknown'
@@ -312,6 +312,65 @@ def load_bundle(path: Path, verify: bool = True) -> BundleInfo:
     info.engines = [RunnerSpec('tensorrt', p, f, name=f'tensorrt-{p}-{f.stem}')
                     for f in files for p in [_engine_precision(f, manifest.get('precision'))]]
     return info
+
+
+def load_reference(bundle: Any, samples: Optional[int]) -> Dict[str, np.ndarray]:
+    """reference.npz checked against the contract: 'input' (N,C,H,W) float32, 'logits' (N,classes), 'labels'?"""
+    path = bundle.path / 'reference.npz'
+    if not path.is_file():
+        raise ScalableViTError(f'{path}: reference file not found (the host pipeline writes it)')
+    try:
+        with np.load(path) as npz:
+            ref = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ScalableViTError(f'{path}: not a readable .npz ({e})') from e
+    missing = {'input', 'logits'} - set(ref)
+    if missing:
+        raise ScalableViTError(f"{path}: missing array(s) {sorted(missing)} (needs 'input' and 'logits')")
+    x, logits = ref['input'], ref['logits']
+    if x.ndim != 4 or tuple(x.shape[1:]) != bundle.input_shape or logits.ndim != 2 or len(logits) != len(x):
+        raise ScalableViTError(f'{path}: input {x.shape} / logits {logits.shape} do not match the manifest input '
+                               f'[N, {", ".join(map(str, bundle.input_shape))}] and N rows of logits')
+    if 'labels' in ref and len(ref['labels']) != len(x):
+        raise ScalableViTError(f"{path}: {len(ref['labels'])} labels for {len(x)} images")
+    keep = slice(0, samples) if samples else slice(None)
+    return {k: (v[keep].astype(np.float32) if k == 'input' else v[keep]) for k, v in ref.items()}
+
+
+def add_speedups(rows: List[Dict[str, Any]]) -> str:
+    """Speed-up of every row over the baseline (torch FP32, else the first FP32 row); returns its name."""
+    base = next((r for r in rows if r['backend'] == 'torch'), None) or \
+        next((r for r in rows if r['precision'] == 'fp32'), rows[0])
+    for row in rows:
+        row['speedup'] = base['latency_ms']['p50'] / row['latency_ms']['p50']
+    return base['name']
+
+
+def _pct(value: Optional[float], scale: float = 1.0) -> str:
+    return '-' if value is None else f'{value * scale:.2f}'
+
+
+def render_compare_markdown(report: Dict[str, Any]) -> str:
+    labelled = report['labelled']
+    head = ['backend', 'precision', 'file'] + (['top-1 (%)'] if labelled else []) + \
+        ['agreement vs FP32 (%)', 'worst cosine', f"p50 ms (batch {report['batch']})", 'img/s',
+         f"speed-up vs {report['baseline']}"]
+    lines = [f"# {report['model']}: backends and precisions", '', '| ' + ' | '.join(head) + ' |',
+             '|---|---|---|' + '---:|' * (len(head) - 3)]
+    for r in report['rows']:
+        acc = r['accuracy'] or {}
+        cells = [r['backend'], r['precision'], r['file'] or '-'] + \
+            ([_pct(acc.get('top1_candidate'))] if labelled else []) + \
+            [_pct(acc.get('top1_agreement'), 100), '-' if not acc else f"{acc['cosine_min']:.6f}",
+             f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['throughput_ips']:.1f}", f"{r['speedup']:.2f}x"]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    if report.get('untrained'):
+        lines += ['', '> Untrained (random) weights: agreement shows the deployed graphs compute the PyTorch '
+                      'function; it says nothing about task accuracy.']
+    lines += ['', f"{report['samples']} reference images; accuracy against {REFERENCE_NAME}. Latency: end-to-end "
+              f"backend call, {report['config']['iters']} timed runs after {report['config']['warmup']} warm-up."]
+    lines += [f'- {n}' for n in report['notes']]
+    return '\n'.join(lines) + '\n'
 
 
 # --------------------------------------------------------------------------------------- reports

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['parse_tegrastats_line', 'parse_tegrastats', 'rail_layout', 'power_summary', 'parse_nvpmodel',
            'parse_jetson_clocks', 'clocks_locked', 'parse_nv_tegra_release', 'parse_dpkg_versions',
-           'jetpack_from_l4t', 'TegrastatsSampler', 'jetson_info', 'board_model']
+           'jetpack_from_l4t', 'TegrastatsSampler', 'PowerMonitor', 'jetson_info', 'describe_jetson', 'board_model']
 
 # Power rails per board family: (family, GPU rail, rails summed for the total, what the numbers mean).
 RAIL_LAYOUTS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
@@ -427,3 +427,62 @@ def jetson_info(strict_emc: bool = False) -> Dict[str, Any]:
         info['clocks'] = {'locked': None, 'reason': f'jetson_clocks --show unavailable ({err}); run as root to record '
                                                     'clocks. Clock state unknown: not claimed locked.'}
     return info
+
+
+def describe_jetson(info: Dict[str, Any]) -> List[str]:
+    """One line per fact of ``jetson_info`` for logs and report notes; clocks only as proven."""
+    if not info['is_jetson']:
+        return [f"{info.get('note')}: board facts, clocks and power not recorded; "
+                f"TensorRT {info['tensorrt'] or 'not importable'}"]
+    clocks = info['clocks']
+    if clocks.get('locked') is None:
+        lock = clocks['reason']
+    elif clocks['locked']:
+        lock = f"locked (jetson_clocks --show: {clocks['rule']})"
+    else:
+        lock = 'NOT locked: ' + '; '.join(f"{d} {clocks['evidence'][d]}"
+                                          for d, ok in clocks['domains'].items() if not ok)
+    memory = f"{info['mem_total_gb']:.1f} GB" if info.get('mem_total_gb') else 'memory unknown'
+    return [f"board: {info['board_model']} ({memory})",
+            f"L4T {info['l4t']}, JetPack {info['jetpack'] or 'unknown'} ({info['jetpack_source']}), "
+            f"TensorRT {info['tensorrt'] or 'not importable'}",
+            f"nvpmodel: {info['nvpmodel'].get('mode_name') or info['nvpmodel'].get('error')}",
+            f'clocks: {lock}']
+
+
+class PowerMonitor:
+    """tegrastats for a whole benchmark: an idle baseline first, then each batch's own timed window.
+
+    ``interval_ms=None`` (or no tegrastats) measures nothing; the reason is appended to ``notes``.
+    ``observe`` is a ``bench.batch_sweep`` observer adding ``power`` to each block.
+    """
+
+    def __init__(self, interval_ms: Optional[int], idle_s: float, notes: List[str],
+                 command: Optional[Sequence[str]] = None):
+        self.sampler: Optional[TegrastatsSampler] = None
+        self.idle: List[Dict[str, Any]] = []
+        if interval_ms is None:
+            notes.append('power not measured (--no-power)')
+            return
+        try:
+            self.sampler = TegrastatsSampler(interval_ms, command).start()
+        except ScalableViTError as e:
+            notes.append(f'power not measured: {e}')
+            return
+        if not self.sampler.wait_for_samples(2, timeout_s=3 + 2 * interval_ms / 1000):
+            notes.append('power not measured: tegrastats printed nothing')
+            self.stop()
+            return
+        start = time.monotonic()
+        time.sleep(idle_s)
+        self.idle = self.sampler.samples(start, time.monotonic())
+
+    def observe(self, batch: int, timed: Any) -> Dict[str, Any]:
+        if self.sampler is None:
+            return {}
+        return {'power': power_summary(self.sampler.samples(timed.start, timed.end), timed.images_per_s, self.idle)}
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler = None

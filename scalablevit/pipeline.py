@@ -196,6 +196,7 @@ class HostPipeline:
         return report
 
     def _describe(self) -> None:
+        from .complexity import model_complexity
         from .model import data_config
         opt, m = self.opt, self.bundle.manifest
         dcfg = data_config(opt.model)
@@ -206,6 +207,7 @@ class HostPipeline:
             'input': {'name': 'input', 'shape': [None, 3, self.input_size, self.input_size], 'preprocessing': dcfg},
             'output': {'name': 'logits', 'num_classes': dcfg['num_classes']},
             'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx',
+            'gmacs': round(model_complexity(opt.model, self.input_size)['gmacs'], 4),  # for the device's roofline
             'tools': {k: v for k, v in tool_versions().items() if v},
         })
         m.setdefault('onnx', {})

@@ -137,13 +137,10 @@ def resolve_gmacs(explicit: Optional[float], manifest: Optional[Dict[str, Any]],
 
 
 def cuda_device_name() -> Optional[str]:
-    """CUDA device 0's name through cuda-python, or None (no binding, no driver, no device)."""
-    try:
-        from cuda.bindings import runtime
-        err, props = runtime.cudaGetDeviceProperties(0)
-    except (ImportError, RuntimeError, AttributeError):
-        return None
-    return props.name.decode(errors='replace').rstrip('\x00') if int(err) == 0 else None
+    """CUDA device 0's name (through ``scalablevit.cuda``: cuda-python or pycuda), None without a device."""
+    from .cuda import cuda_status, device_info
+    ok, _ = cuda_status()
+    return device_info(0)['name'] if ok else None
 
 
 def detect_local_device(explicit: Optional[str] = None, jetson: Optional[Dict[str, Any]] = None) -> Optional[str]:

@@ -246,11 +246,7 @@ def test_load_bundle_verifies_hashes(bundle, tmp_path):
     info = bench.load_bundle(bundle)
     assert [s.precision for s in info.onnx] == ['fp32', 'fp16'] and info.engines == []
     assert info.input_shape == SHAPE and info.model == MODEL
-    tampered = tmp_path / 'b'
-    tampered.mkdir()
-    for f in bundle.iterdir():
-        if f.is_file():
-            (tampered / f.name).write_bytes(f.read_bytes())
+    tampered = _copy_bundle(bundle, tmp_path / 'b')
     (tampered / 'model.fp16.onnx').write_bytes(b'not the exported model')
     with pytest.raises(ScalableViTError, match='model.fp16.onnx: sha256 differs'):
         bench.load_bundle(tampered)
@@ -276,6 +272,34 @@ def test_compare_bundle(bundle, tmp_path):
     assert 'speed-up vs torch-cpu' in md and 'top-1 (%)' in md and md.count('| onnxruntime |') == 2
     with Image.open(out / 'compare_accuracy_vs_latency.png') as png:
         assert png.format == 'PNG'
+
+
+def _copy_bundle(bundle, dest):
+    dest.mkdir()
+    for f in bundle.iterdir():
+        if f.is_file():
+            (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+@pytest.mark.skipif(importlib.util.find_spec('tensorrt') is not None, reason='tensorrt importable: engines would run')
+def test_compare_bundle_skips_engines_without_tensorrt(bundle, tmp_path):
+    """Engines are found (precision from their engine.py manifest) and skipped with one note off-GPU."""
+    copy = _copy_bundle(bundle, tmp_path / 'b')
+    (copy / 'engines').mkdir()
+    (copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine').write_bytes(b'plan')
+    write_json(copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine.json', {'precision': 'fp16'})
+    (copy / 'engines' / 'other.plan').write_bytes(b'plan')
+    info = bench.load_bundle(copy)
+    assert [(s.backend, s.precision) for s in info.engines] == [('tensorrt', 'fp16'), ('tensorrt', 'fp16')]
+    out = tmp_path / 'cmp'
+    assert _load_cli('compare_bundle').main([str(copy), '--no-torch', '--iters', '1', '--warmup', '0',
+                                             '--samples', '2', '--no-plots', '--out', str(out)]) == 0
+    report = json.loads((out / 'compare.json').read_text())
+    assert [r['backend'] for r in report['rows']] == ['onnxruntime', 'onnxruntime']
+    assert report['baseline'] == 'onnxruntime-fp32' and report['samples'] == 2
+    assert '2 TensorRT engine(s) skipped: tensorrt not importable here' in report['notes']
+    assert 'PyTorch row skipped (--no-torch)' in report['notes']
 
 
 def test_compare_bundle_without_reference_fails_cleanly(bundle, tmp_path):
@@ -326,35 +350,24 @@ def test_unknown_backend_suggests():
 def _gpu_reason():
     if importlib.util.find_spec('tensorrt') is None:
         return 'tensorrt not importable'
-    if importlib.util.find_spec('scalablevit.trt_runner') is None:
-        return 'scalablevit.trt_runner not present'
-    try:
-        from cuda.bindings import runtime
-        err, count = runtime.cudaGetDeviceCount()
-    except ImportError:
-        return 'cuda-python not installed'
-    return None if int(err) == 0 and count > 0 else 'no CUDA device'
+    from scalablevit.cuda import cuda_status
+    ok, reason = cuda_status()
+    return None if ok else reason
 
 
 @pytest.mark.gpu
-def test_tensorrt_engine_reports_gpu_time(bundle, tmp_path):
+@pytest.mark.parametrize('cuda_graph', [False, True])
+def test_tensorrt_engine_reports_gpu_time(bundle, tmp_path, cuda_graph):
+    """On a GPU: an engine of the bundle's FP32 ONNX, benchmarked with GPU time (and with a CUDA graph)."""
     reason = _gpu_reason()
     if reason:
         pytest.skip(reason)
-    import tensorrt as trt
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse((bundle / 'model.fp32.onnx').read_bytes()), parser.get_error(0)
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, (1, *SHAPE), (2, *SHAPE), (2, *SHAPE))
-    config.add_optimization_profile(profile)
-    engine = tmp_path / 'model.fp32.engine'
-    engine.write_bytes(bytes(builder.build_serialized_network(network, config)))
-    with bench.make_runner(RunnerSpec('tensorrt', 'fp32', engine)) as runner:
+    from scalablevit.engine import build_engine
+    engine = tmp_path / 'model.fp32.desktop.engine'
+    build_engine(bundle / 'model.fp32.onnx', engine, 'desktop', 'fp32', chw=SHAPE, onnx_opset=17)
+    with bench.make_runner(RunnerSpec('tensorrt', 'fp32', engine), cuda_graph=cuda_graph) as runner:
+        assert bench.input_shape_of(runner) == SHAPE
         sweep = bench.batch_sweep(runner, SHAPE, [1, 2], FAST)
     for block in sweep:
         _check_block(block, block['batch'])
-        assert block['gpu_p50'] is not None and block['gpu_p50'] <= block['p50']
+        assert block['gpu_p50'] is not None and 0 < block['gpu_p50'] <= block['p50']

@@ -257,19 +257,29 @@ def tiny_onnx(path: Path) -> Path:
 
 def test_benchmark_with_power_from_a_replayed_log(tmp_path):
     """The timed window of each batch picks its own tegrastats samples; energy x throughput = power."""
-    command = replay('tegrastats_agx_orin_r36.4.4.txt', count=2000, period=0.01)
-    with jetson.TegrastatsSampler(interval_ms=10, command=command) as sampler, \
-            OnnxRuntimeRunner(str(tiny_onnx(tmp_path / 'tiny.onnx')), threads=1) as runner:
-        assert sampler.wait_for_samples(3, timeout_s=10)
-        sweep = batch_sweep(runner, (3, 4, 4), [1, 4], BenchConfig(warmup=2, iters=5, min_s=0.3),
-                            observer=lambda b, t: {'power': jetson.power_summary(sampler.samples(t.start, t.end),
-                                                                                 t.images_per_s)})
+    notes = []
+    monitor = jetson.PowerMonitor(10, 0.1, notes, command=replay('tegrastats_agx_orin_r36.4.4.txt', 2000, 0.01))
+    try:
+        assert notes == [] and len(monitor.idle) >= 3  # idle baseline taken before the runs
+        with OnnxRuntimeRunner(str(tiny_onnx(tmp_path / 'tiny.onnx')), threads=1) as runner:
+            sweep = batch_sweep(runner, (3, 4, 4), [1, 4], BenchConfig(warmup=2, iters=5, min_s=0.3),
+                                observer=monitor.observe)
+    finally:
+        monitor.stop()
+    assert monitor.sampler is None
     for block in sweep:
         power = block['power']
         assert power['available'] and power['family'] == 'AGX Orin' and power['samples'] >= 5
         assert power['gpu_power_w'] == pytest.approx(2.412)
         assert 8.626 <= power['total_power_w'] <= 8.726
         assert power['energy_mj_per_img'] * power['images_per_s'] / 1000 == pytest.approx(power['total_power_w'])
+        assert 8.626 <= power['idle_total_power_w'] <= 8.726  # same replayed log before the runs
+
+
+def test_power_monitor_off_says_why():
+    notes = []
+    monitor = jetson.PowerMonitor(None, 0, notes)
+    assert monitor.observe(1, None) == {} and notes == ['power not measured (--no-power)']
 
 
 def _load_cli(name):

@@ -209,3 +209,19 @@ def test_cli_fp16_prints_info_and_bad_precision_is_one_line(fp32, tmp_path):
     bad = subprocess.run([sys.executable, str(script), '--onnx', str(fp32[0]), '--precision', 'int4'],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown precision 'int4'")
+
+
+def test_layernorms_at_risk_of_fp16_overflow_stay_fp32(fp32, tmp_path, monkeypatch):
+    """A limit of 0 marks every LayerNorm as at risk: both paths must then keep them all FP32."""
+    from scalablevit import quantize
+    monkeypatch.setattr(quantize, 'FP16_LAYERNORM_LIMIT', 0.0)
+    path, calib, images = fp32
+    layernorms = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == 'LayerNormalization'}
+    info = quantize.convert_fp16(path, tmp_path / 'fp16.onnx', calibration=calib[:8])
+    assert info['layernorm_fp32'] == len(layernorms) == 24
+    assert layernorms <= set(quantize.fp32_compute_nodes(onnx.load(str(tmp_path / 'fp16.onnx'))))
+    info = quantize.quantize_int8(path, tmp_path / 'int8.onnx', calib[:8], method='max')
+    assert info['layernorm_fp32'] and info['high_precision_dtype'] == 'fp16'
+    model = onnx.load(str(tmp_path / 'int8.onnx'))
+    assert layernorms <= set(quantize.fp32_compute_nodes(model))
+    assert np.isfinite(_run(tmp_path / 'int8.onnx', images)).all()

@@ -22,8 +22,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scalablevit.checkpoint import save_weights  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
-from scalablevit.fileio import atomic_path, human_size  # noqa: E402
+from scalablevit.fileio import human_size  # noqa: E402
 from scalablevit.fmnist import load_fashion_mnist, resize_images, to_model_input  # noqa: E402
 from scalablevit.model import ScalableViT, create_model  # noqa: E402
 
@@ -96,11 +97,8 @@ def evaluate(model: ScalableViT, inputs: torch.Tensor, labels: torch.Tensor, bat
 
 
 def save(model: ScalableViT, path: Path, metadata: Dict[str, str]) -> None:
-    """fp32 state_dict as safetensors, written atomically."""
-    from safetensors.torch import save_file
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={'model': MODEL, 'dataset': 'fashion-mnist', **metadata})
+    """fp32 state_dict as safetensors, atomically (``checkpoint.save_weights`` adds model name and classes)."""
+    save_weights(model, path, {'dataset': 'fashion-mnist', **metadata})
 
 
 def prepare(data_cfg: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
