@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scalablevit.bench import (REFERENCE_NAME, BenchConfig, RunnerSpec, add_speedups, batch_sweep,  # noqa: E402
-                               cli, config_dict, load_bundle, load_reference, make_runner, render_compare_markdown)
+                               config_dict, load_bundle, load_reference, make_runner, render_compare_markdown)
+from scalablevit.cli import run_cli  # noqa: E402
 from scalablevit.compare import accuracy_metrics  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import write_json, write_text  # noqa: E402
@@ -138,4 +139,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(cli(main))
+    run_cli(main)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deploy._cli import run_cli  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
 
 logger = logging.getLogger('int8_sweep')
 MODEL = 'scalable_vit_fmnist'
@@ -36,11 +36,13 @@ def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str)
     rows += [dict(label=f'exclude {name}', exclude_nodes=[rx], **base) for name, rx in HAZARDS.items()]
     rows += [dict(label=f'exclude block stages.{k}.{i}', exclude_nodes=[rf'^/stages\.{k}\.{i}/'], **base)
              for k, depth in enumerate(depths) for i in range(depth)]
-    # candidate policies: combinations of the single changes that helped
-    rows += [dict(label='residual_add + depthwise_conv', exclude_nodes=[HAZARDS['residual_add'],
-                                                                       HAZARDS['depthwise_conv']], **base),
-             dict(label='policy default + depthwise_conv', policy='default', method='entropy',
-                  exclude_nodes=[HAZARDS['depthwise_conv']], high_precision_dtype=high_precision)]
+    # candidate policies: combinations of the single changes that helped, with both non-INT8 dtypes
+    for hp in ('fp16', 'fp32'):
+        mha_off = {**base, 'disable_mha_qdq': True, 'high_precision_dtype': hp}
+        rows += [dict(label='disable_mha_qdq + residual_add', exclude_nodes=[HAZARDS['residual_add']], **mha_off),
+                 dict(label='disable_mha_qdq + stem_conv', exclude_nodes=[HAZARDS['stem_conv']], **mha_off),
+                 dict(label='policy default + depthwise_conv', policy='default', method='entropy',
+                      exclude_nodes=[HAZARDS['depthwise_conv']], high_precision_dtype=hp)]
     for name in INT8_POLICIES:
         for method in methods:
             for hp in ('fp16', 'fp32'):

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, cli,  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
+from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry,  # noqa: E402
                                config_dict, input_shape_of, load_bundle, make_runner, precision_from_name,
                                write_bench_report)
 from scalablevit.errors import ScalableViTError  # noqa: E402
@@ -123,4 +124,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(cli(main))
+    run_cli(main)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, cli, config_dict,  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
+from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, config_dict,  # noqa: E402
                                input_shape_of, load_bundle, make_runner, precision_from_name, write_bench_report)
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs  # noqa: E402
@@ -122,4 +123,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(cli(main))
+    run_cli(main)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deploy._cli import run_cli  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
 from scalablevit.data import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import human_size  # noqa: E402

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deploy._cli import run_cli  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 
 logger = logging.getLogger('build_engine')

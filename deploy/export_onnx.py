@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from deploy._cli import run_cli  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import human_size, sha256_file  # noqa: E402
 

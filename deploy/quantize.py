@@ -4,8 +4,9 @@
     python deploy/quantize.py --onnx out/model.fp32.onnx --precision int8 --calib calib.npz --out model.int8.onnx
     python deploy/quantize.py --onnx out/model.fp32.onnx --precision fp16 --out model.fp16.onnx
 
---calib is an image set written by calib/make_calib.py (required for INT8; for FP16 it feeds AutoCast's range
-check). INT8 models come out at opset >= 19 and need TensorRT >= 10 (JetPack >= 6.1). Prints the result as JSON.
+--calib is an image set written by calib/make_calib.py: required for INT8; for FP16 it measures which LayerNorms
+risk FP16 overflow (without it every LayerNorm stays FP32) and feeds AutoCast's range check. INT8 models come out
+at opset >= 19 and need TensorRT >= 10 (JetPack >= 6.1). Prints the result as JSON on stdout.
 """
 import argparse
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deploy._cli import run_cli  # noqa: E402
+from scalablevit.cli import run_cli  # noqa: E402
 from scalablevit.errors import ScalableViTError, unknown_choice  # noqa: E402
 from scalablevit.quantize import (CALIBRATION_DEVICES, CALIBRATION_METHODS, DEFAULT_CALIB_BATCH,  # noqa: E402
                                   FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES, INT8_HIGH_PRECISION,

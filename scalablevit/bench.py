@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'BundleInfo', 'latency_stats', 'time_runs', 'benchmark',
            'input_shape_of', 'batch_sweep', 'bench_entry', 'make_runner', 'precision_from_name', 'load_bundle',
-           'load_reference', 'add_speedups', 'render_compare_markdown', 'render_markdown', 'write_bench_report', 'cli']
+           'load_reference', 'add_speedups', 'render_compare_markdown', 'render_markdown', 'write_bench_report']
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp32', 'fp16', 'int8')
@@ -437,14 +437,3 @@ def write_bench_report(out_dir: Path, report: Dict[str, Any], stem: str = 'laten
 
 def config_dict(config: BenchConfig) -> Dict[str, Any]:
     return asdict(config)
-
-
-def cli(main: Callable[[], int]) -> int:
-    """Run a bench CLI: INFO logging, and a ScalableViTError becomes one line on stderr and exit code 2."""
-    import sys
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    try:
-        return main()
-    except ScalableViTError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2

@@ -66,6 +66,15 @@ def budget_violations(metrics: Dict[str, Any], precision: str) -> list:
     return broken
 
 
+def gate_status(violations: list, untrained: bool) -> str:
+    """The accuracy gate's verdict as reports show it; random weights are reported but never gated."""
+    if not violations:
+        return 'passed'
+    if untrained:
+        return 'not gated (untrained weights): ' + '; '.join(violations)
+    return 'FAILED: ' + '; '.join(violations)
+
+
 def check_budget(metrics: Dict[str, Any], precision: str, what: str) -> None:
     """Raise ScalableViTError when ``metrics`` exceed the precision's accuracy budget."""
     broken = budget_violations(metrics, precision)

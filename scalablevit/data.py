@@ -521,6 +521,19 @@ def load_labelled_folder(folder: PathLike, data_cfg: Dict[str, Any], limit: Opti
     random subset (not the first files, which would be one class).
     """
     folder = Path(folder)
+    files, labels, class_names = labelled_files(folder, data_cfg, limit, labels_file, seed)
+    return load_files(files, data_cfg, input_size, source=f'{folder} (labelled)', root=folder,
+                      labels=labels, class_names=class_names)
+
+
+def labelled_files(folder: PathLike, data_cfg: Dict[str, Any], limit: Optional[int] = None,
+                   labels_file: Optional[PathLike] = None,
+                   seed: int = 0) -> Tuple[List[Path], List[int], Optional[List[str]]]:
+    """(files, labels, class names) of a labelled folder without loading any image (see load_labelled_folder).
+
+    For large sets (ImageNet val is 50k images) load them in chunks with ``load_files``.
+    """
+    folder = Path(folder)
     if labels_file is None:
         files, labels, class_names = _class_folder_items(folder)
     else:
@@ -530,8 +543,7 @@ def load_labelled_folder(folder: PathLike, data_cfg: Dict[str, Any], limit: Opti
         keep = set(sample_files(files, limit, seed))
         pairs = [(f, label) for f, label in zip(files, labels) if f in keep]
         files, labels = [f for f, _ in pairs], [label for _, label in pairs]
-    return load_files(files, data_cfg, input_size, source=f'{folder} (labelled)', root=folder,
-                      labels=labels, class_names=class_names)
+    return files, labels, class_names
 
 
 def _class_folder_items(folder: Path) -> Tuple[List[Path], List[int], List[str]]:

@@ -30,7 +30,9 @@ import numpy as np
 
 from . import cuda
 from .errors import ScalableViTError, unknown_choice
-from .fileio import PathLike, atomic_path, human_size, read_json, sha256_file, write_json
+from .compare import gate_status
+from .fileio import PathLike, atomic_path, human_size, read_json, sha256_file, write_json, write_text
+from .report import UNTRAINED, render_markdown
 from .runners import INPUT_NAME, OUTPUT_NAME, Runner
 
 logger = logging.getLogger(__name__)
@@ -803,9 +805,13 @@ def _validate(engine_path: Path, bundle: Dict[str, Any], reference: Dict[str, np
                         'cuda_binding': cuda.binding_name(), 'python': platform.python_version(),
                         'numpy': np.__version__, 'platform': platform.platform()},
         'created_at': _now(),
+        'status': gate_status(violations, untrained),
     }
+    if untrained:
+        report['warning'] = UNTRAINED
     report_path = engine_path.with_name(engine_path.stem + '.report.json')
     write_json(report_path, report)
+    write_text(report_path.with_suffix('.md'), render_markdown(report))
     logger.info('engine %s vs reference: agreement %.4f, worst cosine %.5f, max |diff| %.4g; report %s',
                 engine_path.name, metrics['top1_agreement'], metrics['cosine_min'], metrics['max_abs_diff'], report_path)
     if violations and untrained:

@@ -14,6 +14,7 @@ Bundle layout (the contract the TensorRT stage and the benchmarks read)::
     reference.npz        held-out 'input' images, PyTorch FP32 'logits', optional 'labels'
     report.json/.md      the deployed ONNX on onnxruntime against PyTorch FP32
 """
+import functools
 import hashlib
 import json
 import logging
@@ -180,7 +181,9 @@ class HostPipeline:
             return 'fashion-mnist'
         return data.source_signature(opt.calib_dir, opt.val_dir)
 
+    @functools.cached_property
     def weights_id(self) -> str:
+        """The weights' sha256 (hashed once: official checkpoints are 128-440 MB), or the untrained seed."""
         return f'untrained-seed{UNTRAINED_SEED}' if self.untrained else sha256_file(self.opt.weights)
 
     # ----------------------------------------------------------------------------------- stages
@@ -203,7 +206,7 @@ class HostPipeline:
         m.update({
             'schema': 1, 'package_version': __version__, 'model': opt.model, 'precision': opt.precision,
             'untrained': self.untrained,
-            'weights': None if self.untrained else {'file': str(opt.weights), 'sha256': self.weights_id()},
+            'weights': None if self.untrained else {'file': str(opt.weights), 'sha256': self.weights_id},
             'input': {'name': 'input', 'shape': [None, 3, self.input_size, self.input_size], 'preprocessing': dcfg},
             'output': {'name': 'logits', 'num_classes': dcfg['num_classes']},
             'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx',
@@ -216,12 +219,12 @@ class HostPipeline:
         from .export import export_onnx
         opt = self.opt
         name = 'model.fp32.onnx'
-        key = _key('export', opt.model, self.weights_id(), opt.opset, self.input_size, __version__,
+        key = _key('export', opt.model, self.weights_id, opt.opset, self.input_size, __version__,
                    tool_versions(('torch', 'onnx', 'onnxslim')))
 
         def work() -> None:
             export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
-                        weights_sha256=None if self.untrained else self.weights_id())
+                        weights_sha256=None if self.untrained else self.weights_id)
         self.bundle.run_stage('export', key, [name], work)
         self.bundle.manifest['onnx']['fp32'] = {'file': name, 'sha256': sha256_file(self.bundle.file(name)),
                                                 'opset': opt.opset}
@@ -233,7 +236,7 @@ class HostPipeline:
         dcfg = data_config(opt.model)
         use_fmnist = self.data_source == 'fashion-mnist'
         key = _key('data', opt.model, self.data_source, opt.calib_size, opt.val_size, opt.seed, self.input_size,
-                   self.weights_id(), __version__)
+                   self.weights_id, __version__)
 
         def work() -> None:
             from .runners import TorchRunner, run_batches
@@ -275,19 +278,21 @@ class HostPipeline:
         if opt.precision == 'int8':
             settings.update(method=opt.int8_method, policy=opt.int8_policy,
                             exclude_op_types=list(opt.exclude_op_types), exclude_nodes=list(opt.exclude_nodes))
-        key = _key('quantize', sha256_file(fp32), calib_sha if opt.precision == 'int8' else None, settings,
+        key = _key('quantize', __version__, sha256_file(fp32), calib_sha, settings,
                    tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
         info: Dict[str, Any] = {}
 
         def work() -> None:
+            from .data import ImageSet
             if opt.precision == 'int8':
-                from .data import ImageSet
                 calib = ImageSet.load_npz(self.bundle.file('calibration.npz'))
                 info.update(quantize.quantize_int8(
                     fp32, self.bundle.file(name), calib.images, method=opt.int8_method, policy=opt.int8_policy,
                     exclude_op_types=opt.exclude_op_types, exclude_nodes=opt.exclude_nodes))
             else:
-                info.update(quantize.convert_fp16(fp32, self.bundle.file(name)))
+                # The calibration images let AutoCast keep only the LayerNorms at risk of FP16 overflow in FP32.
+                calib = ImageSet.load_npz(self.bundle.file('calibration.npz'))
+                info.update(quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib.images))
             self.bundle.manifest['quantization'] = {**settings, **_jsonable(info)}
         self.bundle.run_stage('quantize', key, [name], work)
         import onnx
@@ -298,7 +303,7 @@ class HostPipeline:
         return name
 
     def _validate(self, deploy: str, ref_sha: str) -> Dict[str, Any]:
-        from .compare import accuracy_metrics, budget_violations
+        from .compare import accuracy_metrics, budget_violations, gate_status
         from .data import progress_bar
         from .runners import OnnxRuntimeRunner, run_batches
         ref = np.load(self.bundle.file('reference.npz'))
@@ -310,13 +315,7 @@ class HostPipeline:
             self.bundle.timings['validate'] = {'seconds': time.perf_counter() - start, 'reused': False}
             latency = _quick_latency(runner, ref['input'][:1])
         metrics = accuracy_metrics(ref['logits'], logits, labels, reference_name='pytorch-fp32')
-        broken = budget_violations(metrics, self.opt.precision)
-        if not broken:
-            status = 'passed'
-        elif self.untrained:
-            status = 'not gated (untrained weights): ' + '; '.join(broken)
-        else:
-            status = 'FAILED: ' + '; '.join(broken)
+        status = gate_status(budget_violations(metrics, self.opt.precision), self.untrained)
         self.bundle.save()
         files = [{'file': f, 'bytes': self.bundle.file(f).stat().st_size, 'sha256': sha256_file(self.bundle.file(f))}
                  for f in sorted({'model.fp32.onnx', deploy, 'calibration.npz', 'reference.npz'})]

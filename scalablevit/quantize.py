@@ -3,8 +3,9 @@
 * INT8: explicit Q/DQ (``modelopt.onnx.quantization.quantize``) calibrated with onnxruntime on the host.
   TensorRT 10+ builds a strongly typed engine straight from those Q/DQ nodes (TensorRT 11 has no other
   INT8 path). modelopt writes INT8 models at opset >= 19, which TensorRT 8.6 cannot parse.
-* FP16: modelopt AutoCast (``convert_to_mixed_precision``) with FP32 inputs/outputs; what must stay FP32
-  is kept FP32 by op type / node name (plus AutoCast's own range check on the calibration images).
+* FP16: modelopt AutoCast (``convert_to_mixed_precision``) with FP32 inputs/outputs; kept FP32: op types /
+  node names asked for, LayerNorms whose measured input range risks FP16 overflow, and what AutoCast's own
+  range check on the calibration images flags.
 
 Which nodes stay out of INT8 is a small policy table (``INT8_POLICIES``), chosen by measurement on the
 trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README). Node
@@ -40,11 +41,13 @@ __all__ = ['Int8Policy', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CAL
 CALIBRATION_METHODS = ('entropy', 'max')
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
 CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0', 'CUDAExecutionProvider')}
-# Precision of everything INT8 does not cover. 'fp16' is what TensorRT runs fastest; see INT8_HIGH_PRECISION.
+# Precision of everything INT8 does not cover. Measured (README): 'fp32' keeps 99.7 % top-1 agreement on
+# onnxruntime, 'fp16' (modelopt's default, faster on TensorRT) 99.3 %; validate 'fp16' on the device first.
 HIGH_PRECISION_DTYPES = ('fp32', 'fp16')
-INT8_HIGH_PRECISION = 'fp16'
+INT8_HIGH_PRECISION = 'fp32'
 COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
 DEFAULT_CALIB_BATCH = 8
+FP16_RANGE_CHECK_IMAGES = 4  # images AutoCast's own range check runs: it holds all their activations (S: ~0.6 GB each)
 MIN_TENSORRT = '10.0'  # the oldest TensorRT that parses opset 19 Q/DQ models
 
 # Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
@@ -72,12 +75,16 @@ class Int8Policy:
     disable_mha_qdq: bool = False
 
 
-# Chosen by measurement: bench/int8_sweep.py on the trained Fashion-MNIST model (table in the README).
+# Chosen by measurement: bench/int8_sweep.py on the trained Fashion-MNIST model, 10k test images (README).
+# With FP32 as the non-INT8 dtype every setting lands within 0.1 pt and 99.5-99.8 % agreement; with FP16
+# (less headroom) these three exclusions are what lifts agreement from 98.7 % to 99.3 %: the attention
+# matmuls (their input is the softmax output), the residual adds, the stem conv (raw pixels). Every
+# qkv/q/k/v/kv/proj/fc1/fc2 Linear stays INT8.
 INT8_POLICIES: Dict[str, Int8Policy] = {
     'none': Int8Policy('modelopt heuristics only: nothing excluded by us'),
     'default': Int8Policy(
-        'attention softmax@V and q@K^T in high precision (disable_mha_qdq), residual adds unquantized',
-        exclude_nodes=(HAZARDS['residual_add'],), disable_mha_qdq=True),
+        'attention matmuls (disable_mha_qdq), residual adds and the stem conv kept out of INT8',
+        exclude_nodes=(HAZARDS['residual_add'], HAZARDS['stem_conv']), disable_mha_qdq=True),
 }
 
 # FP16: op types AutoCast keeps in FP32 unless told otherwise. Empty by measurement (README): on the trained
@@ -522,6 +529,13 @@ def fp32_compute_nodes(model: Any) -> List[str]:
             if n.op_type not in skip and n.output and types.get(n.output[0]) == TensorProto.FLOAT]
 
 
+def _subset(images: np.ndarray, count: int) -> np.ndarray:
+    """A fixed, evenly spread subset (deterministic, so the stage's cache key stays meaningful)."""
+    if len(images) <= count:
+        return images
+    return images[np.linspace(0, len(images) - 1, count).round().astype(int)]
+
+
 def _write_reference_batches(images: np.ndarray, input_name: str, work: Path, batch_size: int) -> Path:
     """AutoCast's range check reads a directory of .npz files, one batch each."""
     folder = work / 'reference_inputs'
@@ -590,7 +604,7 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     version = _modelopt_version()
     logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d nodes kept FP32 by request or range, '
                 'AutoCast range check on %s', fp32_onnx, version, len(keep),
-                f'{len(images)} images' if images is not None else 'random inputs')
+                f'{min(len(images), FP16_RANGE_CHECK_IMAGES)} images' if images is not None else 'random inputs')
     start = time.perf_counter()
     converted = _run_autocast(model, images, keep, batch_size)
     _check_fp16(converted, keep, fp32_onnx)
@@ -598,7 +612,8 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
             'keep_fp32_nodes': list(keep_fp32_nodes), 'layernorm_fp32': len(layernorms),
             'layernorm_peak': peak, 'modelopt_version': version, 'opset': _opset(converted),
             'fp32_nodes': len(fp32_compute_nodes(converted)), 'nodes': len(converted.graph.node),
-            'range_check_images': 0 if images is None else int(len(images)), 'source_sha256': src['sha256']}
+            'range_check_images': 0 if images is None else min(len(images), FP16_RANGE_CHECK_IMAGES),
+            'source_sha256': src['sha256']}
     _stamp(converted, src, info, ('modelopt_version',))
     _save(converted, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
@@ -623,8 +638,11 @@ def _run_autocast(model: Any, images: Optional[np.ndarray], keep: List[str], bat
     from modelopt.onnx.autocast import convert_to_mixed_precision
     with _modelopt_session() as work:
         staged = _stage_copy(model, work)
-        reference = None if images is None else str(
-            _write_reference_batches(images, model.graph.input[0].name, work, batch_size))
+        # AutoCast keeps every intermediate tensor of every reference image in memory (ScalableViT-S: about
+        # 0.6 GB per image; 32 images peaked at 21.8 GB RSS), so its range check sees a fixed small subset; the
+        # LayerNorm overflow rule above streams over all calibration images.
+        reference = None if images is None else str(_write_reference_batches(
+            _subset(images, FP16_RANGE_CHECK_IMAGES), model.graph.input[0].name, work, batch_size))
         try:
             return convert_to_mixed_precision(onnx_path=str(staged), low_precision_type='fp16',
                                               nodes_to_exclude=_exact(keep) or None, keep_io_types=True,

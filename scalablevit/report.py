@@ -102,8 +102,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += ['', '## Files', '', '| file | size | sha256 |', '|---|---|---|']
         lines += [f"| {f['file']} | {human_size(f['bytes'])} | `{f['sha256'][:16]}…` |" for f in files]
     env = report['environment']
-    tools = ', '.join(f'{k} {v}' for k, v in env.get('tools', {}).items())
-    lines += ['', '## Environment', '', f"Python {env['python']} on {env['platform']} ({env['cpu_count']} CPUs); {tools}"]
+    facts = [f'{k} {v}' for k, v in env.items() if isinstance(v, (str, int, float)) and k != 'platform']
+    facts += [f'{k} {v}' for k, v in env.get('tools', {}).items()]
+    gpu = env.get('gpu')
+    if isinstance(gpu, dict):
+        facts.append(f"GPU {gpu.get('name')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})")
+    lines += ['', '## Environment', '', f"{env.get('platform', '')}: " + ', '.join(facts)]
     return '\n'.join(lines) + '\n'
 
 

@@ -272,9 +272,7 @@ def test_cli_exports_scalable_vit_small(tmp_path):
 
 
 def test_run_cli_exit_codes(capsys):
-    spec = importlib.util.spec_from_file_location('_export_cli_helper', ROOT / 'deploy' / '_cli.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from scalablevit import cli
 
     def fails(argv):
         raise ScalableViTError('model.onnx: broken\n  second line')

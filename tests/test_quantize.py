@@ -76,6 +76,17 @@ def test_int8_quantizes_every_big_matmul(int8):
     assert info['qdq']['quantized']['MatMul']['quantized'] >= len(big)
 
 
+def test_int8_default_policy_keeps_its_hazards_out(int8):
+    from scalablevit.quantize import HAZARDS
+    model = onnx.load(str(int8[0]))
+    dq = _dq_inputs(model)
+    hazards = re.compile('|'.join((HAZARDS['residual_add'], HAZARDS['stem_conv'], HAZARDS['attention_bmm'])))
+    kept_out = [n.name for n in model.graph.node if hazards.search(n.name)]
+    assert len(kept_out) == 8 * 2 + 4 + 1 + 16  # block residuals, PEG residuals, stem, attention matmuls
+    assert not [name for name in kept_out if dq[name]]
+    assert int8[1]['disable_mha_qdq'] and int8[1]['high_precision_dtype'] == 'fp32'
+
+
 def test_int8_zero_points_all_zero_int8(int8):
     from onnx import numpy_helper
     model = onnx.load(str(int8[0]))
@@ -220,7 +231,7 @@ def test_layernorms_at_risk_of_fp16_overflow_stay_fp32(fp32, tmp_path, monkeypat
     info = quantize.convert_fp16(path, tmp_path / 'fp16.onnx', calibration=calib[:8])
     assert info['layernorm_fp32'] == len(layernorms) == 24
     assert layernorms <= set(quantize.fp32_compute_nodes(onnx.load(str(tmp_path / 'fp16.onnx'))))
-    info = quantize.quantize_int8(path, tmp_path / 'int8.onnx', calib[:8], method='max')
+    info = quantize.quantize_int8(path, tmp_path / 'int8.onnx', calib[:8], method='max', high_precision_dtype='fp16')
     assert info['layernorm_fp32'] and info['high_precision_dtype'] == 'fp16'
     model = onnx.load(str(tmp_path / 'int8.onnx'))
     assert layernorms <= set(quantize.fp32_compute_nodes(model))

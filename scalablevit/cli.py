@@ -1,4 +1,4 @@
-"""Shared entry point for the deploy/, calib/ and bench/ command-line tools.
+"""The one entry point of every command-line tool (deploy/, calib/, bench/, tools/).
 
 ``run_cli(main)`` sets up logging, runs ``main(argv)`` and turns the project's errors into one line on
 stderr: ``error: <message>`` with exit code 1; Ctrl-C exits with 130 (128 + SIGINT) and no traceback.
