@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
     p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
+    p.add_argument('--batch', type=int, nargs=3, metavar=('MIN', 'OPT', 'MAX'),
+                   help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
     p.add_argument('--bundle', type=Path, help='device mode: build the engine from this existing bundle only')
     p.add_argument('--require-engine', action='store_true', help='fail when TensorRT or a GPU is missing')
     p.add_argument('--force', action='store_true', help='rebuild every stage even when its inputs are unchanged')
@@ -63,13 +65,24 @@ def host(args: argparse.Namespace) -> Path:
     return options.out
 
 
-def device(bundle: Path, args: argparse.Namespace) -> int:
-    """The TensorRT stage; imports only tensorrt, numpy and a CUDA binding."""
-    from scalablevit.engine import build_bundle_engine, load_target, trt_status
+def resolve_target(args: argparse.Namespace):
+    """The target preset or file, with --batch applied; checked before any work starts."""
+    from scalablevit.engine import load_target, target_from_dict
     target = load_target(args.target)
+    if args.batch:
+        lo, opt, hi = args.batch
+        target = target_from_dict({**target.settings(), 'batch': {'min': lo, 'opt': opt, 'max': hi}},
+                                  source=f'{args.target} with --batch {lo} {opt} {hi}')
+    return target
+
+
+def device(bundle: Path, target, args: argparse.Namespace) -> int:
+    """The TensorRT stage; imports only tensorrt, numpy and a CUDA binding."""
+    from scalablevit.engine import build_bundle_engine, trt_status
     ok, reason = trt_status()
     if not ok:
-        where = f'python deploy/build_engine.py --bundle {bundle} --target {args.target}'
+        batch = ' --batch ' + ' '.join(map(str, args.batch)) if args.batch else ''
+        where = f'python deploy/build_engine.py --bundle {bundle} --target {args.target}{batch}'
         if args.require_engine:
             raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')
         print(f'TensorRT stage skipped: {reason}. The host bundle is complete; on the target run: {where}')
@@ -82,8 +95,9 @@ def device(bundle: Path, args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    target = resolve_target(args)
     bundle = args.bundle if args.bundle else host(args)
-    return device(bundle, args)
+    return device(bundle, target, args)
 
 
 if __name__ == '__main__':

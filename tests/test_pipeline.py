@@ -141,6 +141,8 @@ def _bad_inputs(tmp_path):
         (base + ['--input-size', '230'], 'multiples of 224'),
         (base + ['--out', str(blocker / 'sub')], 'not writable'),
         (base + ['--model', 'scalable_vit_smal'], "did you mean 'scalable_vit_small'"),
+        (base + ['--target', 'jetson-orin-nan'], "did you mean 'jetson-orin-nano'"),
+        (base + ['--batch', '8', '4', '16'], 'min <= opt <= max'),
     ]
 
 
