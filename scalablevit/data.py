@@ -51,21 +51,28 @@ def eval_sizes(data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> Tu
     return int(round(input_size * resize / crop)), input_size
 
 
-def preprocess(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> np.ndarray:
-    """PIL image -> (3, S, S) float32: shorter side to ``resize`` (config interpolation), center crop, normalize.
+def resize_crop(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> Any:
+    """The geometric half of ``preprocess``: shorter side to ``resize`` (config interpolation), center crop.
 
-    For ImageNet models: shorter side 256 bicubic, center crop 224, ImageNet mean/std (the official eval).
+    Works on any PIL mode; PIL resamples every 8-bit band alike, so a gray image resized here equals the
+    same channel of its RGB copy (``fmnist`` relies on this).
     """
     from PIL import Image
     resize, crop = eval_sizes(data_cfg, input_size)
-    image = image.convert('RGB')
     w, h = image.size
     scale = resize / min(w, h)
     new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
     image = image.resize((new_w, new_h), Image.Resampling(_INTERPOLATIONS[data_cfg['interpolation']]))
     left, top = (new_w - crop) // 2, (new_h - crop) // 2
-    image = image.crop((left, top, left + crop, top + crop))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
+    return image.crop((left, top, left + crop, top + crop))
+
+
+def preprocess(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> np.ndarray:
+    """PIL image -> (3, S, S) float32: shorter side to ``resize`` (config interpolation), center crop, normalize.
+
+    For ImageNet models: shorter side 256 bicubic, center crop 224, ImageNet mean/std (the official eval).
+    """
+    arr = np.asarray(resize_crop(image.convert('RGB'), data_cfg, input_size), dtype=np.float32) / 255.0
     arr = (arr - np.asarray(data_cfg['mean'], np.float32)) / np.asarray(data_cfg['std'], np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

@@ -72,24 +72,17 @@ def load_fashion_mnist(split: str, root: Path = DEFAULT_ROOT) -> Tuple[np.ndarra
 
 
 def resize_images(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
-    """uint8 (N, h, w) gray -> uint8 (N, S, S): the resize and center crop of ``preprocess``, per image with PIL.
+    """uint8 (N, h, w) gray -> uint8 (N, S, S): the resize and center crop of the eval transform, per image.
 
-    PIL resamples every 8-bit band alike, so resizing the gray band equals resizing its RGB copy;
     ``tests/test_fmnist.py`` checks the end result against ``preprocess`` bit for bit.
     """
     from PIL import Image
 
-    from .data import _INTERPOLATIONS, eval_sizes
-    resize, crop = eval_sizes(data_cfg)
-    method = Image.Resampling(_INTERPOLATIONS[data_cfg['interpolation']])
-    h, w = images.shape[1:]
-    scale = resize / min(w, h)
-    new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
-    left, top = (new_w - crop) // 2, (new_h - crop) // 2
+    from .data import eval_sizes, resize_crop
+    crop = eval_sizes(data_cfg)[1]
     out = np.empty((len(images), crop, crop), np.uint8)
     for i, img in enumerate(images):
-        resized = Image.fromarray(img).resize((new_w, new_h), method)
-        out[i] = np.asarray(resized)[top:top + crop, left:left + crop]
+        out[i] = np.asarray(resize_crop(Image.fromarray(img), data_cfg))
     return out
 
 

@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--log-every', type=int, default=100, help='print progress every N steps (0: per epoch only)')
     p.add_argument('--out', type=Path, default=DEFAULT_OUT)
-    p.add_argument('--ckpt-dir', type=Path, default=Path('/work/helpers/ckpt'),
+    p.add_argument('--ckpt-dir', type=Path, default=Path('out/fmnist-checkpoints'),
                    help='per-epoch checkpoints fmnist_epoch{N}.safetensors go here')
     return p.parse_args()
 
