@@ -48,11 +48,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def spec_for(path: Path) -> RunnerSpec:
     backend = 'tensorrt' if path.suffix in ('.engine', '.plan') else 'onnxruntime'
-    return RunnerSpec(backend, precision_from_name(path) or 'fp32', path=path, name=f'{backend}:{path.name}')
+    return RunnerSpec(backend, precision_from_name(path) or 'fp32', path=path, name=f'{backend}:{path}')
 
 
 def evaluate(specs: List[RunnerSpec], files: List[Path], labels: List[int], dcfg: Dict, batch: int) -> Dict:
     """Logits of every runner over the images, decoded chunk by chunk; unreadable images are skipped for all."""
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ScalableViTError(f'two runners would share a name ({", ".join(names)}): rename the files')
     runners = [make_runner(spec).activate() for spec in specs]
     logits: Dict[str, List[np.ndarray]] = {spec.name: [] for spec in specs}
     kept: List[np.ndarray] = []
@@ -75,6 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if not args.candidate:
         raise ScalableViTError('nothing to evaluate: pass at least one --candidate ONNX file or engine')
+    if args.batch < 1:
+        raise ScalableViTError(f'--batch must be positive, got {args.batch}')
     model = resolve_model_name(args.model)
     dcfg = data_config(model)
     reference = spec_for(args.reference) if args.reference else RunnerSpec(

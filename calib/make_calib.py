@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scalablevit.cli import run_cli  # noqa: E402
-from scalablevit.data import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set  # noqa: E402
+from scalablevit.data import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set, fashion_mnist_sets  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import human_size  # noqa: E402
 
@@ -49,8 +49,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from scalablevit.model import data_config  # imports torch: only after the arguments are checked
     data_cfg = data_config(args.model)
     start = time.perf_counter()
-    calib = calibration_set(data_cfg, args.images, args.count, args.val_size, args.seed, args.input_size,
-                            val_dir=args.val)
+    if args.images is None and args.val is None and data_cfg.get('labels') == 'fashion-mnist':
+        calib = fashion_mnist_sets(data_cfg, args.count, args.val_size, args.seed)[0]  # as the pipeline does
+    else:
+        calib = calibration_set(data_cfg, args.images, args.count, args.val_size, args.seed, args.input_size,
+                                val_dir=args.val)
     calib.save_npz(args.out)
     print(f'{args.out}: {len(calib)} images {"x".join(map(str, calib.images.shape[1:]))} '
           f'({human_size(args.out.stat().st_size)}, {calib.skipped} unreadable skipped) '

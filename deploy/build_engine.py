@@ -96,6 +96,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     target = resolve_target(args)
+    if args.require_engine:
+        from scalablevit.engine import trt_status
+        ok, reason = trt_status()
+        if not ok:  # say so before minutes of host work, not after
+            raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')
     bundle = args.bundle if args.bundle else host(args)
     return device(bundle, target, args)
 

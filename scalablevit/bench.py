@@ -15,6 +15,7 @@ std, run count and throughput. Every call is numpy-only; torch, onnxruntime and 
 import importlib
 import inspect
 import logging
+import zipfile
 import math
 import re
 import time
@@ -322,7 +323,7 @@ def load_reference(bundle: Any, samples: Optional[int]) -> Dict[str, np.ndarray]
     try:
         with np.load(path) as npz:
             ref = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ScalableViTError(f'{path}: not a readable .npz ({e})') from e
     missing = {'input', 'logits'} - set(ref)
     if missing:

@@ -86,13 +86,13 @@ def _unwrap(obj: object, path: Path) -> StateDict:
 def checkpoint_filter_fn(state_dict: StateDict, model: torch.nn.Module) -> StateDict:
     """Pure conversion to this model's key space: strip DataParallel's ``module.`` prefix.
 
-    Classifier keys whose shapes differ from the model's (another num_classes) are dropped, so the
-    backbone loads and the caller re-initialises the classifier.
+    Classifier keys whose shapes differ from the model's (another num_classes), or that a headless model
+    (num_classes=0) lacks, are dropped, so the backbone loads and the caller re-initialises the classifier.
     """
     out = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     own = model.state_dict()
     for key in _classifier_keys(model):
-        if key in out and key in own and out[key].shape != own[key].shape:
+        if key in out and (key not in own or out[key].shape != own[key].shape):
             del out[key]
     return out
 

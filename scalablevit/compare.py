@@ -24,6 +24,10 @@ def accuracy_metrics(reference: np.ndarray, candidate: np.ndarray, labels: Optio
         raise ScalableViTError(f'cannot compare logits of shape {candidate.shape} with reference {reference.shape}')
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
+    # A NaN/inf row would make every comparison below False and slip through the gate: count it, then score it
+    # as a miss (zero logits: cosine 0, agreement only by chance of argmax 0).
+    nonfinite = ~np.isfinite(cand).all(axis=1)
+    cand = np.where(nonfinite[:, None], 0.0, cand)
     ref_top1, cand_top1 = ref.argmax(1), cand.argmax(1)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = (ref * cand).sum(1) / np.maximum(norms, 1e-30)
@@ -36,6 +40,7 @@ def accuracy_metrics(reference: np.ndarray, candidate: np.ndarray, labels: Optio
         'max_abs_diff': float(np.abs(ref - cand).max()),
         'top1_reference': None,
         'top1_candidate': None,
+        'nonfinite_samples': int(nonfinite.sum()),
     }
     if labels is not None:
         labels = np.asarray(labels)
@@ -55,6 +60,8 @@ def budget_violations(metrics: Dict[str, Any], precision: str) -> list:
         raise unknown_choice('precision', precision, budgets)
     budget = budgets[precision]
     broken = []
+    if metrics.get('nonfinite_samples'):
+        broken.append(f"{metrics['nonfinite_samples']} samples with NaN/inf logits")
     if metrics['top1_agreement'] < budget['min_top1_agreement']:
         broken.append(f"top-1 agreement {metrics['top1_agreement']:.4f} < {budget['min_top1_agreement']}")
     if metrics['cosine_min'] < budget['min_cosine_min']:

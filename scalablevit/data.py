@@ -253,7 +253,7 @@ def split_files(files: Sequence[Path], calib_size: int, val_size: int,
         raise ScalableViTError(f'need at least 2 images to split into calibration and validation, found {n}')
     if n < calib_size + val_size:
         requested = calib_size + val_size
-        val_size = max(1, round(n * val_size / requested))
+        val_size = min(n - 1, max(1, round(n * val_size / requested)))  # both sides keep at least one
         calib_size = n - val_size
         logger.warning('only %d images for the %d requested: %d for calibration, %d for validation',
                        n, requested, calib_size, val_size)

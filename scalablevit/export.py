@@ -82,7 +82,8 @@ def _pair(size: InputSize) -> Tuple[int, int]:
     return size
 
 
-def _check_opset(opset: int) -> int:
+def check_opset(opset: int) -> int:
+    """The opset if this exporter supports it, else a ScalableViTError naming the range and TensorRT versions."""
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
         lo, hi = min(OPSETS), max(OPSETS)
         raise ScalableViTError(f'opset {opset!r} is not supported: choose {lo}..{hi} ({lo} parses on TensorRT '
@@ -287,7 +288,7 @@ class ExportOnnx:
     def __init__(self, model: Any, opset: int = DEFAULT_OPSET, input_size: Optional[InputSize] = None,
                  weights_sha256: Optional[str] = None, simplify: bool = True):
         self.model = model
-        self.opset = _check_opset(opset)
+        self.opset = check_opset(opset)
         self.name = getattr(model, 'name', None) or type(model).__name__
         self.input_size = self._resolve_size(input_size)
         self.weights_sha256 = weights_sha256 or getattr(model, 'weights_sha256', None) or 'untrained'

@@ -20,6 +20,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     even when the process is interrupted mid-write.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ScalableViTError(f'{path} is a directory: give a file name to write')
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)

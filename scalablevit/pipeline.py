@@ -14,6 +14,7 @@ Bundle layout (the contract the TensorRT stage and the benchmarks read)::
     reference.npz        held-out 'input' images, PyTorch FP32 'logits', optional 'labels'
     report.json/.md      the deployed ONNX on onnxruntime against PyTorch FP32
 """
+import dataclasses
 import functools
 import hashlib
 import json
@@ -33,8 +34,6 @@ from .report import make_report, peak_rss_mb, tool_versions, write_report
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
-OPSETS = (17, 18, 19, 20)
-INT8_METHODS = ('entropy', 'max')
 UNTRAINED_SEED = 0
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -62,15 +61,17 @@ class HostOptions:
     def validate(self) -> None:
         from .model import resolve_model_name
         self.model = resolve_model_name(self.model)
+        from .export import check_opset
+        from .quantize import check_int8_settings
         if self.precision not in PRECISIONS:
             raise unknown_choice('precision', self.precision, PRECISIONS)
-        if self.opset not in OPSETS:
-            raise ScalableViTError(f'unsupported opset {self.opset}: choose {OPSETS[0]}-{OPSETS[-1]} '
-                                   '(17 parses on TensorRT 8.6 through 11)')
-        if self.int8_method not in INT8_METHODS:
-            raise unknown_choice('calibration method', self.int8_method, INT8_METHODS)
+        check_opset(self.opset)
+        if self.precision == 'int8':
+            check_int8_settings(self.int8_method, self.int8_policy, self.exclude_nodes)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
+        if self.input_size is not None and self.input_size < 1:
+            raise ScalableViTError(f'--input-size must be positive, got {self.input_size}')
         bundled = PACKAGE_DIR / 'weights' / f'{self.model}.safetensors'
         if self.weights is None and bundled.is_file():
             logger.info('using the weights shipped with the package: %s', bundled)
@@ -166,7 +167,8 @@ class HostPipeline:
     @property
     def input_size(self) -> int:
         from .model import data_config
-        return self.opt.input_size or data_config(self.opt.model)['input_size'][-1]
+        size = self.opt.input_size
+        return size if size is not None else data_config(self.opt.model)['input_size'][-1]
 
     def _data_source(self) -> str:
         """Where calibration/validation images come from, as a cache key.
@@ -191,9 +193,9 @@ class HostPipeline:
         start = time.perf_counter()
         self._describe()
         self._export()
-        calib_sha, ref_sha = self._data()
+        calib_sha = self._data()
         deploy = self._quantize(calib_sha)
-        report = self._validate(deploy, ref_sha)
+        report = self._validate(deploy)
         report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
         write_report(self.bundle.path, report)
         return report
@@ -229,14 +231,14 @@ class HostPipeline:
         self.bundle.manifest['onnx']['fp32'] = {'file': name, 'sha256': sha256_file(self.bundle.file(name)),
                                                 'opset': opt.opset}
 
-    def _data(self) -> Tuple[str, str]:
+    def _data(self) -> str:
         from . import data
         from .model import data_config
         opt = self.opt
         dcfg = data_config(opt.model)
         use_fmnist = self.data_source == 'fashion-mnist'
         key = _key('data', opt.model, self.data_source, opt.calib_size, opt.val_size, opt.seed, self.input_size,
-                   self.weights_id, __version__)
+                   self.weights_id, __version__, tool_versions(('torch', 'numpy', 'pillow')))
 
         def work() -> None:
             from .runners import TorchRunner, run_batches
@@ -261,11 +263,11 @@ class HostPipeline:
             self.bundle.manifest['reference'] = {'file': 'reference.npz', 'source': val.source,
                                                  'samples': len(val.images), 'labelled': val.labels is not None}
         self.bundle.run_stage('data', key, ['calibration.npz', 'reference.npz'], work)
-        calib_sha = sha256_file(self.bundle.file('calibration.npz'))
-        ref_sha = sha256_file(self.bundle.file('reference.npz'))
+        outputs = self.bundle.manifest['stages']['data']['outputs']
+        calib_sha = outputs['calibration.npz']
         self.bundle.manifest['calibration']['sha256'] = calib_sha
-        self.bundle.manifest['reference']['sha256'] = ref_sha
-        return calib_sha, ref_sha
+        self.bundle.manifest['reference']['sha256'] = outputs['reference.npz']
+        return calib_sha
 
     def _quantize(self, calib_sha: str) -> str:
         opt = self.opt
@@ -278,7 +280,10 @@ class HostPipeline:
         if opt.precision == 'int8':
             settings.update(method=opt.int8_method, policy=opt.int8_policy,
                             exclude_op_types=list(opt.exclude_op_types), exclude_nodes=list(opt.exclude_nodes))
-        key = _key('quantize', __version__, sha256_file(fp32), calib_sha, settings,
+        # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
+        behaviour = (dataclasses.asdict(quantize.resolve_policy(opt.int8_policy)), quantize.HAZARDS,
+                     quantize.INT8_HIGH_PRECISION, quantize.FP16_LAYERNORM_LIMIT, quantize.FP16_RANGE_CHECK_IMAGES)
+        key = _key('quantize', __version__, sha256_file(fp32), calib_sha, settings, behaviour,
                    tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
         info: Dict[str, Any] = {}
 
@@ -295,19 +300,18 @@ class HostPipeline:
                 info.update(quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib.images))
             self.bundle.manifest['quantization'] = {**settings, **_jsonable(info)}
         self.bundle.run_stage('quantize', key, [name], work)
-        import onnx
-        opset = next(o.version for o in onnx.load(str(self.bundle.file(name)), load_external_data=False).opset_import
-                     if o.domain in ('', 'ai.onnx'))
-        self.bundle.manifest['onnx'][opt.precision] = {'file': name, 'sha256': sha256_file(self.bundle.file(name)),
-                                                       'opset': opset}
+        self.bundle.manifest['onnx'][opt.precision] = {
+            'file': name, 'sha256': self.bundle.manifest['stages']['quantize']['outputs'][name],
+            'opset': self.bundle.manifest['quantization']['opset']}
         return name
 
-    def _validate(self, deploy: str, ref_sha: str) -> Dict[str, Any]:
+    def _validate(self, deploy: str) -> Dict[str, Any]:
         from .compare import accuracy_metrics, budget_violations, gate_status
         from .data import progress_bar
         from .runners import OnnxRuntimeRunner, run_batches
-        ref = np.load(self.bundle.file('reference.npz'))
-        labels = ref['labels'] if 'labels' in ref.files else None
+        with np.load(self.bundle.file('reference.npz')) as npz:
+            ref = {k: npz[k] for k in npz.files}
+        labels = ref.get('labels')
         with OnnxRuntimeRunner(str(self.bundle.file(deploy)), name=f'onnxruntime-{self.opt.precision}') as runner:
             start = time.perf_counter()
             logits = run_batches(runner, ref['input'], batch_size=8,

@@ -116,6 +116,14 @@ def resolve_policy(name: str) -> Int8Policy:
     return INT8_POLICIES[_choice('INT8 policy', name, INT8_POLICIES)]
 
 
+def check_int8_settings(method: str, policy: str, exclude_nodes: Iterable[str] = ()) -> Int8Policy:
+    """Validate INT8 options before any work starts (the pipeline calls this up front); returns the policy."""
+    _choice('calibration method', method, CALIBRATION_METHODS)
+    for pattern in exclude_nodes:
+        _compile(pattern)
+    return resolve_policy(policy)
+
+
 def _opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), 0)
 
@@ -200,6 +208,11 @@ def _check_calibration(images: Any, info: Dict[str, Any], what: str = 'calibrati
     if not np.isfinite(arr).all():
         raise ScalableViTError(f'{what} images contain NaN or Inf values')
     return arr
+
+
+def _check_batch(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScalableViTError(f'calibration batch size must be a positive integer, got {batch_size!r}')
 
 
 def _check_device(device: str) -> str:
@@ -406,8 +419,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarr
     out_path = Path(out_path)
     settings = _int8_settings(policy, method, exclude_op_types, exclude_nodes, disable_mha_qdq,
                               high_precision_dtype)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ScalableViTError(f'calibration batch size must be a positive integer, got {batch_size!r}')
+    _check_batch(batch_size)
     model, src = _load_checked(fp32_onnx)
     images = _check_calibration(calibration, src)
     ep = _check_device(calibration_device)
@@ -596,6 +608,7 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     for the manifest.
     """
     out_path = Path(out_path)
+    _check_batch(batch_size)
     model, src = _load_checked(fp32_onnx)
     images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
     keep = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)

@@ -46,7 +46,7 @@ def test_accuracy_of_an_onnx_export_equals_pytorch(labelled_folder, tmp_path):
     acc = report['accuracy']
     assert acc['samples'] == 120 and acc['top1_agreement'] == 1.0 and acc['max_abs_diff'] < 1e-4
     assert acc['top1_candidate'] == acc['top1_reference'] >= 85.0  # 120 test images; 91.9 % on all 10k
-    assert '| onnxruntime:model.fp32.onnx | fp32 |' in (out / 'accuracy.md').read_text()
+    assert f'| onnxruntime:{onnx_path} | fp32 |' in (out / 'accuracy.md').read_text()
 
 
 def test_accuracy_needs_a_candidate(labelled_folder, tmp_path):

@@ -154,3 +154,11 @@ def test_weights_only_is_used_even_if_torch_default_changes(tmp_path):
     calls = subprocess.run(['grep', '-rn', 'torch.load(', str(ROOT / 'scalablevit')], capture_output=True, text=True)
     lines = [line for line in calls.stdout.splitlines() if line.strip()]
     assert lines and all('weights_only=True' in line for line in lines), lines
+
+
+def test_headless_model_loads_a_full_checkpoint(tmp_path, trained_like):
+    path = tmp_path / 'full.pth'
+    torch.save({'model': trained_like.state_dict()}, path)
+    model = create_model('scalable_vit_test', weights=str(path), num_classes=0).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 4096)  # the MLP head's pre-logits

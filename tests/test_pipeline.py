@@ -134,7 +134,8 @@ def _bad_inputs(tmp_path):
     base = ['--model', 'test', '--calib-size', '4', '--val-size', '4']
     return [
         (base + ['--precision', 'int4'], "unknown precision 'int4'"),
-        (base + ['--opset', '16'], 'unsupported opset 16'),
+        (base + ['--opset', '16'], 'opset 16 is not supported'),
+        (base + ['--int8-policy', 'defualt'], "did you mean 'default'"),
         (base + ['--weights', str(tmp_path / 'missing.pth')], 'weights file not found'),
         (base + ['--weights', str(garbage)], 'not a checkpoint'),
         (base + ['--calib', str(empty)], 'no images found'),
