@@ -54,7 +54,7 @@ HARDWARE_COMPAT = {'none': ('NONE', None), 'ampere_plus': ('AMPERE_PLUS', 'amper
 VERSION_COMPAT_HOPS = {(8, 10), (10, 11)}
 # Highest ONNX opset each TensorRT major's parser takes, where it is a hard, documented limit.
 MAX_OPSET = {8: 17}
-DLA_TRT_GAP = ((11, 0), (11, 4))  # TensorRT 11.0-11.3 ship no DLA support (11.4.0: Windows on ARM only)
+DLA_TRT_GAP = ((11, 0, 0), (11, 4, 1))  # no DLA on JetPack in TensorRT 11.0-11.4.0; back in 11.4.1 (JetPack 7.2.2)
 
 
 # ============================================================================================ targets
@@ -337,7 +337,8 @@ def check_target_platform(target: Target, precision: str, trt_version: str, gpu:
             raise ScalableViTError(f"target {target.name} uses DLA, which runs FP16 and INT8 only: "
                                    'build an fp16 or int8 bundle, or use a GPU-only target')
         if target.dla_core >= num_dla_cores:
-            gap = ' (TensorRT 11.0-11.3 have no DLA support)' if DLA_TRT_GAP[0] <= v[:2] < DLA_TRT_GAP[1] else ''
+            in_gap = DLA_TRT_GAP[0] <= v[:3] < DLA_TRT_GAP[1]
+            gap = ' (TensorRT 11.0-11.4.0 have no DLA support on Jetson)' if in_gap else ''
             have = f'has only {num_dla_cores} DLA core(s)' if num_dla_cores else 'has no DLA'
             raise ScalableViTError(f'target {target.name} asks for DLA core {target.dla_core} but {where} with '
                                    f'TensorRT {trt_version} {have}{gap}')
@@ -596,16 +597,17 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, target: Union[str, 
                                f'{log.pop_errors()}')
     build_time = time.perf_counter() - start
     _save_timing_cache(config, cache_file)
+    del parser, network, config, builder  # free the build's memory before the plan is deserialized (Orin Nano)
+    layers = {**_inspect_layers(trt, plan, target), **dla}  # also proves the plan loads before it is written
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(memoryview(plan))
-    layers = {**_inspect_layers(trt, plan, target), **dla}
     onnx_sha256 = onnx_sha256 or sha256_file(onnx_path)
     manifest = {
         'format': MANIFEST_FORMAT, 'engine': engine_path.name, 'engine_sha256': sha256_file(engine_path),
         'engine_bytes': engine_path.stat().st_size,
         'cache_key': engine_cache_key(onnx_sha256, target, precision, version, gpu['name'],
                                       gpu['compute_capability'], flags),
-        'tensorrt_version': version, 'cuda_binding': cuda.binding_name(),
+        'tensorrt_version': version, 'cuda_binding': cuda.api().name,
         'gpu': {k: gpu[k] for k in ('name', 'compute_capability', 'integrated')},
         'target': {**target.settings(), 'notes': target.notes},
         'compatibility': {'version_compatible': target.version_compatible,
@@ -802,7 +804,7 @@ def _validate(engine_path: Path, bundle: Dict[str, Any], reference: Dict[str, np
                    'reused': reused, 'layers': engine_manifest.get('layers'),
                    'build_time_s': engine_manifest.get('build_time_s'), 'trtexec': engine_manifest.get('trtexec')},
         'environment': {'tensorrt': trt_version, 'gpu': engine_manifest['gpu'], 'target': target.name,
-                        'cuda_binding': cuda.binding_name(), 'python': platform.python_version(),
+                        'cuda_binding': cuda.api().name, 'python': platform.python_version(),
                         'numpy': np.__version__, 'platform': platform.platform()},
         'created_at': _now(),
         'status': gate_status(violations, untrained),

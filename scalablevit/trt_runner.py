@@ -44,6 +44,9 @@ class TrtRunner(Runner):
 
     # ----------------------------------------------------------------------------------- activation
     def _activate_impl(self) -> None:
+        if self.cuda_graph and cuda.api().name != 'cuda-python':
+            raise ScalableViTError(f'{self.name}: CUDA graphs need the cuda-python binding, this process uses '
+                                   f'{cuda.api().name}; set {cuda.BINDING_ENV}=cuda-python or drop cuda_graph')
         import tensorrt as trt  # noqa: PLC0415
         self._trt = trt
         self.trt_version = trt.__version__

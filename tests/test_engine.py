@@ -172,8 +172,12 @@ def test_dla_core_out_of_range_and_trt11_gap_are_explained():
     dla1 = _target(dla_core=1, batch_opt=1, batch_max=1)
     with pytest.raises(ScalableViTError, match=r'has only 1 DLA core\(s\)'):
         engine.check_target_platform(dla1, 'fp16', '10.3.0', GPU_ORIN, 1)
-    with pytest.raises(ScalableViTError, match=r'TensorRT 11.0-11.3 have no DLA support'):
-        engine.check_target_platform(dla1, 'fp16', '11.2.0', GPU_ORIN, 0)
+    for version in ('11.2.0', '11.4.0'):
+        with pytest.raises(ScalableViTError, match=r'TensorRT 11.0-11.4.0 have no DLA support on Jetson'):
+            engine.check_target_platform(dla1, 'fp16', version, GPU_ORIN, 0)
+    with pytest.raises(ScalableViTError) as err:  # 11.4.1 has DLA again: the plain reason, no gap hint
+        engine.check_target_platform(dla1, 'fp16', '11.4.1', GPU_ORIN, 0)
+    assert 'has no DLA' in str(err.value) and '11.0-11.4.0' not in str(err.value)
     engine.check_target_platform(dla1, 'fp16', '10.3.0', GPU_ORIN, 2)  # AGX Orin: two cores
 
 
