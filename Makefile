@@ -25,7 +25,7 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi
 
-demo: setup
+demo: $(VENV)/.setup-done
 	$(BIN)/python deploy/build_engine.py --precision int8
 
 test: setup

@@ -78,10 +78,7 @@ def _gpu_clock(info: Dict[str, Any]) -> Any:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.verbose:
-        logging.getLogger().setLevel(logging.DEBUG)
-    config = BenchConfig(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds)
-    config.validate()
+    config = BenchConfig.from_args(args)
     info = jetson_info(strict_emc=args.strict_clocks)
     notes = describe_jetson(info)
     for line in notes:

@@ -91,10 +91,7 @@ def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.verbose:
-        logging.getLogger().setLevel(logging.DEBUG)
-    config = BenchConfig(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds)
-    config.validate()
+    config = BenchConfig.from_args(args)
     specs, model, shape, bundle = collect_specs(args)
     device = detect_local_device(args.device_peak)
     entries = []

@@ -54,6 +54,13 @@ class BenchConfig:
     seed: int = 0
     log_every_s: float = 10.0
 
+    @classmethod
+    def from_args(cls, args: Any) -> 'BenchConfig':
+        """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds, -v), validated."""
+        if getattr(args, 'verbose', False):
+            logging.getLogger().setLevel(logging.DEBUG)
+        return cls(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds).validate()
+
     def validate(self) -> 'BenchConfig':
         if self.iters < 1:
             raise ScalableViTError(f'--iters must be at least 1 (got {self.iters})')
