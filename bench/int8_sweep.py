@@ -4,7 +4,7 @@
     python bench/int8_sweep.py --weights fmnist.safetensors [--calib-size 512] [--eval-size 2000] [--out sweep.md]
 
 Exports the trained scalable_vit_fmnist model, calibrates on TRAIN images (a seeded sample), and evaluates
-every setting on the first --eval-size TEST images with onnxruntime CPU against the FP32 ONNX: top-1, its
+every setting on a seeded sample of --eval-size TEST images (the pipeline's sets) with onnxruntime CPU against the FP32 ONNX: top-1, its
 drop, top-1 agreement, worst cosine, and how many MatMul/Gemm/Conv nodes stay INT8. Settings start from
 modelopt's plain heuristics ('none') and exclude one thing at a time: an op type, a known ViT hazard, one
 stage-block; then the shipped policies with both calibration methods. Prints a markdown table.
@@ -73,13 +73,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def load_data(model: Any, calib_size: int, eval_size: int, seed: int):
-    """(calibration images from TRAIN, eval images and labels from TEST), preprocessed like deployment."""
-    from scalablevit.fmnist import load_fashion_mnist, to_model_input
-    train, _ = load_fashion_mnist('train')
-    test, labels = load_fashion_mnist('test')
-    pick = np.random.default_rng(seed).choice(len(train), calib_size, replace=False)
-    calib = to_model_input(train[np.sort(pick)], model.data_cfg)
-    return calib, to_model_input(test[:eval_size], model.data_cfg), labels[:eval_size]
+    """(calibration images from TRAIN, eval images and labels from TEST): the pipeline's own sets and seeds."""
+    from scalablevit.data import fashion_mnist_sets
+    calib, evaluation = fashion_mnist_sets(model.data_cfg, calib_size, eval_size, seed)
+    return calib.images, evaluation.images, evaluation.labels
 
 
 def logits(onnx_path: Path, images: np.ndarray) -> np.ndarray:
