@@ -228,8 +228,8 @@ class HostPipeline:
             export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
                         weights_sha256=None if self.untrained else self.weights_id)
         self.bundle.run_stage('export', key, [name], work)
-        self.bundle.manifest['onnx']['fp32'] = {'file': name, 'sha256': sha256_file(self.bundle.file(name)),
-                                                'opset': opt.opset}
+        self.bundle.manifest['onnx']['fp32'] = {
+            'file': name, 'sha256': self.bundle.manifest['stages']['export']['outputs'][name], 'opset': opt.opset}
 
     def _data(self) -> str:
         from . import data
