@@ -242,6 +242,19 @@ def _weak_precision(precision: str) -> List[str]:
     return {'fp32': [], 'fp16': ['fp16'], 'int8': ['int8', 'fp16']}[precision]
 
 
+def _trtexec_option(flag: str, trt_major: int) -> Optional[str]:
+    """The trtexec option for one build flag ('name' or 'name=value'); None where trtexec needs none."""
+    name, _, value = flag.partition('=')
+    if name == 'strongly_typed':
+        return '--stronglyTyped' if trt_major == 10 else None  # 11.x: always on, the option is not needed
+    if name == 'hardware_compatibility':
+        return f'--hardwareCompatibilityLevel={HARDWARE_COMPAT[value][1]}'
+    options = {'weakly_typed': None, 'fp16': '--fp16', 'int8': '--int8', 'no_tf32': '--noTF32',
+               'profiling_verbosity': f'--profilingVerbosity={value}', 'dla_core': f'--useDLACore={value}',
+               'gpu_fallback': '--allowGPUFallback', 'version_compatible': '--versionCompatible'}
+    return options[name]
+
+
 def trtexec_command(onnx: PathLike, engine: PathLike, target: Target, precision: str, trt_version: str,
                     input_name: str = INPUT_NAME, chw: Sequence[int] = (3, 224, 224),
                     timing_cache: Optional[PathLike] = None) -> str:
@@ -249,26 +262,13 @@ def trtexec_command(onnx: PathLike, engine: PathLike, target: Target, precision:
     shapes = profile_shapes(target, chw)
     args = ['trtexec', f'--onnx={onnx}', f'--saveEngine={engine}']
     args += [f"--{k}Shapes={input_name}:{'x'.join(map(str, shapes[k]))}" for k in ('min', 'opt', 'max')]
-    flags = build_flags(target, precision, trt_version)
-    if 'strongly_typed' in flags and _version(trt_version)[0] == 10:
-        args.append('--stronglyTyped')  # 11.x: always on, the option is not needed
-    args += [f'--{p}' for p in _weak_precision(precision) if 'weakly_typed' in flags]
     args += [f'--memPoolSize=workspace:{target.workspace_mib}M',
              f'--builderOptimizationLevel={target.builder_optimization_level}']
     if timing_cache is not None:
         args.append(f'--timingCacheFile={timing_cache}')
-    if not target.tf32:
-        args.append('--noTF32')
-    args.append('--profilingVerbosity=detailed')
-    if target.dla_core is not None:
-        args.append(f'--useDLACore={target.dla_core}')
-        if target.gpu_fallback:
-            args.append('--allowGPUFallback')
-    if target.version_compatible:
-        args.append('--versionCompatible')
-    hw = HARDWARE_COMPAT[target.hardware_compatibility_level][1]
-    if hw:
-        args.append(f'--hardwareCompatibilityLevel={hw}')
+    # Derived from build_flags, so the command cannot drift from what the build does.
+    major = _version(trt_version)[0]
+    args += [opt for flag in build_flags(target, precision, trt_version) if (opt := _trtexec_option(flag, major))]
     return ' '.join(shlex.quote(a) for a in args)
 
 
