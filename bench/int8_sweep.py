@@ -11,7 +11,6 @@ stage-block; then the shipped policies with both calibration methods. Prints a m
 """
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.cli import run_cli  # noqa: E402
+from scalablevit.cli import ArgumentParser, run_cli
 
 logger = logging.getLogger('int8_sweep')
 MODEL = 'scalable_vit_fmnist'
@@ -58,7 +56,7 @@ FP16_SQUARE_LIMIT = 255.9  # sqrt(65504): a LayerNorm input beyond it squares to
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('--weights', type=Path, required=True, help=f'trained {MODEL} weights (safetensors or .pth)')
     p.add_argument('--calib-size', type=int, default=512, help='TRAIN images to calibrate on (default 512)')
     p.add_argument('--eval-size', type=int, default=2000, help='TEST images to evaluate on (default 2000)')
@@ -74,7 +72,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def load_data(model: Any, calib_size: int, eval_size: int, seed: int):
     """(calibration images from TRAIN, eval images and labels from TEST): the pipeline's own sets and seeds."""
-    from scalablevit.data import fashion_mnist_sets
+    from scalablevit.fmnist import fashion_mnist_sets
     calib, evaluation = fashion_mnist_sets(model.data_cfg, calib_size, eval_size, seed)
     return calib.images, evaluation.images, evaluation.labels
 

@@ -1,91 +1,9 @@
 #!/usr/bin/env python3
 """Quantize an exported FP32 ScalableViT ONNX with NVIDIA modelopt: INT8 (explicit Q/DQ) or FP16 (AutoCast).
 
-    python deploy/quantize.py --onnx out/model.fp32.onnx --precision int8 --calib calib.npz --out model.int8.onnx
-    python deploy/quantize.py --onnx out/model.fp32.onnx --precision fp16 --out model.fp16.onnx
-
---calib is an image set written by calib/make_calib.py: required for INT8; for FP16 it measures which LayerNorms
-risk FP16 overflow (without it every LayerNorm stays FP32) and feeds AutoCast's range check. INT8 models come out
-at opset >= 19 and need TensorRT >= 10 (JetPack >= 6.1). Prints the result as JSON on stdout.
+The tool lives in scalablevit/cli/quantize.py; installed, it is also the command `scalablevit-quantize`.
 """
-import argparse
-import json
-import logging
-import sys
-from pathlib import Path
-from typing import Optional, Sequence
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scalablevit.cli import run_cli  # noqa: E402
-from scalablevit.errors import ScalableViTError, unknown_choice  # noqa: E402
-from scalablevit.quantize import (CALIBRATION_DEVICES, CALIBRATION_METHODS, DEFAULT_CALIB_BATCH,  # noqa: E402
-                                  FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES, INT8_HIGH_PRECISION,
-                                  INT8_POLICIES)
-
-PRECISIONS = ('int8', 'fp16')
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--onnx', type=Path, required=True, help='FP32 ONNX written by deploy/export_onnx.py')
-    p.add_argument('--precision', required=True, help=f'{" | ".join(PRECISIONS)}')
-    p.add_argument('--calib', type=Path, help='calibration image set (.npz from calib/make_calib.py)')
-    p.add_argument('--out', type=Path, help='output ONNX (default: <onnx dir>/model.<precision>.onnx)')
-    p.add_argument('--method', default='entropy', help=f'INT8 calibration: {" | ".join(CALIBRATION_METHODS)} '
-                                                       '(default: entropy)')
-    p.add_argument('--policy', default='default', help=f'INT8 exclusion policy: {" | ".join(INT8_POLICIES)} '
-                                                       '(default: default)')
-    p.add_argument('--exclude-op-types', nargs='*', default=[], metavar='OP',
-                   help='INT8: op types kept out of INT8, on top of the policy (e.g. Add Gemm); '
-                        'FP16: op types kept in FP32 (default: %s)' % (' '.join(FP16_KEEP_FP32_OP_TYPES) or 'none'))
-    p.add_argument('--exclude-nodes', nargs='*', default=[], metavar='REGEX',
-                   help='node-name regexes (searched) kept out of INT8 / kept FP32, e.g. "^/head/"')
-    p.add_argument('--disable-mha-qdq', choices=('on', 'off'),
-                   help="INT8: no Q/DQ on the attention matmuls (default: the policy's choice)")
-    p.add_argument('--high-precision', default=INT8_HIGH_PRECISION,
-                   help=f'INT8: dtype of the non-quantized layers, {" | ".join(HIGH_PRECISION_DTYPES)} '
-                        f'(default: {INT8_HIGH_PRECISION})')
-    p.add_argument('--device', default='cpu', help=f'INT8 calibration device: {" | ".join(CALIBRATION_DEVICES)} '
-                                                   '(default: cpu)')
-    p.add_argument('--batch', type=int, default=DEFAULT_CALIB_BATCH, help='calibration batch size (default: 8)')
-    p.add_argument('-v', '--verbose', action='store_true', help='debug logging (modelopt at INFO)')
-    return p.parse_args(argv)
-
-
-def load_images(path: Path):
-    """The float32 (N, 3, H, W) images of an image-set .npz."""
-    from scalablevit.data import ImageSet
-    return ImageSet.load_npz(path).images
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.verbose:
-        logging.getLogger().setLevel(logging.DEBUG)
-    if args.precision not in PRECISIONS:
-        raise unknown_choice('precision', args.precision, PRECISIONS)
-    if not args.onnx.is_file():
-        raise ScalableViTError(f'{args.onnx}: file not found')
-    out = args.out or args.onnx.with_name(f'model.{args.precision}.onnx')
-    if out.resolve() == args.onnx.resolve():
-        raise ScalableViTError(f'--out {out} would overwrite the FP32 input')
-    images = load_images(args.calib) if args.calib else None
-    from scalablevit import quantize
-    if args.precision == 'int8':
-        if images is None:
-            raise ScalableViTError('INT8 needs calibration images: --calib CALIB.npz (calib/make_calib.py writes one)')
-        mha = None if args.disable_mha_qdq is None else args.disable_mha_qdq == 'on'
-        info = quantize.quantize_int8(
-            args.onnx, out, images, method=args.method, exclude_op_types=args.exclude_op_types,
-            exclude_nodes=args.exclude_nodes, policy=args.policy, calibration_device=args.device,
-            disable_mha_qdq=mha, high_precision_dtype=args.high_precision, batch_size=args.batch)
-    else:
-        keep = args.exclude_op_types or FP16_KEEP_FP32_OP_TYPES
-        info = quantize.convert_fp16(args.onnx, out, keep_fp32_op_types=keep, keep_fp32_nodes=args.exclude_nodes,
-                                     calibration=images, batch_size=args.batch)
-    print(json.dumps(info, indent=2, default=str))
-    return 0
-
+from scalablevit.cli.quantize import main, run  # noqa: F401 (main: for tests and scripting)
 
 if __name__ == '__main__':
-    run_cli(main)
+    run()

@@ -7,38 +7,33 @@ Two clocks, reported apart (TensorRT's trtexec does the same with "Latency" vs "
 * GPU-only (``gpu_p50`` ...): ``runner.last_gpu_time_s`` when the runner measures it (the TensorRT
   runner's CUDA events around the enqueue); ``None`` for runners without a GPU clock.
 
-Percentiles use linear interpolation between order statistics (numpy's default, NIST method R-7). The
+Statistics come from ``scalablevit.stats`` (percentiles by linear interpolation, NIST R-7). The
 per-batch block fits the report contract ``latency_ms {batch, p50, p90, p99, mean}`` and adds min, max,
 std, run count and throughput. Every call is numpy-only; torch, onnxruntime and tensorrt are imported by
 ``make_runner`` for the backend asked for, so the on-device path needs neither torch nor onnxruntime.
 """
-import importlib
-import inspect
 import logging
-import zipfile
 import math
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bundle import ENGINE_SUFFIXES, Bundle
 from .errors import ScalableViTError, unknown_choice
-from .fileio import read_json, sha256_file, write_json, write_text
+from .fileio import read_json, write_json, write_text
 from .runners import INPUT_NAME, Runner
+from .stats import latency_stats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'BundleInfo', 'latency_stats', 'time_runs', 'benchmark',
-           'input_shape_of', 'batch_sweep', 'bench_entry', 'make_runner', 'precision_from_name', 'load_bundle',
-           'load_reference', 'add_speedups', 'render_compare_markdown', 'render_markdown', 'write_bench_report']
+__all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'time_runs', 'benchmark', 'input_shape_of', 'batch_sweep',
+           'bench_entry', 'make_runner', 'file_precision', 'bundle_specs', 'add_speedups', 'render_compare_markdown',
+           'render_markdown', 'write_bench_report']
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16', 'int8')
-PERCENTILES = (50, 90, 99)
-ENGINE_SUFFIXES = ('.engine', '.plan')
 REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
 # An observer sees each batch's timed window and returns fields merged into its block (e.g. power).
 Observer = Callable[[int, 'TimedRuns'], Dict[str, Any]]
@@ -56,9 +51,7 @@ class BenchConfig:
 
     @classmethod
     def from_args(cls, args: Any) -> 'BenchConfig':
-        """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds, -v), validated."""
-        if getattr(args, 'verbose', False):
-            logging.getLogger().setLevel(logging.DEBUG)
+        """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds), validated."""
         return cls(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds).validate()
 
     def validate(self) -> 'BenchConfig':
@@ -86,22 +79,6 @@ class TimedRuns:
 
 
 # --------------------------------------------------------------------------------------- statistics
-def latency_stats(times_ms: Sequence[float], batch: int, prefix: str = '') -> Dict[str, Any]:
-    """p50/p90/p99/mean/min/max/std (ms), run count and throughput (images/s) of per-run times in ms."""
-    values = np.asarray(list(times_ms), dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        raise ScalableViTError(f'latency statistics need finite timings (got {values.size} values)')
-    if batch < 1:
-        raise ScalableViTError(f'batch must be at least 1 (got {batch})')
-    p50, p90, p99 = (float(v) for v in np.percentile(values, PERCENTILES))
-    mean = float(values.mean())
-    stats = {'p50': p50, 'p90': p90, 'p99': p99, 'mean': mean, 'min': float(values.min()),
-             'max': float(values.max()), 'std': float(values.std()), 'runs': int(values.size),
-             'throughput_ips': batch * 1000.0 / mean if mean > 0 else math.inf}
-    block = {prefix + k: v for k, v in stats.items()}
-    return {'batch': int(batch), **block} if not prefix else block
-
-
 _GPU_KEYS = ('p50', 'p90', 'p99', 'mean', 'min', 'max', 'std', 'throughput_ips')
 
 
@@ -211,27 +188,27 @@ class RunnerSpec:
             self.name = f'{self.backend}-{self.precision}'
 
 
-def precision_from_name(path: Path) -> Optional[str]:
-    """``model.int8.onnx`` -> 'int8': a precision token (fp32/fp16/int8) in the file name, or None."""
-    tokens = re.split(r'[._\-]', Path(path).name.lower())
-    found = [t for t in tokens if t in PRECISIONS]
-    return found[-1] if found else None
-
-
-def _trt_runner(path: Path, name: str, cuda_graph: bool) -> Runner:
-    """The TensorRT runner (scalablevit.trt_runner), imported only when an engine is benchmarked."""
+def file_precision(path: Path, default: str = 'unknown') -> str:
+    """The precision of a model file from its content, never its name: an engine's manifest (``<engine>.json``,
+    else ``default``) or what an ONNX graph holds (``export.onnx_precision``)."""
+    path = Path(path)
+    if path.suffix in ENGINE_SUFFIXES:
+        from .engine import manifest_path
+        sidecar = manifest_path(path)
+        return str(read_json(sidecar).get('precision') or default) if sidecar.is_file() else default
     try:
-        module = importlib.import_module('scalablevit.trt_runner')
-    except ImportError as e:
-        raise ScalableViTError(f'cannot benchmark {path}: TensorRT runner unavailable ({e})') from e
-    params = inspect.signature(module.TrtRunner).parameters
-    kwargs: Dict[str, Any] = {'name': name} if 'name' in params else {}
-    if cuda_graph:
-        flag = next((p for p in ('cuda_graph', 'use_cuda_graph') if p in params), None)
-        if flag is None:
-            raise ScalableViTError('--cuda-graph: this TrtRunner has no CUDA-graph option')
-        kwargs[flag] = True
-    return module.TrtRunner(str(path), **kwargs)
+        from .export import load_onnx, onnx_precision
+    except ImportError:  # a device without onnx: the precision is not knowable here
+        return default
+    return onnx_precision(load_onnx(path))
+
+
+def bundle_specs(bundle: Bundle) -> Tuple[List[RunnerSpec], List[RunnerSpec]]:
+    """Runner specs for a bundle's ONNX files (verified, precision from the manifest) and its engines."""
+    onnx = [RunnerSpec('onnxruntime', p, f, name=f'onnxruntime-{p}') for p, f in bundle.onnx_files().items()]
+    engines = [RunnerSpec('tensorrt', p, f, name=f'tensorrt-{p}-{f.stem}')
+               for f in bundle.engines() for p in [file_precision(f, default=bundle.precision)]]
+    return onnx, engines
 
 
 def _torch_model(spec: RunnerSpec, seed: Optional[int]) -> Any:
@@ -257,92 +234,8 @@ def make_runner(spec: RunnerSpec, torch_device: str = 'cpu', providers: Sequence
         raise ScalableViTError(f'{spec.path}: file not found')
     if spec.backend == 'onnxruntime':
         return OnnxRuntimeRunner(str(spec.path), providers=providers, threads=threads, name=spec.name)
-    return _trt_runner(Path(spec.path), spec.name, cuda_graph)
-
-
-# --------------------------------------------------------------------------------------- bundles
-@dataclass
-class BundleInfo:
-    """A host bundle as the benchmarks see it: manifest, verified ONNX files, engines, input shape."""
-    path: Path
-    manifest: Dict[str, Any]
-    onnx: List[RunnerSpec] = field(default_factory=list)
-    engines: List[RunnerSpec] = field(default_factory=list)
-
-    @property
-    def model(self) -> Optional[str]:
-        return self.manifest.get('model')
-
-    @property
-    def input_shape(self) -> Tuple[int, int, int]:
-        shape = (self.manifest.get('input') or {}).get('shape') or []
-        if len(shape) != 4 or any(not isinstance(s, int) for s in shape[1:]):
-            raise ScalableViTError(f"{self.path / 'manifest.json'}: input.shape must be [null, C, H, W] (got {shape})")
-        return tuple(shape[1:])
-
-    @property
-    def weights(self) -> Optional[Path]:
-        file = (self.manifest.get('weights') or {}).get('file')
-        return Path(file) if file and Path(file).is_file() else None
-
-
-def _bundle_onnx(path: Path, manifest: Dict[str, Any], verify: bool) -> List[RunnerSpec]:
-    specs = []
-    for precision, entry in sorted((manifest.get('onnx') or {}).items(), key=lambda kv: PRECISIONS.index(kv[0])
-                                   if kv[0] in PRECISIONS else 99):
-        file = path / entry['file']
-        if not file.is_file():
-            raise ScalableViTError(f'{file}: listed in manifest.json but missing')
-        if verify and entry.get('sha256') and sha256_file(file) != entry['sha256']:
-            raise ScalableViTError(f'{file}: sha256 differs from manifest.json (changed after the bundle was made)')
-        specs.append(RunnerSpec('onnxruntime', precision, file, name=f'onnxruntime-{precision}'))
-    return specs
-
-
-def _engine_precision(file: Path, default: Optional[str]) -> str:
-    """Precision of an engine: its manifest ``<engine>.json`` first, then its file name, then the bundle's."""
-    for sidecar in (file.with_name(file.name + '.json'), file.with_suffix('.json')):  # engine.py writes the first
-        precision = read_json(sidecar).get('precision') if sidecar.is_file() else None
-        if precision:
-            return str(precision)
-    return precision_from_name(file) or default or 'unknown'
-
-
-def load_bundle(path: Path, verify: bool = True) -> BundleInfo:
-    """Read ``manifest.json``, check each listed ONNX exists (and its sha256), find ``engines/*.engine|plan``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ScalableViTError(f'{path}: bundle directory not found')
-    manifest = read_json(path / 'manifest.json')
-    info = BundleInfo(path, manifest, _bundle_onnx(path, manifest, verify))
-    engine_dir = path / 'engines'
-    files = sorted(f for f in engine_dir.glob('*') if f.suffix in ENGINE_SUFFIXES) if engine_dir.is_dir() else []
-    info.engines = [RunnerSpec('tensorrt', p, f, name=f'tensorrt-{p}-{f.stem}')
-                    for f in files for p in [_engine_precision(f, manifest.get('precision'))]]
-    return info
-
-
-def load_reference(bundle: Any, samples: Optional[int]) -> Dict[str, np.ndarray]:
-    """reference.npz checked against the contract: 'input' (N,C,H,W) float32, 'logits' (N,classes), 'labels'?"""
-    path = bundle.path / 'reference.npz'
-    if not path.is_file():
-        raise ScalableViTError(f'{path}: reference file not found (the host pipeline writes it)')
-    try:
-        with np.load(path) as npz:
-            ref = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ScalableViTError(f'{path}: not a readable .npz ({e})') from e
-    missing = {'input', 'logits'} - set(ref)
-    if missing:
-        raise ScalableViTError(f"{path}: missing array(s) {sorted(missing)} (needs 'input' and 'logits')")
-    x, logits = ref['input'], ref['logits']
-    if x.ndim != 4 or tuple(x.shape[1:]) != bundle.input_shape or logits.ndim != 2 or len(logits) != len(x):
-        raise ScalableViTError(f'{path}: input {x.shape} / logits {logits.shape} do not match the manifest input '
-                               f'[N, {", ".join(map(str, bundle.input_shape))}] and N rows of logits')
-    if 'labels' in ref and len(ref['labels']) != len(x):
-        raise ScalableViTError(f"{path}: {len(ref['labels'])} labels for {len(x)} images")
-    keep = slice(0, samples) if samples else slice(None)
-    return {k: (v[keep].astype(np.float32) if k == 'input' else v[keep]) for k, v in ref.items()}
+    from .trt_runner import TrtRunner  # imported only when an engine is benchmarked
+    return TrtRunner(Path(spec.path), cuda_graph=cuda_graph, name=spec.name)
 
 
 def add_speedups(rows: List[Dict[str, Any]]) -> str:

@@ -1,4 +1,6 @@
-"""Checkpoint loading and saving: official ``.pth`` files and safetensors, with safe unpickling only.
+"""Checkpoint files: official ``.pth`` and safetensors read with safe unpickling only, safetensors written.
+
+Loading a file into a model (strict keys, the variant a file matches) is ``model.load_weights``.
 
 Official checkpoints (``main.py`` of Yangr116/ScalableViT) are ``{'model': state_dict, 'optimizer': ...,
 'lr_scheduler': ..., 'epoch': int, 'scaler': ..., 'args': argparse.Namespace}`` or a raw state_dict. They are read
@@ -6,13 +8,12 @@ with ``torch.load(weights_only=True)``; the only class allowed beyond tensors an
 ``argparse.Namespace`` (the ``args`` entry). A pickle that would import anything else is refused.
 """
 import argparse
-import functools
 import logging
 import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -21,7 +22,7 @@ from .fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['read_state_dict', 'checkpoint_filter_fn', 'load_weights', 'save_weights', 'matching_variants']
+__all__ = ['read_state_dict', 'checkpoint_filter_fn', 'classifier_keys', 'save_weights']
 
 StateDict = Dict[str, torch.Tensor]
 SAFE_GLOBALS = [argparse.Namespace]  # everything the official format needs beyond tensors and containers
@@ -91,80 +92,15 @@ def checkpoint_filter_fn(state_dict: StateDict, model: torch.nn.Module) -> State
     """
     out = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     own = model.state_dict()
-    for key in _classifier_keys(model):
+    for key in classifier_keys(model):
         if key in out and (key not in own or out[key].shape != own[key].shape):
             del out[key]
     return out
 
 
-def _classifier_keys(model: torch.nn.Module) -> List[str]:
+def classifier_keys(model: torch.nn.Module) -> List[str]:
     prefix = 'head.' if model.plain_head else 'head.3.'
     return [prefix + 'weight', prefix + 'bias']
-
-
-def _problems(state_dict: StateDict, own: StateDict) -> Tuple[List[str], List[str], List[str]]:
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    return missing, unexpected, shapes
-
-
-def _examples(items: List[str], limit: int = 3) -> str:
-    return ', '.join(items[:limit]) + (f', ... (+{len(items) - limit})' if len(items) > limit else '')
-
-
-@functools.lru_cache(maxsize=None)
-def _variant_signature(name: str) -> Dict[str, Tuple[int, ...]]:
-    from .model import create_model
-    with torch.device('meta'):
-        model = create_model(name)
-    classifier = set(_classifier_keys(model))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in classifier}
-
-
-def matching_variants(state_dict: StateDict) -> List[str]:
-    """Registered model names whose backbone keys and shapes equal the checkpoint's (classifier ignored)."""
-    from .model import list_models
-    sig = {k[len('module.'):] if k.startswith('module.') else k: tuple(v.shape) for k, v in state_dict.items()}
-    matches = []
-    for name in list_models():
-        own = _variant_signature(name)
-        if all(sig.get(k) == s for k, s in own.items()) and set(sig) - set(own) <= {
-                'head.weight', 'head.bias', 'head.3.weight', 'head.3.bias'}:
-            matches.append(name)
-    return matches
-
-
-def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
-    """Load a checkpoint strictly into ``model``; only a different classifier size is tolerated (re-initialised)."""
-    path = Path(path)
-    raw = read_state_dict(path)
-    state_dict = checkpoint_filter_fn(raw, model)
-    own = model.state_dict()
-    missing, unexpected, shapes = _problems(state_dict, own)
-    classifier = _classifier_keys(model)
-    if set(missing) <= set(classifier) and not unexpected and not shapes and missing:
-        n_ckpt = next((tuple(raw[k].shape)[0] for k in raw if k.endswith(classifier[1])), '?')
-        logger.warning('%s: checkpoint classifier has %s classes, the model %d: backbone loaded, classifier '
-                       're-initialised', path, n_ckpt, model.num_classes)
-        model.load_state_dict(state_dict, strict=False)
-        model.reset_classifier(model.num_classes)
-        return
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f'{len(missing)} missing keys ({_examples(missing)})')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys ({_examples(unexpected)})')
-        if shapes:
-            parts.append(f'{len(shapes)} shape mismatches ({_examples(shapes)})')
-        variants = matching_variants(raw)
-        hint = f'; the file matches {", ".join(variants)}' if variants else '; it matches no registered variant'
-        name = getattr(model, 'name', type(model).__name__)
-        raise CheckpointError(f'{path} does not fit {name}: ' + '; '.join(parts) + hint)
-    model.load_state_dict(state_dict, strict=True)
-    logger.info('loaded %d tensors from %s', len(state_dict), path)
 
 
 def save_weights(model: torch.nn.Module, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> None:

@@ -40,7 +40,7 @@ _DATA_VERSION = 1  # bump when a sampling, split or crop rule changes: cached se
 _PROGRESS_MIN_IMAGES = 64  # show a progress bar (stderr) from this many images on
 
 # One seeded generator per purpose, so changing e.g. the validation size never changes the calibration set.
-_STREAM_SPLIT, _STREAM_CALIB, _STREAM_VAL, _STREAM_SAMPLE = 0, 1, 2, 3
+STREAM_SPLIT, STREAM_CALIB, STREAM_VAL, STREAM_SAMPLE = 0, 1, 2, 3
 
 def eval_sizes(data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> Tuple[int, int]:
     """(resize side, crop side) for an input side; other sizes keep the config's crop ratio (224/256)."""
@@ -222,19 +222,19 @@ def find_images(folder: PathLike) -> List[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
+def stream_rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([stream, seed])
 
 
-def _check_count(what: str, value: int) -> None:
+def check_count(what: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ScalableViTError(f'{what} must be a positive integer, got {value!r}')
 
 
 def sample_files(files: Sequence[Path], count: int, seed: int = 0) -> List[Path]:
     """A seeded sample of ``count`` files (all of them when there are fewer), in sorted order."""
-    _check_count('image count', count)
-    order = _rng(seed, _STREAM_SAMPLE).permutation(len(files))[:count]
+    check_count('image count', count)
+    order = stream_rng(seed, STREAM_SAMPLE).permutation(len(files))[:count]
     return [files[i] for i in sorted(order)]
 
 
@@ -246,8 +246,8 @@ def split_files(files: Sequence[Path], calib_size: int, val_size: int,
     the next ``calib_size``. With fewer files than both want, each gets its proportional share (validation
     at least one), and a warning says so. A file is therefore never in both lists.
     """
-    _check_count('calibration size', calib_size)
-    _check_count('validation size', val_size)
+    check_count('calibration size', calib_size)
+    check_count('validation size', val_size)
     n = len(files)
     if n < 2:
         raise ScalableViTError(f'need at least 2 images to split into calibration and validation, found {n}')
@@ -257,7 +257,7 @@ def split_files(files: Sequence[Path], calib_size: int, val_size: int,
         calib_size = n - val_size
         logger.warning('only %d images for the %d requested: %d for calibration, %d for validation',
                        n, requested, calib_size, val_size)
-    order = _rng(seed, _STREAM_SPLIT).permutation(n)
+    order = stream_rng(seed, STREAM_SPLIT).permutation(n)
     val, calib = order[:val_size], order[val_size:val_size + calib_size]
     return [files[i] for i in sorted(calib)], [files[i] for i in sorted(val)]
 
@@ -373,7 +373,7 @@ def load_sample_photo(name: str) -> Any:
 def split_photos(seed: int = 0, val_scenes: int = VAL_SCENES) -> Tuple[List[str], List[str]]:
     """(calibration photos, validation photos): ``val_scenes`` whole scenes, chosen with ``seed``, validate."""
     scenes = sorted({scene for scene, _, _ in SAMPLE_PHOTOS.values()})
-    order = _rng(seed, _STREAM_SPLIT).permutation(len(scenes))
+    order = stream_rng(seed, STREAM_SPLIT).permutation(len(scenes))
     held_out = {scenes[i] for i in order[:val_scenes]}
     val = [name for name, (scene, _, _) in SAMPLE_PHOTOS.items() if scene in held_out]
     calib = [name for name in SAMPLE_PHOTOS if name not in val]
@@ -401,11 +401,11 @@ def random_crop(image: Any, rng: np.random.Generator) -> Tuple[Any, str]:
 
 
 def photo_crops(photos: Sequence[str], count: int, data_cfg: Dict[str, Any], seed: int = 0,
-                input_size: Optional[int] = None, stream: int = _STREAM_CALIB) -> ImageSet:
+                input_size: Optional[int] = None, stream: int = STREAM_CALIB) -> ImageSet:
     """``count`` preprocessed random crops of the given sample photos, scenes taken in turn."""
     import skimage
-    _check_count('image count', count)
-    rng = _rng(seed, stream)
+    check_count('image count', count)
+    rng = stream_rng(seed, stream)
     by_scene: Dict[str, List[str]] = {}
     for name in photos:
         by_scene.setdefault(SAMPLE_PHOTOS[name][0], []).append(name)
@@ -448,17 +448,17 @@ def calibration_set(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike] = No
 def _split_sets(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike], calib_size: int, val_size: int,
                 seed: int, input_size: Optional[int], val_dir: Optional[PathLike],
                 want_val: bool) -> Tuple[ImageSet, Optional[ImageSet]]:
-    _check_count('calibration size', calib_size)
-    _check_count('validation size', val_size)
+    check_count('calibration size', calib_size)
+    check_count('validation size', val_size)
     if val_dir is not None:
         val = load_validation_folder(val_dir, data_cfg, val_size, seed, input_size) if want_val else None
         if calib_dir is None:
-            return photo_crops(list(SAMPLE_PHOTOS), calib_size, data_cfg, seed, input_size, _STREAM_CALIB), val
+            return photo_crops(list(SAMPLE_PHOTOS), calib_size, data_cfg, seed, input_size, STREAM_CALIB), val
         return _calibration_outside(Path(calib_dir), Path(val_dir), data_cfg, calib_size, seed, input_size), val
     if calib_dir is None:
         calib_photos, val_photos = split_photos(seed)
-        calib = photo_crops(calib_photos, calib_size, data_cfg, seed, input_size, _STREAM_CALIB)
-        val = photo_crops(val_photos, val_size, data_cfg, seed, input_size, _STREAM_VAL) if want_val else None
+        calib = photo_crops(calib_photos, calib_size, data_cfg, seed, input_size, STREAM_CALIB)
+        val = photo_crops(val_photos, val_size, data_cfg, seed, input_size, STREAM_VAL) if want_val else None
         return calib, val
     folder = Path(calib_dir)
     calib_files, val_files = split_files(find_images(folder), calib_size, val_size, seed)
@@ -627,19 +627,3 @@ def _check_num_classes(labels: List[int], class_names: Optional[List[str]], data
     top = max(len(class_names or ()), max(labels, default=-1) + 1)
     if num_classes is not None and top > num_classes:
         raise ScalableViTError(f'{where}: {top} classes but the model predicts {num_classes}')
-
-
-def fashion_mnist_sets(data_cfg: Dict[str, Any], calib_size: int = DEFAULT_CALIB_SIZE,
-                       val_size: int = DEFAULT_VAL_SIZE, seed: int = 0) -> Tuple[ImageSet, ImageSet]:
-    """Calibration from the Fashion-MNIST train split, labelled validation from the test split (never mixed)."""
-    from . import fmnist
-    _check_count('calibration size', calib_size)
-    _check_count('validation size', val_size)
-    sets = []
-    for split, count, stream in (('train', calib_size, _STREAM_CALIB), ('test', val_size, _STREAM_VAL)):
-        images, labels = fmnist.load_fashion_mnist(split)
-        pick = np.sort(_rng(seed, stream).choice(len(images), size=min(count, len(images)), replace=False))
-        sets.append(ImageSet(fmnist.to_model_input(images[pick], data_cfg), source=f'fashion-mnist {split} (seed {seed})',
-                             names=[f'{split}/{i}' for i in pick], labels=labels[pick],
-                             class_names=list(fmnist.CLASSES)))
-    return sets[0], sets[1]

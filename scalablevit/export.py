@@ -19,20 +19,19 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .compat import DEFAULT_OPSET, check_opset
 from .errors import ScalableViTError
-from .fileio import PathLike, atomic_path, human_size, sha256_file
+from .fileio import PathLike, atomic_path, sha256_file
 from .runners import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['ExportOnnx', 'export_onnx', 'check_onnx', 'check_tensorrt_ops', 'check_layernorm_fused', 'op_histogram',
-           'read_metadata', 'stamp_metadata', 'OPSETS', 'DEFAULT_OPSET', 'TRT_ONNX_OPS', 'TRT_OPS_ADDED_AFTER_10_0']
+__all__ = ['ExportOnnx', 'export_onnx', 'load_onnx', 'check_onnx', 'check_onnx_model', 'check_tensorrt_ops',
+           'check_layernorm_fused', 'op_histogram', 'read_metadata', 'onnx_precision', 'stamp_metadata', 'TRT_ONNX_OPS',
+           'TRT_OPS_ADDED_AFTER_10_0']
 
-# opset -> oldest TensorRT whose ONNX parser reads it (docs: onnx-tensorrt docs/operators.md of each release).
-OPSETS = {17: '8.6', 18: '10.0', 19: '10.0', 20: '10.0'}
-DEFAULT_OPSET = 17
 META_PREFIX = 'scalablevit.'
 BATCH_DIM = 'batch'
 
@@ -80,15 +79,6 @@ def _pair(size: InputSize) -> Tuple[int, int]:
     if len(size) != 2:
         raise ScalableViTError(f'input size {size} must be one side or (height, width)')
     return size
-
-
-def check_opset(opset: int) -> int:
-    """The opset if this exporter supports it, else a ScalableViTError naming the range and TensorRT versions."""
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
-        lo, hi = min(OPSETS), max(OPSETS)
-        raise ScalableViTError(f'opset {opset!r} is not supported: choose {lo}..{hi} ({lo} parses on TensorRT '
-                               f'{OPSETS[lo]} through 11, {lo + 1}..{hi} need TensorRT >= {OPSETS[hi]})')
-    return opset
 
 
 def _versions() -> Dict[str, str]:
@@ -215,6 +205,24 @@ def read_metadata(model: Any) -> Dict[str, str]:
     return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
+def onnx_precision(model: Any) -> str:
+    """'int8' when the graph has Q/DQ nodes, 'fp16' when any tensor is float16, else 'fp32'.
+
+    Our quantized files also say it in ``scalablevit.precision`` metadata; this reads any ONNX file.
+    """
+    from onnx import TensorProto
+    declared = read_metadata(model).get('precision')
+    if declared:
+        return declared
+    graph = model.graph
+    if any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in _nodes(graph)):
+        return 'int8'
+    types = [t.data_type for t in graph.initializer]
+    types += [v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)]
+    types += [a.i for n in _nodes(graph) if n.op_type == 'Cast' for a in n.attribute if a.name == 'to']
+    return 'fp16' if TensorProto.FLOAT16 in types else 'fp32'
+
+
 def stamp_metadata(model: Any, values: Dict[str, Any]) -> None:
     """Add/replace ``scalablevit.<key>`` metadata_props, keeping every other entry."""
     from onnx import helper
@@ -243,6 +251,11 @@ def _load(path: Path) -> Any:
     return model
 
 
+def load_onnx(path: PathLike) -> Any:
+    """Load one self-contained ONNX file; every failure is one ScalableViTError line naming the file."""
+    return _load(Path(path))
+
+
 def check_onnx(path: PathLike, expected_model: Optional[str] = None, input_size: Optional[InputSize] = None,
                require_trt_ops: bool = True) -> Dict[str, Any]:
     """Load ``path`` and check that it is a valid ScalableViT export of ``expected_model`` at ``input_size``.
@@ -250,9 +263,15 @@ def check_onnx(path: PathLike, expected_model: Optional[str] = None, input_size:
     Returns the facts later stages need (model, input size, classes, opset, metadata, op histogram,
     size, sha256). Raises ScalableViTError with one line naming the file and the mismatch.
     """
-    import onnx
     path = Path(path)
-    model = _load(path)
+    info = check_onnx_model(_load(path), path, expected_model, input_size, require_trt_ops)
+    return dict(info, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def check_onnx_model(model: Any, path: PathLike, expected_model: Optional[str] = None,
+                     input_size: Optional[InputSize] = None, require_trt_ops: bool = True) -> Dict[str, Any]:
+    """``check_onnx`` on an already loaded model (``path`` names it in errors); no size or hash."""
+    import onnx
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -273,8 +292,7 @@ def check_onnx(path: PathLike, expected_model: Optional[str] = None, input_size:
         check_tensorrt_ops(model, str(path))
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     return dict(path=str(path), model=meta['model'], input_size=size, in_chans=in_dims[1], num_classes=out_dims[-1],
-                opset=opset, weights_sha256=meta.get('weights_sha256'), metadata=meta, ops=op_histogram(model),
-                size_bytes=path.stat().st_size, sha256=sha256_file(path))
+                opset=opset, weights_sha256=meta.get('weights_sha256'), metadata=meta, ops=op_histogram(model))
 
 
 # --------------------------------------------------------------------------------------- export stage
@@ -319,8 +337,6 @@ class ExportOnnx:
         stamp_metadata(model, self._metadata(v))
         info = self._save(model, out_path)
         info['export_s'] = time.perf_counter() - start
-        logger.info('export done in %.1f s, saved as %s (%s)', info['export_s'], out_path,
-                    human_size(info['size_bytes']))
         return info
 
     def _trace(self) -> Any:
@@ -380,11 +396,12 @@ class ExportOnnx:
                 'onnx_version': versions['onnx'], 'version': versions['scalablevit']}
 
     def _save(self, model: Any, out_path: Path) -> Dict[str, Any]:
-        """Write one self-contained file and re-read it with ``check_onnx`` before it takes the final name."""
+        """Write one self-contained file and re-read it with ``check_onnx_model`` before it takes the final name."""
         import onnx
         with atomic_path(out_path) as tmp:
             onnx.save_model(model, str(tmp), save_as_external_data=False)
-            info = check_onnx(tmp, expected_model=self.name, input_size=self.input_size)
+            info = check_onnx_model(_load(tmp), tmp, expected_model=self.name, input_size=self.input_size)
+            info['size_bytes'] = tmp.stat().st_size
         info['path'] = str(out_path)
         return info
 

@@ -12,11 +12,13 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from . import data
 from .errors import ScalableViTError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['CLASSES', 'DEFAULT_ROOT', 'INSTALL_HINT', 'load_fashion_mnist', 'resize_images', 'normalize',
+__all__ = ['fashion_mnist_sets', 'CLASSES', 'DEFAULT_ROOT', 'INSTALL_HINT', 'load_fashion_mnist', 'resize_images',
+           'normalize',
            'to_model_input']
 
 DEFAULT_ROOT = Path('/usr/share/datasets/fashion-mnist')
@@ -78,11 +80,10 @@ def resize_images(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
     """
     from PIL import Image
 
-    from .data import eval_sizes, resize_crop
-    crop = eval_sizes(data_cfg)[1]
+    crop = data.eval_sizes(data_cfg)[1]
     out = np.empty((len(images), crop, crop), np.uint8)
     for i, img in enumerate(images):
-        out[i] = np.asarray(resize_crop(Image.fromarray(img), data_cfg))
+        out[i] = np.asarray(data.resize_crop(Image.fromarray(img), data_cfg))
     return out
 
 
@@ -100,3 +101,17 @@ def to_model_input(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ScalableViTError(f'Fashion-MNIST images must be uint8 (N, H, W), got {images.dtype} {images.shape}')
     return normalize(resize_images(images, data_cfg), data_cfg)
+
+
+def fashion_mnist_sets(data_cfg: Dict[str, Any], calib_size: int = data.DEFAULT_CALIB_SIZE,
+                       val_size: int = data.DEFAULT_VAL_SIZE, seed: int = 0) -> Tuple['data.ImageSet', 'data.ImageSet']:
+    """Calibration from the Fashion-MNIST train split, labelled validation from the test split (never mixed)."""
+    data.check_count('calibration size', calib_size)
+    data.check_count('validation size', val_size)
+    sets = []
+    for split, count, stream in (('train', calib_size, data.STREAM_CALIB), ('test', val_size, data.STREAM_VAL)):
+        images, labels = load_fashion_mnist(split)
+        pick = np.sort(data.stream_rng(seed, stream).choice(len(images), size=min(count, len(images)), replace=False))
+        sets.append(data.ImageSet(to_model_input(images[pick], data_cfg), source=f'fashion-mnist {split} (seed {seed})',
+                                  names=[f'{split}/{i}' for i in pick], labels=labels[pick], class_names=list(CLASSES)))
+    return sets[0], sets[1]

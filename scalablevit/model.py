@@ -19,18 +19,24 @@ input sizes are checked up front with a clear error (the official code dies in a
 whole head); passing ``qk_scale`` is an error (the official model accepts it and silently ignores it); and a few
 small configs for tests and the Fashion-MNIST reference model are added.
 """
+import functools
+import logging
 import math
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .errors import InputSizeError, ScalableViTError
+from .checkpoint import StateDict, checkpoint_filter_fn, classifier_keys, read_state_dict
+from .errors import CheckpointError, InputSizeError, ScalableViTError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     'ScalableViT', 'create_model', 'list_models', 'resolve_model_name', 'model_config', 'data_config',
-    'valid_input_sizes',
+    'valid_input_sizes', 'load_weights', 'matching_variants',
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -498,6 +504,70 @@ _ALIASES = {
 }
 
 
+# ------------------------------------------------------------------------------------------ weights
+def _problems(state_dict: StateDict, own: StateDict) -> Tuple[List[str], List[str], List[str]]:
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def _examples(items: List[str], limit: int = 3) -> str:
+    return ', '.join(items[:limit]) + (f', ... (+{len(items) - limit})' if len(items) > limit else '')
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_signature(name: str) -> Dict[str, Tuple[int, ...]]:
+    with torch.device('meta'):
+        model = create_model(name)
+    classifier = set(classifier_keys(model))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in classifier}
+
+
+def matching_variants(state_dict: StateDict) -> List[str]:
+    """Registered model names whose backbone keys and shapes equal the checkpoint's (classifier ignored)."""
+    sig = {k[len('module.'):] if k.startswith('module.') else k: tuple(v.shape) for k, v in state_dict.items()}
+    matches = []
+    for name in list_models():
+        own = _variant_signature(name)
+        if all(sig.get(k) == s for k, s in own.items()) and set(sig) - set(own) <= {
+                'head.weight', 'head.bias', 'head.3.weight', 'head.3.bias'}:
+            matches.append(name)
+    return matches
+
+
+def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
+    """Load a checkpoint strictly into ``model``; only a different classifier size is tolerated (re-initialised)."""
+    path = Path(path)
+    raw = read_state_dict(path)
+    state_dict = checkpoint_filter_fn(raw, model)
+    own = model.state_dict()
+    missing, unexpected, shapes = _problems(state_dict, own)
+    classifier = classifier_keys(model)
+    if set(missing) <= set(classifier) and not unexpected and not shapes and missing:
+        n_ckpt = next((tuple(raw[k].shape)[0] for k in raw if k.endswith(classifier[1])), '?')
+        logger.warning('%s: checkpoint classifier has %s classes, the model %d: backbone loaded, classifier '
+                       're-initialised', path, n_ckpt, model.num_classes)
+        model.load_state_dict(state_dict, strict=False)
+        model.reset_classifier(model.num_classes)
+        return
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing keys ({_examples(missing)})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys ({_examples(unexpected)})')
+        if shapes:
+            parts.append(f'{len(shapes)} shape mismatches ({_examples(shapes)})')
+        variants = matching_variants(raw)
+        hint = f'; the file matches {", ".join(variants)}' if variants else '; it matches no registered variant'
+        name = getattr(model, 'name', type(model).__name__)
+        raise CheckpointError(f'{path} does not fit {name}: ' + '; '.join(parts) + hint)
+    model.load_state_dict(state_dict, strict=True)
+    logger.info('loaded %d tensors from %s', len(state_dict), path)
+
+
 def list_models() -> List[str]:
     return list(_MODELS)
 
@@ -544,6 +614,5 @@ def create_model(name: str, weights: Optional[str] = None, num_classes: Optional
     model.data_cfg = data_config(canonical)
     model.data_cfg['num_classes'] = model.num_classes
     if weights is not None:
-        from .checkpoint import load_weights
         load_weights(model, weights)
     return model

@@ -17,6 +17,7 @@ directory, and only the final model is written (atomically) to the output path. 
 onnxruntime are imported inside the functions that need them.
 """
 import contextlib
+import io
 import logging
 import re
 import sys
@@ -28,12 +29,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
+from .compat import INT8_MIN_TENSORRT
 from .errors import ScalableViTError, unknown_choice
-from .fileio import PathLike, atomic_path, human_size, sha256_bytes, sha256_file
+from .fileio import PathLike, atomic_path, sha256_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['Int8Policy', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
+__all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
            'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'quantize_int8', 'convert_fp16', 'resolve_policy',
            'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes',
            'layernorm_peaks', 'FP16_LAYERNORM_LIMIT']
@@ -48,7 +50,6 @@ INT8_HIGH_PRECISION = 'fp32'
 COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
 DEFAULT_CALIB_BATCH = 8
 FP16_RANGE_CHECK_IMAGES = 4  # images AutoCast's own range check runs: it holds all their activations (S: ~0.6 GB each)
-MIN_TENSORRT = '10.0'  # the oldest TensorRT that parses opset 19 Q/DQ models
 
 # Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
 HAZARDS: Dict[str, str] = {
@@ -116,12 +117,38 @@ def resolve_policy(name: str) -> Int8Policy:
     return INT8_POLICIES[_choice('INT8 policy', name, INT8_POLICIES)]
 
 
-def check_int8_settings(method: str, policy: str, exclude_nodes: Iterable[str] = ()) -> Int8Policy:
-    """Validate INT8 options before any work starts (the pipeline calls this up front); returns the policy."""
-    _choice('calibration method', method, CALIBRATION_METHODS)
-    for pattern in exclude_nodes:
-        _compile(pattern)
-    return resolve_policy(policy)
+@dataclass(frozen=True)
+class Int8Settings:
+    """Validated INT8 options: built once at the edge (CLI, pipeline options), trusted by ``quantize_int8``."""
+
+    method: str = 'entropy'
+    policy: str = 'default'
+    exclude_op_types: Tuple[str, ...] = ()
+    exclude_nodes: Tuple[str, ...] = ()
+    disable_mha_qdq: Optional[bool] = None  # None: the policy's choice
+    high_precision_dtype: str = INT8_HIGH_PRECISION
+    calibration_device: str = 'cpu'
+    batch_size: int = DEFAULT_CALIB_BATCH
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'exclude_op_types', tuple(self.exclude_op_types))
+        object.__setattr__(self, 'exclude_nodes', tuple(self.exclude_nodes))
+        _choice('calibration method', self.method, CALIBRATION_METHODS)
+        resolve_policy(self.policy)
+        _choice('high-precision dtype', self.high_precision_dtype, HIGH_PRECISION_DTYPES)
+        _choice('calibration device', self.calibration_device, CALIBRATION_DEVICES)
+        for pattern in self.exclude_nodes:
+            _compile(pattern)
+        _check_batch(self.batch_size)
+
+    def record(self) -> Dict[str, Any]:
+        """The settings as the manifest and the stage key record them, with what the policy name stands for."""
+        pol = resolve_policy(self.policy)
+        return {'policy': self.policy, 'method': self.method, 'policy_exclude_op_types': list(pol.exclude_op_types),
+                'policy_exclude_nodes': list(pol.exclude_nodes), 'exclude_op_types': list(self.exclude_op_types),
+                'exclude_nodes': list(self.exclude_nodes),
+                'disable_mha_qdq': pol.disable_mha_qdq if self.disable_mha_qdq is None else bool(self.disable_mha_qdq),
+                'high_precision_dtype': self.high_precision_dtype}
 
 
 def _opset(model: Any) -> int:
@@ -130,6 +157,22 @@ def _opset(model: Any) -> int:
 
 def _modelopt_log_level() -> str:
     return 'INFO' if logger.isEnabledFor(logging.DEBUG) else 'WARNING'
+
+
+# Lines onnxruntime's calibrator prints once per batch (HistogramCollector.collect): our progress bar says it.
+_STDOUT_NOISE = ('Collecting tensor data and making histogram',)
+
+
+class _StderrWithoutNoise(io.TextIOBase):
+    """A stdout stand-in that forwards to stderr, dropping the known per-batch lines."""
+
+    def write(self, text: str) -> int:
+        if not any(line in text for line in _STDOUT_NOISE):
+            sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 class _DropNvmlNoise(logging.Filter):
@@ -158,7 +201,7 @@ def _modelopt_session() -> Iterator[Path]:
                 handler.setStream(sys.stderr)
     try:
         with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, \
-                contextlib.redirect_stdout(sys.stderr):
+                contextlib.redirect_stdout(_StderrWithoutNoise()):
             yield Path(work)
     finally:
         for lg, old_level, handlers in saved:
@@ -169,12 +212,13 @@ def _modelopt_session() -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------------------- model input
-def _load_checked(fp32_onnx: PathLike) -> Tuple[Any, Dict[str, Any]]:
-    """The FP32 export (validated by ``export.check_onnx``) and its facts; refuses already quantized models."""
-    import onnx
-    from .export import check_onnx
-    info = check_onnx(fp32_onnx)
-    model = onnx.load(str(fp32_onnx))
+def _load_checked(fp32_onnx: PathLike, sha256: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
+    """The FP32 export (validated by ``export.check_onnx_model``) and its facts, ``sha256`` included (hashed
+    here unless the caller knows it); refuses already quantized models."""
+    from .export import check_onnx_model, load_onnx
+    model = load_onnx(fp32_onnx)
+    info = check_onnx_model(model, fp32_onnx)
+    info['sha256'] = sha256 or sha256_file(fp32_onnx)
     info['metadata_props'] = {p.key: p.value for p in model.metadata_props}  # modelopt drops them
     done = sorted({n.op_type for n in model.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')})
     if done:
@@ -367,78 +411,64 @@ def _drop_unused(model: Any, op_types: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------------------- INT8
 def _calibration_reader(images: np.ndarray, input_name: str, batch_size: int) -> Any:
-    """onnxruntime CalibrationDataReader over ``images`` in batches, logging its progress."""
+    """onnxruntime CalibrationDataReader over ``images`` in batches, with one progress bar per pass."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    from .data import progress_bar
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-            self.position = 0
+            self.rewind()
 
         def get_first(self) -> Dict[str, np.ndarray]:  # modelopt's shape probes
             return {input_name: self.batches[0]}
 
         def rewind(self) -> None:
             self.position = 0
+            self.advance = progress_bar(len(images), 'INT8 calibration')
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             if self.position >= len(self.batches):
                 return None
             batch = self.batches[self.position]
             self.position += 1
-            logger.info('calibration batch %d/%d (%d images)', self.position, len(self.batches), len(batch))
+            self.advance(len(batch))
             return {input_name: batch}
     return _Reader()
 
 
-def _int8_settings(policy: str, method: str, exclude_op_types: Sequence[str], exclude_nodes: Sequence[str],
-                   disable_mha_qdq: Optional[bool], high_precision_dtype: str) -> Dict[str, Any]:
-    """Checked settings: the policy's table entry plus the caller's own exclusions."""
-    pol = resolve_policy(policy)
-    _choice('calibration method', method, CALIBRATION_METHODS)
-    _choice('high-precision dtype', high_precision_dtype, HIGH_PRECISION_DTYPES)
-    return {'policy': policy, 'method': method, 'policy_exclude_op_types': list(pol.exclude_op_types),
-            'policy_exclude_nodes': list(pol.exclude_nodes), 'exclude_op_types': list(exclude_op_types),
-            'exclude_nodes': list(exclude_nodes),
-            'disable_mha_qdq': pol.disable_mha_qdq if disable_mha_qdq is None else bool(disable_mha_qdq),
-            'high_precision_dtype': high_precision_dtype}
-
-
-def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarray, method: str = 'entropy',
-                  exclude_op_types: Sequence[str] = (), exclude_nodes: Sequence[str] = (), policy: str = 'default',
-                  calibration_device: str = 'cpu', disable_mha_qdq: Optional[bool] = None,
-                  high_precision_dtype: str = INT8_HIGH_PRECISION,
-                  batch_size: int = DEFAULT_CALIB_BATCH) -> Dict[str, Any]:
+def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarray,
+                  settings: Optional[Int8Settings] = None, source_sha256: Optional[str] = None,
+                  **options: Any) -> Dict[str, Any]:
     """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32).
 
-    Nodes kept out of INT8: the ``policy`` (see INT8_POLICIES) plus ``exclude_op_types`` and
-    ``exclude_nodes`` (regexes searched in node names). ``disable_mha_qdq`` overrides the policy's choice.
-    Calibrates on ``calibration_device`` ('cpu' or 'cuda', never silently another). Returns the facts for
-    the manifest: settings, opset, Q/DQ counts, calibration size and hash, time, size, sha256.
+    ``settings`` (or ``Int8Settings(**options)``): nodes kept out of INT8 are the policy's (see INT8_POLICIES)
+    plus ``exclude_op_types`` and ``exclude_nodes`` (regexes searched in node names); calibration runs on
+    ``calibration_device`` ('cpu' or 'cuda', never silently another). ``source_sha256`` is the FP32 file's hash
+    when the caller knows it. Returns the facts for the manifest: settings, opset, Q/DQ counts, calibration size
+    and hash, time, size, sha256.
     """
+    settings = settings or Int8Settings(**options)
     out_path = Path(out_path)
-    settings = _int8_settings(policy, method, exclude_op_types, exclude_nodes, disable_mha_qdq,
-                              high_precision_dtype)
-    _check_batch(batch_size)
-    model, src = _load_checked(fp32_onnx)
+    model, src = _load_checked(fp32_onnx, source_sha256)
     images = _check_calibration(calibration, src)
-    ep = _check_device(calibration_device)
-    excluded = _excluded_nodes(model, settings)
-    settings['layernorm_fp32'], settings['layernorm_peak'] = _int8_layernorm_rule(model, images, settings)
+    ep = _check_device(settings.calibration_device)
+    record = settings.record()
+    excluded = _excluded_nodes(model, record)
+    record['layernorm_fp32'], record['layernorm_peak'] = _int8_layernorm_rule(model, images, record)
     version = _modelopt_version()
-    batches = -(-len(images) // batch_size)
+    batches = -(-len(images) // settings.batch_size)
     logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d) '
                 'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, high precision %s', fp32_onnx, version,
-                method, len(images), batches, batch_size, calibration_device, policy, len(excluded),
-                settings['disable_mha_qdq'], high_precision_dtype)
+                settings.method, len(images), batches, settings.batch_size, settings.calibration_device,
+                settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype)
     start = time.perf_counter()
-    quantized = _run_modelopt_int8(model, images, settings, excluded, ep, batch_size)
+    quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size)
     rerouted = _reroute_excluded(quantized, set(excluded))
-    info = _finish_int8(quantized, src, out_path, settings, excluded, rerouted, images, calibration_device,
-                        batch_size, version, start)
-    logger.info('INT8 quantization done in %.1f s: %d/%d MatMul/Gemm/Conv nodes quantized, opset %d, saved as '
-                '%s (%s)', info['time_s'], info['qdq']['quantized_total'], info['qdq']['compute_total'],
-                info['opset'], out_path, human_size(info['size_bytes']))
+    info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, settings, version, start)
+    logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, opset %d', info['qdq']['quantized_total'],
+                info['qdq']['compute_total'], info['opset'])
     return info
 
 
@@ -488,8 +518,8 @@ def _run_modelopt_int8(model: Any, images: np.ndarray, settings: Dict[str, Any],
         return onnx.load(str(output))
 
 
-def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, settings: Dict[str, Any], excluded: List[str],
-                 rerouted: int, images: np.ndarray, device: str, batch_size: int, version: str,
+def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[str, Any], excluded: List[str],
+                 rerouted: int, images: np.ndarray, settings: Int8Settings, version: str,
                  start: float) -> Dict[str, Any]:
     """Check the result (zero points, TensorRT ops, exclusions), stamp metadata, write it atomically."""
     from .export import check_tensorrt_ops
@@ -501,10 +531,11 @@ def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, settings: Dict
     leaks = nodes_with_dq_inputs(model, excluded)
     if leaks:
         raise ScalableViTError(f'{name}: excluded nodes still read INT8 tensors: {", ".join(leaks[:3])}')
-    info = {**settings, 'precision': 'int8', 'calibration_device': device, 'modelopt_version': version,
-            'calibration_images': int(len(images)), 'calibration_batch_size': batch_size,
+    info = {**record, 'precision': 'int8', 'calibration_device': settings.calibration_device,
+            'modelopt_version': version, 'calibration_images': int(len(images)),
+            'calibration_batch_size': settings.batch_size,
             'calibration_sha256': sha256_bytes(images.tobytes()), 'excluded_nodes': len(excluded),
-            'rerouted_inputs': rerouted, 'opset': _opset(model), 'min_tensorrt': MIN_TENSORRT,
+            'rerouted_inputs': rerouted, 'opset': _opset(model), 'min_tensorrt': INT8_MIN_TENSORRT,
             'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
     _stamp(model, src, info, ('policy', 'method', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
                               'modelopt_version', 'min_tensorrt'))
@@ -599,7 +630,8 @@ def _layernorms_to_keep(model: Any, images: Optional[np.ndarray],
 
 def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
                  keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES, keep_fp32_nodes: Sequence[str] = (),
-                 calibration: Optional[np.ndarray] = None, batch_size: int = DEFAULT_CALIB_BATCH) -> Dict[str, Any]:
+                 calibration: Optional[np.ndarray] = None, batch_size: int = DEFAULT_CALIB_BATCH,
+                 source_sha256: Optional[str] = None) -> Dict[str, Any]:
     """FP16 model of ``fp32_onnx`` by modelopt AutoCast, FP32 inputs/outputs kept.
 
     FP32 stays: ``keep_fp32_op_types``, ``keep_fp32_nodes`` (regexes searched in node names), LayerNorms
@@ -609,7 +641,7 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     """
     out_path = Path(out_path)
     _check_batch(batch_size)
-    model, src = _load_checked(fp32_onnx)
+    model, src = _load_checked(fp32_onnx, source_sha256)
     images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
     keep = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
     layernorms, peak = _layernorms_to_keep(model, images, batch_size)
@@ -631,8 +663,7 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     _save(converted, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
                 path=str(out_path))
-    logger.info('FP16 conversion done in %.1f s: %d nodes still FP32, opset %d, saved as %s (%s)', info['time_s'],
-                info['fp32_nodes'], info['opset'], out_path, human_size(info['size_bytes']))
+    logger.info('FP16: %d nodes still FP32, opset %d', info['fp32_nodes'], info['opset'])
     return info
 
 

@@ -6,6 +6,7 @@ report.json keeps these fields (more may be added):
   latency_ms {batch, p50, p90, p99, mean} | null,
   environment {...}
 """
+import datetime
 import importlib.metadata
 import logging
 import os
@@ -34,14 +35,21 @@ def tool_versions(names: Iterable[str] = _TOOLS) -> Dict[str, Optional[str]]:
     return versions
 
 
-def environment() -> Dict[str, Any]:
+def environment(extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Where a result was produced: Python, OS, CPU count, tool versions, plus ``extra`` (e.g. TensorRT, GPU)."""
     return {
         'python': platform.python_version(),
         'platform': platform.platform(),
         'machine': platform.machine(),
         'cpu_count': os.cpu_count(),
         'tools': {k: v for k, v in tool_versions().items() if v},
+        **(extra or {}),
     }
+
+
+def utc_now() -> str:
+    """The current UTC time as reports and manifests record it."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
 def peak_rss_mb() -> float:
@@ -53,9 +61,12 @@ def peak_rss_mb() -> float:
 
 
 def make_report(model: str, precision: str, backend: str, accuracy: Dict[str, Any],
-                latency_ms: Optional[Dict[str, Any]], untrained: bool, **extra: Any) -> Dict[str, Any]:
+                latency_ms: Optional[Dict[str, Any]], untrained: bool,
+                environment_extra: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
+    """The one builder of report.json (host validation and engine validation alike): the contract fields,
+    ``warning`` for random weights, ``created_at``, and ``extra`` fields (status, stages, engine, ...)."""
     report = {'model': model, 'precision': precision, 'backend': backend, 'accuracy': accuracy,
-              'latency_ms': latency_ms, 'environment': environment()}
+              'latency_ms': latency_ms, 'environment': environment(environment_extra), 'created_at': utc_now()}
     if untrained:
         report['warning'] = UNTRAINED
     report.update(extra)

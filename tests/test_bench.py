@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import bench, roofline
+from scalablevit import bench, roofline, stats
 from scalablevit.bench import BenchConfig, RunnerSpec
+from scalablevit.bundle import Bundle
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import sha256_file, write_json
 from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeRunner, Runner, TorchRunner
@@ -72,28 +73,30 @@ def bundle(tmp_path_factory) -> Path:
                     for p in ('fp32', 'fp16')}
     write_json(path / 'manifest.json', {
         'model': MODEL, 'precision': 'fp16', 'deploy_onnx': 'model.fp16.onnx', 'onnx': onnx_entries,
-        'input': {'name': 'input', 'shape': [None, *SHAPE]}, 'weights': None, 'untrained': True})
+        'input': {'name': 'input', 'shape': [None, *SHAPE]}, 'output': {'name': 'logits', 'num_classes': 10},
+        'reference': {'file': 'reference.npz', 'sha256': sha256_file(path / 'reference.npz')},
+        'weights': None, 'untrained': True})
     return path
 
 
 # --------------------------------------------------------------------------------------- statistics
 def test_percentiles_on_known_sequences():
-    stats = bench.latency_stats(range(1, 101), batch=4)
-    assert (stats['p50'], stats['p90'], stats['p99']) == pytest.approx((50.5, 90.1, 99.01))
-    assert (stats['mean'], stats['min'], stats['max'], stats['runs']) == (50.5, 1.0, 100.0, 100)
-    assert stats['std'] == pytest.approx(np.std(np.arange(1, 101)))
-    assert stats['throughput_ips'] == pytest.approx(4 * 1000 / 50.5)  # images per second from ms per batch
-    skewed = bench.latency_stats([10, 10, 10, 40], batch=1)
+    block = stats.latency_stats(range(1, 101), batch=4)
+    assert (block['p50'], block['p90'], block['p99']) == pytest.approx((50.5, 90.1, 99.01))
+    assert (block['mean'], block['min'], block['max'], block['runs']) == (50.5, 1.0, 100.0, 100)
+    assert block['std'] == pytest.approx(np.std(np.arange(1, 101)))
+    assert block['throughput_ips'] == pytest.approx(4 * 1000 / 50.5)  # images per second from ms per batch
+    skewed = stats.latency_stats([10, 10, 10, 40], batch=1)
     assert (skewed['p50'], skewed['p90'], skewed['p99'], skewed['mean']) == pytest.approx((10, 31, 39.1, 17.5))
-    assert bench.latency_stats([7.0], batch=1)['p99'] == 7.0
+    assert stats.latency_stats([7.0], batch=1)['p99'] == 7.0
 
 
 def test_latency_stats_rejects_bad_input():
     for bad in ([], [1.0, float('nan')]):
         with pytest.raises(ScalableViTError, match='finite timings'):
-            bench.latency_stats(bad, batch=1)
+            stats.latency_stats(bad, batch=1)
     with pytest.raises(ScalableViTError, match='batch'):
-        bench.latency_stats([1.0], batch=0)
+        stats.latency_stats([1.0], batch=0)
     with pytest.raises(ScalableViTError, match='--iters'):
         BenchConfig(iters=0).validate()
 
@@ -236,20 +239,33 @@ def test_device_detection():
 
 
 # --------------------------------------------------------------------------------------- bundles and CLIs
-def test_precision_from_name():
-    assert bench.precision_from_name(Path('model.int8.onnx')) == 'int8'
-    assert bench.precision_from_name(Path('scalable_vit_small-fp16.engine')) == 'fp16'
-    assert bench.precision_from_name(Path('model.onnx')) is None
+def test_file_precision_comes_from_the_file_not_its_name(bundle, tmp_path):
+    """Precision is what the file declares (ONNX metadata, engine manifest), whatever it is called."""
+    import onnx
+    from scalablevit.export import stamp_metadata
+    assert bench.file_precision(bundle / 'model.fp32.onnx') == 'fp32'  # from the graph: no float16, no Q/DQ
+    assert bench.file_precision(bundle / 'model.fp16.onnx') == 'fp16'
+    for precision in ('fp32', 'fp16'):
+        model = onnx.load(str(bundle / f'model.{precision}.onnx'))
+        stamp_metadata(model, {'model': MODEL, **({'precision': 'fp16'} if precision == 'fp16' else {})})
+        onnx.save(model, str(tmp_path / f'model.{precision}.int8.onnx'))  # a misleading name
+    assert bench.file_precision(tmp_path / 'model.fp16.int8.onnx') == 'fp16'
+    assert bench.file_precision(tmp_path / 'model.fp32.int8.onnx') == 'fp32'
+    engine = tmp_path / 'scalable_vit_small-fp16.engine'
+    engine.write_bytes(b'plan')
+    assert bench.file_precision(engine) == 'unknown'  # no engine manifest beside it
+    write_json(tmp_path / 'scalable_vit_small-fp16.engine.json', {'precision': 'int8'})
+    assert bench.file_precision(engine) == 'int8'
 
 
-def test_load_bundle_verifies_hashes(bundle, tmp_path):
-    info = bench.load_bundle(bundle)
-    assert [s.precision for s in info.onnx] == ['fp32', 'fp16'] and info.engines == []
-    assert info.input_shape == SHAPE and info.model == MODEL
+def test_bundle_specs_verify_hashes(bundle, tmp_path):
+    onnx, engines = bench.bundle_specs(Bundle.open(bundle))
+    assert [s.precision for s in onnx] == ['fp32', 'fp16'] and engines == []
+    assert Bundle.open(bundle).input_shape == SHAPE and Bundle.open(bundle).model == MODEL
     tampered = _copy_bundle(bundle, tmp_path / 'b')
     (tampered / 'model.fp16.onnx').write_bytes(b'not the exported model')
-    with pytest.raises(ScalableViTError, match='model.fp16.onnx: sha256 differs'):
-        bench.load_bundle(tampered)
+    with pytest.raises(ScalableViTError, match='model.fp16.onnx does not match the bundle manifest'):
+        bench.bundle_specs(Bundle.open(tampered))
 
 
 def test_compare_bundle(bundle, tmp_path):
@@ -290,8 +306,8 @@ def test_compare_bundle_skips_engines_without_tensorrt(bundle, tmp_path):
     (copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine').write_bytes(b'plan')
     write_json(copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine.json', {'precision': 'fp16'})
     (copy / 'engines' / 'other.plan').write_bytes(b'plan')
-    info = bench.load_bundle(copy)
-    assert [(s.backend, s.precision) for s in info.engines] == [('tensorrt', 'fp16'), ('tensorrt', 'fp16')]
+    _, engines = bench.bundle_specs(Bundle.open(copy))
+    assert [(s.backend, s.precision) for s in engines] == [('tensorrt', 'fp16'), ('tensorrt', 'fp16')]
     out = tmp_path / 'cmp'
     assert _load_cli('compare_bundle').main([str(copy), '--no-torch', '--iters', '1', '--warmup', '0',
                                              '--samples', '2', '--no-plots', '--out', str(out)]) == 0
@@ -311,7 +327,7 @@ def test_compare_bundle_without_reference_fails_cleanly(bundle, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f'error: {broken}/reference.npz: reference file not found ' \
-                                                   '(the host pipeline writes it)'
+                                                   '(listed in manifest.json)'
     assert not (broken / 'compare').exists()
 
 

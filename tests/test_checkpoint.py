@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from scalablevit import CheckpointError, create_model
-from scalablevit.checkpoint import load_weights, matching_variants, read_state_dict, save_weights
+from scalablevit.checkpoint import read_state_dict, save_weights
+from scalablevit.model import load_weights, matching_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 

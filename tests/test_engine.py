@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import cuda, engine
-from scalablevit.engine import Target
+from scalablevit import compat, cuda, device, engine, inspector, targets, trt_env
+from scalablevit.bundle import check_precision
+from scalablevit.targets import Target
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import sha256_file, write_json
 from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, Runner
@@ -35,32 +36,32 @@ def _write_target(tmp_path: Path, **fields) -> Path:
 
 # ------------------------------------------------------------------------------------------ targets
 def test_registered_targets_load_with_their_settings():
-    names = engine.list_targets()
+    names = targets.list_targets()
     assert {'jetson-orin-nano', 'jetson-agx-orin', 'jetson-agx-orin-dla', 'desktop', 'datacenter'} <= set(names)
-    targets = {n: engine.load_target(n) for n in names}
-    assert all(t.name == n for n, t in targets.items())  # file stem and name agree
-    nano = targets['jetson-orin-nano']
+    loaded = {n: targets.load_target(n) for n in names}
+    assert all(t.name == n for n, t in loaded.items())  # file stem and name agree
+    nano = loaded['jetson-orin-nano']
     assert nano.dla_core is None and nano.workspace_mib == 1024 and (nano.batch_min, nano.batch_max) == (1, 8)
-    dla = targets['jetson-agx-orin-dla']
+    dla = loaded['jetson-agx-orin-dla']
     assert dla.dla_core == 0 and dla.gpu_fallback and dla.batch_min == dla.batch_opt == dla.batch_max
-    assert all(not t.tf32 and t.hardware_compatibility_level == 'none' for t in targets.values())
+    assert all(not t.tf32 and t.hardware_compatibility_level == 'none' for t in loaded.values())
 
 
 def test_user_target_file_loads_with_defaults(tmp_path):
-    target = engine.load_target(_write_target(tmp_path))
+    target = targets.load_target(_write_target(tmp_path))
     assert (target.name, target.workspace_mib, target.batch_opt) == ('mine', 512, 2)
     assert target.builder_optimization_level == 3 and target.dla_core is None and not target.version_compatible
-    assert engine.load_target(target) is target
+    assert targets.load_target(target) is target
 
 
 def test_unknown_target_name_suggests_the_closest():
     with pytest.raises(ScalableViTError, match="unknown target 'jetson-orin-nan'.*did you mean 'jetson-orin-nano'"):
-        engine.load_target('jetson-orin-nan')
+        targets.load_target('jetson-orin-nan')
 
 
 def test_missing_target_file_is_named(tmp_path):
     with pytest.raises(ScalableViTError, match='nope.json not found'):
-        engine.load_target(tmp_path / 'nope.json')
+        targets.load_target(tmp_path / 'nope.json')
 
 
 @pytest.mark.parametrize('fields, message', [
@@ -81,18 +82,18 @@ def test_missing_target_file_is_named(tmp_path):
 ])
 def test_target_validation_names_the_field(tmp_path, fields, message):
     with pytest.raises(ScalableViTError, match=message):
-        engine.load_target(_write_target(tmp_path, **fields))
+        targets.load_target(_write_target(tmp_path, **fields))
 
 
 def test_dla_target_refuses_hardware_compatibility(tmp_path):
     path = _write_target(tmp_path, dla_core=1, batch={'min': 2, 'opt': 2, 'max': 2},
                          hardware_compatibility_level='ampere_plus')
     with pytest.raises(ScalableViTError, match="'hardware_compatibility_level' must be 'none' with dla_core"):
-        engine.load_target(path)
+        targets.load_target(path)
 
 
 def test_target_comments_are_ignored(tmp_path):
-    assert engine.load_target(_write_target(tmp_path, _doc='why these numbers')).name == 'mine'
+    assert targets.load_target(_write_target(tmp_path, _doc='why these numbers')).name == 'mine'
 
 
 # ------------------------------------------------------------------------------------------ compatibility
@@ -165,7 +166,7 @@ GPU_ORIN = {'name': 'Orin', 'compute_capability': '8.7', 'integrated': True}
 def test_dla_target_on_a_gpu_without_dla_is_refused():
     with pytest.raises(ScalableViTError, match=r'asks for DLA core 0 but NVIDIA H100 80GB HBM3 \(sm_90\) with '
                                                r'TensorRT 10.7.0 has no DLA'):
-        engine.check_target_platform(engine.load_target('jetson-agx-orin-dla'), 'int8', '10.7.0', GPU_H100, 0)
+        engine.check_target_platform(targets.load_target('jetson-agx-orin-dla'), 'int8', '10.7.0', GPU_H100, 0)
 
 
 def test_dla_core_out_of_range_and_trt11_gap_are_explained():
@@ -196,11 +197,11 @@ def test_dla_refuses_fp32_and_hardware_compat_refuses_jetson_and_old_gpus():
 
 def test_int8_and_high_opsets_need_tensorrt_10():
     with pytest.raises(ScalableViTError, match=r'INT8 bundles need TensorRT >= 10 \(JetPack >= 6.1\)'):
-        engine.check_onnx_opset(19, 'int8', '8.6.2.3')
+        compat.check_onnx_opset(19, 'int8', '8.6.2.3')
     with pytest.raises(ScalableViTError, match='opset 18 but TensorRT 8.6.2.3 parses opset <= 17'):
-        engine.check_onnx_opset(18, 'fp16', '8.6.2.3')
-    engine.check_onnx_opset(17, 'fp16', '8.6.2.3')
-    engine.check_onnx_opset(19, 'int8', '10.3.0.30')
+        compat.check_onnx_opset(18, 'fp16', '8.6.2.3')
+    compat.check_onnx_opset(17, 'fp16', '8.6.2.3')
+    compat.check_onnx_opset(19, 'int8', '10.3.0.30')
 
 
 # ------------------------------------------------------------------------------------------ flags, trtexec, keys
@@ -212,13 +213,13 @@ def test_build_flags_follow_the_tensorrt_generation():
                                'fp16', '10.3.0')
     assert flags == ['strongly_typed', 'profiling_verbosity=detailed', 'dla_core=1', 'gpu_fallback',
                      'version_compatible']
-    with pytest.raises(ScalableViTError, match="unknown precision 'bf16'"):
-        engine.build_flags(_target(), 'bf16', '10.3.0')
+    with pytest.raises(ScalableViTError, match="unknown precision 'bf16'"):  # checked where a bundle is read
+        check_precision('bf16')
 
 
 def test_trtexec_command_for_tensorrt_10(tmp_path):
     cache = tmp_path / 'my caches' / 'orin.timing'
-    cmd = engine.trtexec_command('b/model.int8.onnx', 'b/engines/m.engine', engine.load_target('jetson-orin-nano'),
+    cmd = engine.trtexec_command('b/model.int8.onnx', 'b/engines/m.engine', targets.load_target('jetson-orin-nano'),
                                  'int8', '10.3.0.30', 'input', (3, 224, 224), cache)
     args = shlex.split(cmd)
     assert args[:3] == ['trtexec', '--onnx=b/model.int8.onnx', '--saveEngine=b/engines/m.engine']
@@ -230,12 +231,12 @@ def test_trtexec_command_for_tensorrt_10(tmp_path):
 
 
 def test_trtexec_command_for_tensorrt_11_8_6_and_dla():
-    cmd11 = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', engine.load_target('desktop'), 'fp16', '11.4.1'))
+    cmd11 = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', targets.load_target('desktop'), 'fp16', '11.4.1'))
     assert '--stronglyTyped' not in cmd11 and '--fp16' not in cmd11 and '--maxShapes=input:64x3x224x224' in cmd11
-    cmd86 = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', engine.load_target('jetson-orin-nano'),
+    cmd86 = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', targets.load_target('jetson-orin-nano'),
                                                'fp16', '8.6.2.3'))
     assert '--fp16' in cmd86 and '--stronglyTyped' not in cmd86
-    dla = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', engine.load_target('jetson-agx-orin-dla'), 'int8',
+    dla = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', targets.load_target('jetson-agx-orin-dla'), 'int8',
                                              '10.3.0', chw=(3, 448, 448)))
     assert {'--useDLACore=0', '--allowGPUFallback', '--optShapes=input:1x3x448x448'} <= set(dla)
     fleet = _target(version_compatible=True, hardware_compatibility_level='same_compute_capability')
@@ -273,8 +274,8 @@ def test_profile_shapes_and_layer_device_counts():
                                                                'max': (8, 3, 224, 224)}
     info = {'Layers': [{'Name': '{ForeignNode[/blocks...]}', 'LayerType': 'DLA'},
                        {'Name': 'attn', 'LayerType': 'Myelin'}, {'Name': 'head', 'LayerType': 'CaskGemm'}]}
-    assert engine.count_layer_devices(json.dumps(info)) == {'total': 3, 'dla': 1, 'gpu': 2}
-    assert engine.count_layer_devices({'Layers': ['names only']}) == {'total': 1, 'dla': 0, 'gpu': 1}
+    assert inspector.count_layer_devices(json.dumps(info)) == {'total': 3, 'dla': 1, 'gpu': 2}
+    assert inspector.count_layer_devices({'Layers': ['names only']}) == {'total': 1, 'dla': 0, 'gpu': 1}
 
 
 # ------------------------------------------------------------------------------------------ bundles (before TensorRT)
@@ -298,7 +299,7 @@ def test_bundle_with_a_modified_onnx_is_refused_before_building(tmp_path):
     bundle = _bundle(tmp_path)
     (bundle / 'model.fp32.onnx').write_bytes(b'someone else\'s model')
     with pytest.raises(ScalableViTError, match=r'ONNX .*model.fp32.onnx does not match the bundle manifest'):
-        engine.build_bundle_engine(bundle, 'desktop')
+        device.build_bundle_engine(bundle, 'desktop')
     assert not (bundle / 'engines').exists()
 
 
@@ -306,21 +307,21 @@ def test_bundle_with_a_modified_reference_or_bad_manifest_is_refused(tmp_path):
     bundle = _bundle(tmp_path)
     np.savez(bundle / 'reference.npz', input=np.zeros((1, 3, 224, 224), np.float32), logits=np.zeros((1, 10)))
     with pytest.raises(ScalableViTError, match=r'reference .*reference.npz does not match the bundle manifest'):
-        engine.build_bundle_engine(bundle, 'desktop')
+        device.build_bundle_engine(bundle, 'desktop')
     manifest = json.loads((bundle / 'manifest.json').read_text())
     write_json(bundle / 'manifest.json', {**manifest, 'deploy_onnx': 'model.int8.onnx'})
     with pytest.raises(ScalableViTError, match="deploy_onnx 'model.int8.onnx' has no entry"):
-        engine.build_bundle_engine(bundle, 'desktop')
+        device.build_bundle_engine(bundle, 'desktop')
     del manifest['reference']
     write_json(bundle / 'manifest.json', manifest)
     with pytest.raises(ScalableViTError, match="bundle manifest .* is missing 'reference'"):
-        engine.build_bundle_engine(bundle, 'desktop')
+        device.build_bundle_engine(bundle, 'desktop')
 
 
-@pytest.mark.skipif(engine.trt_status()[0], reason='TensorRT and a GPU are present: the build would start')
+@pytest.mark.skipif(trt_env.trt_status()[0], reason='TensorRT and a GPU are present: the build would start')
 def test_bundle_build_without_tensorrt_says_why(tmp_path):
     with pytest.raises(ScalableViTError, match='TensorRT is not usable here: (tensorrt not importable|no CUDA)'):
-        engine.build_bundle_engine(_bundle(tmp_path), 'desktop')
+        device.build_bundle_engine(_bundle(tmp_path), 'desktop')
 
 
 class _ScaleRunner(Runner):
@@ -348,22 +349,22 @@ def test_run_padded_respects_the_profile_and_drops_padding():
     images = np.random.default_rng(1).standard_normal((7, 3, 4, 4), dtype=np.float32)
     expected = images.mean(axis=(1, 2, 3))[:, None] * np.arange(4, dtype=np.float32)
     with _ScaleRunner() as runner:
-        np.testing.assert_allclose(engine.run_padded(runner, images, 1, 3), expected, rtol=1e-6)
+        np.testing.assert_allclose(device.run_padded(runner, images, 1, 3), expected, rtol=1e-6)
         assert runner.batches == [3, 3, 1]
         runner.batches.clear()
-        np.testing.assert_allclose(engine.run_padded(runner, images, 4, 4), expected, rtol=1e-6)  # DLA: fixed batch
+        np.testing.assert_allclose(device.run_padded(runner, images, 4, 4), expected, rtol=1e-6)  # DLA: fixed batch
         assert runner.batches == [4, 4]
 
 
 # ------------------------------------------------------------------------------------------ environment, CUDA errors
 def test_trt_status_says_tensorrt_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, 'tensorrt', None)
-    ok, reason = engine.trt_status()
+    ok, reason = trt_env.trt_status()
     assert not ok and reason.startswith('tensorrt not importable (')
 
 
 def test_trt_status_reason_on_this_machine():
-    ok, reason = engine.trt_status()
+    ok, reason = trt_env.trt_status()
     if ok:
         pytest.skip(f'TensorRT is usable here: {reason}')
     assert reason.startswith(('tensorrt not importable (', 'no CUDA device (', 'no CUDA binding ('))
@@ -415,8 +416,8 @@ def test_unknown_cuda_binding_is_refused(monkeypatch):
 def test_device_modules_import_without_torch_or_onnxruntime():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; "
             "sys.modules['modelopt'] = None; sys.modules['onnx'] = None; "
-            "import scalablevit.engine, scalablevit.trt_runner, scalablevit.cuda; "
-            "print(scalablevit.engine.load_target('jetson-orin-nano').name)")
+            "import scalablevit.device, scalablevit.engine, scalablevit.trt_runner, scalablevit.cuda, scalablevit.bundle; "
+            "print(scalablevit.targets.load_target('jetson-orin-nano').name)")
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr

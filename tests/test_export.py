@@ -265,7 +265,7 @@ def test_cli_exports_scalable_vit_small(tmp_path):
     out = tmp_path / 's.fp32.onnx'
     result = _cli('--weights', weights, '--out', out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert 'export done in' in result.stderr and 'LayerNormalization 70' in result.stdout
+    assert 'export: done in' in result.stderr and 'LayerNormalization 70' in result.stdout
     info = check_onnx(out, expected_model='scalable_vit_small', input_size=224)
     assert info['ops']['LayerNormalization'] == 70 and info['num_classes'] == 1000
     assert _max_diff(model, out, batch=1) < TOL

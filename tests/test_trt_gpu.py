@@ -1,7 +1,7 @@
 """TensorRT on a real GPU: build FP32/FP16/INT8 engines of scalable_vit_test, run them against onnxruntime,
 engine-cache reuse, manifest refusal, the bundle build and its accuracy gate.
 
-Skipped with the reason (``engine.trt_status()``) where tensorrt or a CUDA device is missing. Needs on the
+Skipped with the reason (``trt_env.trt_status()``) where tensorrt or a CUDA device is missing. Needs on the
 GPU machine: tensorrt, cuda-python (or pycuda), torch, onnx, onnxruntime and, for FP16/INT8, modelopt.
 """
 import json
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import engine
+from scalablevit import device, engine, targets, trt_env
 from scalablevit.compare import accuracy_metrics, check_budget
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import sha256_file, write_json
 from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeRunner, run_batches
 
-TRT_OK, TRT_REASON = engine.trt_status()
+TRT_OK, TRT_REASON = trt_env.trt_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not TRT_OK, reason=TRT_REASON)]
 
 MODEL = 'scalable_vit_test'
@@ -82,7 +82,7 @@ def _onnxruntime(onnx_path, images) -> np.ndarray:
 def _tensorrt(engine_path, images, **kwargs) -> np.ndarray:
     from scalablevit.trt_runner import TrtRunner
     with TrtRunner(engine_path, **kwargs) as runner:
-        return engine.run_padded(runner, images, 1, 4)
+        return device.run_padded(runner, images, 1, 4)
 
 
 # ------------------------------------------------------------------------------------------ builds vs onnxruntime
@@ -203,7 +203,7 @@ def _torch_logits(model, images) -> np.ndarray:
 
 def test_bundle_engine_build_cache_and_force(work, model, fp32_onnx, images, target_file, cache_dir):
     bundle = _make_bundle(work, fp32_onnx, images, _torch_logits(model, images), untrained=True)
-    first = engine.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
+    first = device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
     assert first.parent == bundle / 'engines' and first.name.startswith('model.fp32.gpu-test.')
     report_path = first.with_name(first.stem + '.report.json')
     report = json.loads(report_path.read_text())
@@ -213,11 +213,11 @@ def test_bundle_engine_build_cache_and_force(work, model, fp32_onnx, images, tar
     assert not report['engine']['reused']
     built_at = first.stat().st_mtime_ns
 
-    again = engine.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
+    again = device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
     assert again == first and first.stat().st_mtime_ns == built_at
     assert json.loads(report_path.read_text())['engine']['reused']
 
-    forced = engine.build_bundle_engine(bundle, target_file, force=True, timing_cache_dir=cache_dir)
+    forced = device.build_bundle_engine(bundle, target_file, force=True, timing_cache_dir=cache_dir)
     assert forced == first and first.stat().st_mtime_ns > built_at
     assert not json.loads(report_path.read_text())['engine']['reused']
 
@@ -226,7 +226,7 @@ def test_bundle_engine_over_budget_fails_and_is_not_kept(work, fp32_onnx, images
     wrong = np.random.default_rng(2).standard_normal((SAMPLES, 10), dtype=np.float32)  # not this model's outputs
     bundle = _make_bundle(work, fp32_onnx, images, wrong, untrained=False)
     with pytest.raises(ScalableViTError, match='exceeds the fp32 accuracy budget'):
-        engine.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
+        device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
     assert not list((bundle / 'engines').glob('*.engine'))
     reports = list((bundle / 'engines').glob('*.report.json'))
     assert len(reports) == 1 and not json.loads(reports[0].read_text())['budget']['passed']
@@ -234,7 +234,7 @@ def test_bundle_engine_over_budget_fails_and_is_not_kept(work, fp32_onnx, images
 
 def test_dla_build_reports_layer_devices(work, fp32_onnx, cache_dir):
     import tensorrt as trt
-    if trt.Builder(engine._trt_logger(trt)).num_DLA_cores == 0:
+    if trt.Builder(trt_env.trt_logger(trt)).num_DLA_cores == 0:
         pytest.skip('this GPU has no DLA (Jetson AGX Orin has two)')
     pytest.importorskip('modelopt')
     from scalablevit.quantize import convert_fp16

@@ -21,7 +21,6 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scalablevit.checkpoint import save_weights  # noqa: E402
 from scalablevit.errors import ScalableViTError  # noqa: E402
 from scalablevit.fileio import human_size  # noqa: E402

@@ -1,0 +1,106 @@
+"""Top-1 of a reference runner and candidate runners on a labelled image folder (ImageNet-style).
+
+    python bench/accuracy.py --val /data/imagenet/val --model scalable_vit_small --weights checkpoint_best.pth \\
+        --candidate out/scalable_vit_small-int8/model.int8.onnx [--candidate s.int8.engine] [--limit 5000]
+
+The folder has one subfolder per class (sorted names = class indices, torchvision's ImageFolder rule), or is
+flat with --labels-file ("filename label" lines). Every image gets the model's eval preprocessing. The
+reference is PyTorch FP32 (--model/--weights) unless --reference names an ONNX file or engine. Candidates are
+ONNX files or TensorRT engines (precision from their metadata or engine manifest). Images stream through in chunks, so a 50k-image
+ImageNet val never sits in memory. Writes <out>/accuracy.json (one report-contract entry per candidate) and
+accuracy.md. ScalableViT-S with the official weights should give about 83.1 % (the paper's number).
+"""
+import argparse
+from pathlib import Path
+from typing import Dict, List, NoReturn, Optional, Sequence
+
+import numpy as np
+
+from scalablevit.bench import RunnerSpec, file_precision, make_runner
+from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.compare import accuracy_metrics
+from scalablevit.data import labelled_files, load_files, progress_bar
+from scalablevit.errors import ScalableViTError
+from scalablevit.fileio import write_json, write_text
+from scalablevit.model import data_config, resolve_model_name
+from scalablevit.report import make_report
+from scalablevit.runners import run_batches
+
+CHUNK = 256  # images decoded at a time
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument('--val', type=Path, required=True, help='labelled image folder')
+    p.add_argument('--labels-file', type=Path, help='"filename label" lines for a flat folder')
+    p.add_argument('--model', default='scalable_vit_small', help='model name (preprocessing, PyTorch reference)')
+    p.add_argument('--weights', type=Path, help='weights of the PyTorch reference')
+    p.add_argument('--reference', type=Path, help='ONNX file or engine as the reference instead of PyTorch FP32')
+    p.add_argument('--candidate', type=Path, action='append', default=[], help='ONNX file or engine (repeatable)')
+    p.add_argument('--limit', type=int, help='seeded random subset of N images')
+    p.add_argument('--batch', type=int, default=32, help='batch size (default: 32)')
+    p.add_argument('--out', type=Path, default=Path('out/accuracy'), help='output directory')
+    return p.parse_args(argv)
+
+
+def spec_for(path: Path) -> RunnerSpec:
+    backend = 'tensorrt' if path.suffix in ('.engine', '.plan') else 'onnxruntime'
+    return RunnerSpec(backend, file_precision(path), path=path, name=f'{backend}:{path}')
+
+
+def evaluate(specs: List[RunnerSpec], files: List[Path], labels: List[int], dcfg: Dict, batch: int) -> Dict:
+    """Logits of every runner over the images, decoded chunk by chunk; unreadable images are skipped for all."""
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ScalableViTError(f'two runners would share a name ({", ".join(names)}): rename the files')
+    runners = [make_runner(spec).activate() for spec in specs]
+    logits: Dict[str, List[np.ndarray]] = {spec.name: [] for spec in specs}
+    kept: List[np.ndarray] = []
+    advance = progress_bar(len(files), 'accuracy')
+    try:
+        for start in range(0, len(files), CHUNK):
+            chunk = load_files(files[start:start + CHUNK], dcfg, labels=labels[start:start + CHUNK],
+                               source=f'images {start}..')
+            kept.append(chunk.labels)
+            for spec, runner in zip(specs, runners):
+                logits[spec.name].append(run_batches(runner, chunk.images, batch))
+            advance(len(files[start:start + CHUNK]))
+    finally:
+        for runner in runners:
+            runner.deactivate()
+    return {'labels': np.concatenate(kept), **{k: np.concatenate(v) for k, v in logits.items()}}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if not args.candidate:
+        raise ScalableViTError('nothing to evaluate: pass at least one --candidate ONNX file or engine')
+    if args.batch < 1:
+        raise ScalableViTError(f'--batch must be positive, got {args.batch}')
+    model = resolve_model_name(args.model)
+    dcfg = data_config(model)
+    reference = spec_for(args.reference) if args.reference else RunnerSpec(
+        'torch', 'fp32', model=model, weights=args.weights, name='pytorch-fp32')
+    candidates = [spec_for(path) for path in args.candidate]
+    files, labels, _ = labelled_files(args.val, dcfg, limit=args.limit, labels_file=args.labels_file)
+    results = evaluate([reference] + candidates, files, labels, dcfg, args.batch)
+    reports = []
+    rows = ['| runner | precision | top-1 % | drop (pt) | agreement % | cosine mean | cosine min |', '|---|---|---|---|---|---|---|']
+    for spec in candidates:
+        metrics = accuracy_metrics(results[reference.name], results[spec.name], results['labels'], reference.name)
+        reports.append(make_report(model, spec.precision, spec.backend, metrics, None, untrained=False,
+                                   candidate=str(spec.path), images=str(args.val)))
+        rows.append(f"| {spec.name} | {spec.precision} | {metrics['top1_candidate']:.2f} | "
+                    f"{metrics['top1_reference'] - metrics['top1_candidate']:+.2f} | {metrics['top1_agreement'] * 100:.2f} | "
+                    f"{metrics['cosine_mean']:.5f} | {metrics['cosine_min']:.5f} |")
+    top1_ref = reports[0]['accuracy']['top1_reference']
+    markdown = '\n'.join([f'# Accuracy of {model} on {args.val} ({len(results["labels"])} images)', '',
+                          f'Reference {reference.name}: top-1 {top1_ref:.2f} %', ''] + rows) + '\n'
+    write_json(args.out / 'accuracy.json', reports)
+    write_text(args.out / 'accuracy.md', markdown)
+    print(markdown)
+    return 0
+
+
+def run() -> NoReturn:
+    run_cli(main)

@@ -1,0 +1,103 @@
+"""The main job: build a deployable ScalableViT bundle and, where TensorRT and a GPU are present, its engine.
+
+Host (any machine, CPU is fine):
+    python deploy/build_engine.py --precision int8 [--model scalable_vit_small] [--weights W.pth] [--calib DIR]
+exports the FP32 ONNX, builds the calibration and held-out sets, quantizes (INT8 Q/DQ or FP16 AutoCast),
+validates the deployed ONNX with onnxruntime against PyTorch FP32 and writes the bundle (see README).
+Then, when TensorRT and a CUDA device are available, it builds and validates the engine for --target.
+
+Device (Jetson / GPU box, needs only tensorrt, numpy and a CUDA binding):
+    python deploy/build_engine.py --bundle out/scalable_vit_small-int8 --target jetson-orin-nano
+
+Installed, the same command is `scalablevit-build`.
+"""
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any, NoReturn, Optional, Sequence
+
+from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.errors import ScalableViTError
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument('--precision', default='int8', help='fp32 | fp16 | int8 (default: int8)')
+    p.add_argument('--model', default='scalable_vit_small', help='registered model name or alias (s, b, l, fmnist)')
+    p.add_argument('--weights', type=Path, help='official .pth or safetensors; omitted: random weights (a warning)')
+    p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
+    p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
+    p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
+    p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
+    p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
+    p.add_argument('--input-size', type=int, help='square input side (default: the model\'s, 224 for S/B/L)')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
+    p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
+    p.add_argument('--int8-policy', default='default', help='INT8 exclusion policy (see README)')
+    p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
+    p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
+    p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
+    p.add_argument('--batch', type=int, nargs=3, metavar=('MIN', 'OPT', 'MAX'),
+                   help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
+    p.add_argument('--bundle', type=Path, help='device mode: build the engine from this existing bundle only')
+    p.add_argument('--require-engine', action='store_true', help='fail when TensorRT or a GPU is missing')
+    p.add_argument('--force', action='store_true', help='rebuild every stage even when its inputs are unchanged')
+    return p.parse_args(argv)
+
+
+def host(args: argparse.Namespace) -> Path:
+    from scalablevit.pipeline import HostOptions, HostPipeline
+    options = HostOptions(
+        model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
+        calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
+        opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
+        exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force)
+    report = HostPipeline(options).run()
+    acc = report['accuracy']
+    print(f"bundle: {options.out}  ({report['precision']} ONNX on onnxruntime vs PyTorch FP32: "
+          f"top-1 agreement {acc['top1_agreement'] * 100:.2f} %, worst cosine {acc['cosine_min']:.5f}; "
+          f"gate {report['status']})")
+    if report['status'].startswith('FAILED'):
+        raise ScalableViTError(f"accuracy gate failed for {options.out}: {report['status'][len('FAILED: '):]}")
+    return options.out
+
+
+def resolve_target(args: argparse.Namespace) -> Any:
+    """The target preset or file, with --batch applied; checked before any work starts."""
+    from scalablevit.targets import load_target, target_from_dict
+    target = load_target(args.target)
+    if args.batch:
+        lo, opt, hi = args.batch
+        target = target_from_dict({**target.settings(), 'batch': {'min': lo, 'opt': opt, 'max': hi}},
+                                  source=f'{args.target} with --batch {lo} {opt} {hi}')
+    return target
+
+
+def device_command(bundle: Path, args: argparse.Namespace) -> str:
+    """The command that runs the TensorRT stage for ``bundle`` on the target (shell-quoted)."""
+    words = ['python', 'deploy/build_engine.py', '--bundle', str(bundle), '--target', args.target]
+    if args.batch:
+        words += ['--batch', *map(str, args.batch)]
+    return ' '.join(shlex.quote(w) for w in words)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from scalablevit.trt_env import probe_tensorrt
+    args = parse_args(argv)
+    target = resolve_target(args)
+    env, reason = probe_tensorrt()  # once per run; the device stage gets the result
+    if env is None and args.require_engine:  # say so before minutes of host work, not after
+        raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')
+    bundle = args.bundle if args.bundle else host(args)
+    if env is None:
+        print(f'TensorRT stage skipped: {reason}. The host bundle is complete; on the target run: '
+              f'{device_command(bundle, args)}')
+        return 0
+    from scalablevit.device import build_bundle_engine
+    engine = build_bundle_engine(bundle, target, force=args.force, env=env)
+    print(f'engine: {engine}')
+    return 0
+
+
+def run() -> NoReturn:
+    run_cli(main)
