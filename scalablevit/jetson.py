@@ -2,15 +2,23 @@
 
 Everything here parses the text NVIDIA's tools print (real samples, with sources, in tests/data/jetson/):
 
-* ``tegrastats`` lines differ by board and release: Orin Nano/NX print ``VDD_IN``, ``VDD_CPU_GPU_CV``,
-  ``VDD_SOC``; AGX Orin ``VDD_GPU_SOC``, ``VDD_CPU_CV``, ``VIN_SYS_5V0`` (no VDD_IN); Thor ``VDD_GPU``.
-  GR3D reads ``0%``, ``0%@0``, ``0%@[305]``, ``0%@[0,0]`` or ``@[0,0,0]``; rails print ``inst/avg`` mW and,
-  from L4T R39, ``inst/avg/max``. The instantaneous value is used: the average runs since tegrastats began.
+* ``tegrastats`` lines differ by board and release: Orin Nano/NX print ``VDD_IN`` (the module input),
+  ``VDD_CPU_GPU_CV``, ``VDD_SOC``; AGX Orin ``VDD_GPU_SOC``, ``VDD_CPU_CV``, ``VIN_SYS_5V0`` and, on some
+  releases, ``VDDQ_VDD2_1V8AO`` (DDR), but no module input, so its total is a rail sum; Thor likewise.
+  GR3D reads ``0%``, ``0%@0``, ``0%@[305]``, ``0%@[0,0]`` or ``@[0,0,0]``, JetPack 5 adds ``GR3D2_FREQ`` for
+  the second GPC; rails print ``inst/avg`` mW and, from L4T R39, ``inst/avg/max``. The instantaneous value is
+  used: the average runs since tegrastats began. Boards older than Orin (JetPack 4) print rails without
+  units (``POM_5V_IN 1022/1022``): recognised, reported as unsupported, never read as power.
 * ``jetson_clocks --show``: clocks are called locked only when its output proves it, per domain: every
-  online CPU core and the GPU at MinFreq == MaxFreq == CurrentFreq; the EMC at CurrentFreq == MaxFreq
-  with MinFreq == MaxFreq or ``FreqOverride=1``. jetson_clocks pins the EMC through the BPMP override and
-  leaves MinFreq at its floor (every locked Orin sample shows ``MinFreq=204000000 ... FreqOverride=1``),
-  so demanding MinFreq == MaxFreq there would call every locked Orin unlocked; ``strict_emc=True`` does.
+  online CPU core and every GPU clock domain (``GPU``, or Thor's ``gpu-gpc-N``/``gpu-nvd-N``) with
+  MinFreq == MaxFreq (the jetson_stats rule; CurrentFreq below MaxFreq is reported as a note: throttling
+  or a cap), and the EMC at CurrentFreq == MaxFreq with MinFreq == MaxFreq or ``FreqOverride=1``. Up to
+  L4T R38, jetson_clocks pins the EMC through the BPMP override and leaves MinFreq at its floor (every
+  locked R35/R36/R38 sample shows ``FreqOverride=1``); from R39 ``--show`` prints no FreqOverride and a
+  locked board shows EMC MinFreq == MaxFreq (real R39.2.0 AGX Orin capture), while an unlocked one can
+  sit at CurrentFreq == MaxFreq with MinFreq at the floor (R39.2.0 Orin Nano capture): so without
+  FreqOverride only MinFreq == MaxFreq proves the lock. ``strict_emc=True`` demands MinFreq == MaxFreq on
+  every release (it then rejects the override lock of R35-R38).
 
 Only the standard library: this runs on the device beside TensorRT.
 """
@@ -30,24 +38,65 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['parse_tegrastats_line', 'parse_tegrastats', 'rail_layout', 'power_summary', 'parse_nvpmodel',
            'parse_jetson_clocks', 'clocks_locked', 'parse_nv_tegra_release', 'parse_dpkg_versions',
-           'jetpack_from_l4t', 'TegrastatsSampler', 'PowerMonitor', 'jetson_info', 'describe_jetson', 'board_model']
+           'jetpack_from_l4t', 'TegrastatsSampler', 'PowerMonitor', 'jetson_info', 'describe_jetson', 'board_model',
+           'board_support', 'LEGACY_BOARD_REASON']
 
-# Power rails per board family: (family, GPU rail, rails summed for the total, what the numbers mean).
-RAIL_LAYOUTS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
-    ('Orin Nano / Orin NX (and Xavier NX)', 'VDD_CPU_GPU_CV', ('VDD_IN',),
-     'GPU rail VDD_CPU_GPU_CV feeds CPU + GPU + CV together (these modules have no GPU-only rail); '
-     'total = VDD_IN, the module input'),
-    ('AGX Orin', 'VDD_GPU_SOC', ('VDD_GPU_SOC', 'VDD_CPU_CV', 'VIN_SYS_5V0'),
-     'GPU rail VDD_GPU_SOC feeds GPU + SoC; AGX Orin reports no VDD_IN, so total = '
-     'VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0 (module rails, carrier board excluded)'),
-    ('Thor', 'VDD_GPU', ('VDD_GPU', 'VDD_CPU_SOC_MSS', 'VIN_SYS_5V0'),
-     'GPU rail VDD_GPU; total = VDD_GPU + VDD_CPU_SOC_MSS + VIN_SYS_5V0'),
+# Power rails per board family. total_kind: 'module_input' is one sensor on the module's input (everything the
+# module draws); 'rail_sum' adds the monitored rails, without the unmonitored ones and the input regulator
+# losses, so it reads lower and is NOT comparable with a module-input total. optional_rails join the sum when
+# tegrastats prints them (AGX Orin's DDR rail, printed on JetPack 5 and some later images). On AGX Xavier NVIDIA
+# staff describe SYS5V as everything except DDR, CPU, GPU and CV (forums.developer.nvidia.com/t/75574), so the
+# DDR rail is additive; AGX Orin keeps that rail layout, and jtop likewise sums every rail when there is no
+# module input (rbonghi/jetson_stats jtop/core/power.py, total_power).
+RAIL_LAYOUTS: Tuple[Dict[str, Any], ...] = (
+    {'family': 'Orin Nano / Orin NX (and Xavier NX)', 'gpu_rail': 'VDD_CPU_GPU_CV', 'total_rails': ('VDD_IN',),
+     'optional_rails': (), 'total_kind': 'module_input',
+     'note': 'total = VDD_IN, the module input; the GPU rail VDD_CPU_GPU_CV feeds CPU + GPU + CV together '
+             '(these modules have no GPU-only rail)'},
+    {'family': 'AGX Orin', 'gpu_rail': 'VDD_GPU_SOC', 'total_rails': ('VDD_GPU_SOC', 'VDD_CPU_CV', 'VIN_SYS_5V0'),
+     'optional_rails': ('VDDQ_VDD2_1V8AO',), 'total_kind': 'rail_sum',
+     'note': 'AGX Orin has no module-input sensor: total = VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0 (+ '
+             'VDDQ_VDD2_1V8AO, the DDR rail, where tegrastats prints it), a sum of module rails without '
+             'regulator losses, NOT comparable with an Orin Nano/NX VDD_IN total; GPU rail VDD_GPU_SOC feeds '
+             'GPU + SoC'},
+    {'family': 'Thor', 'gpu_rail': 'VDD_GPU', 'total_rails': ('VDD_GPU', 'VDD_CPU_SOC_MSS', 'VIN_SYS_5V0'),
+     'optional_rails': (), 'total_kind': 'rail_sum',
+     'note': 'Thor prints no module input: total = VDD_GPU + VDD_CPU_SOC_MSS + VIN_SYS_5V0, a sum of module '
+             'rails, NOT comparable with an Orin Nano/NX VDD_IN total'},
 )
+LEGACY_BOARD_REASON = ('tegrastats prints power rails without units (JetPack 4 / L4T R32: Jetson Nano, TX1/TX2, '
+                       'Xavier): boards older than Orin are not supported for engines here and their power is not read')
 
 # L4T release -> JetPack, used only when the nvidia-jetpack package is not installed (reported as inferred).
+# Exact releases only, each from at least one source (checked 2026): NVIDIA's JetPack archive pages
+# (developer.nvidia.com/embedded/jetpack-archive; archive-7.0: "JetPack 7.0 with Jetson Linux 38.2/38.2.1",
+# archive-7.1: "JetPack 7.1 with Jetson Linux 38.4"), rbonghi/jetson_stats jtop/core/jetson_variables.py
+# (NVIDIA_JETPACK, commit f41d5ca), dusty-nv/jetson-containers jetson_containers/l4t_version.py (dd206bf).
 L4T_TO_JETPACK = {
-    '35.3.1': '5.1.1', '35.4.1': '5.1.2', '35.5.0': '5.1.3', '35.6.0': '5.1.4',
-    '36.3.0': '6.0', '36.4.0': '6.1', '36.4.3': '6.2', '36.4.4': '6.2.1', '38.2.0': '7.0',
+    '35.1.0': '5.0.2',   # jetson_stats, jetson-containers ("5.0.2 GA")
+    '35.2.1': '5.1',     # jetson_stats, jetson-containers
+    '35.3.1': '5.1.1',   # jetson_stats, jetson-containers
+    '35.4.1': '5.1.2',   # jetson_stats, jetson-containers
+    '35.5.0': '5.1.3',   # jetson_stats, jetson-containers
+    '35.6.0': '5.1.4',   # jetson_stats, jetson-containers
+    '35.6.1': '5.1.5',   # jetson_stats, jetson-containers
+    '35.6.2': '5.1.5',   # jetson-containers PR #1179 (NVIDIA jetson-linux-r3562 / jetpack-sdk-515 pages)
+    '35.6.3': '5.1.5',   # jetson_stats
+    '35.6.4': '5.1.6',   # jetson-containers PR #1676 (NVIDIA jetson-linux-r3564 / jetpack-sdk-516), jetson_stats
+    '36.3.0': '6.0',     # jetson_stats, jetson-containers ("6.0 GA")
+    '36.4.0': '6.1',     # jetson_stats, jetson-containers
+    '36.4.2': '6.1 (rev. 1)',  # jetson_stats "6.1 (rev1)"; jetson-containers writes "6.1.1"
+    '36.4.3': '6.2',     # jetson_stats, jetson-containers, NVIDIA docs archive (Jetson Linux 36.4.3 / JetPack 6.2)
+    '36.4.4': '6.2.1',   # jetson_stats, jetson-containers, NVIDIA docs archive
+    '36.4.7': '6.2.1',   # jetson_stats, jetson-containers (security/bug-fix BSP, same JetPack)
+    '36.5.0': '6.2.2',   # jetson_stats PR #803 citing NVIDIA's JetPack archive; anduril/jetpack-nixos PR #541
+    '36.5.2': '6.2.3',   # anduril/jetpack-nixos PR #541, jetson_stats PR #911
+    '38.2.0': '7.0',     # NVIDIA archive-7.0 page, jetson_stats, jetson-containers
+    '38.2.1': '7.0',     # NVIDIA archive-7.0 page ("Jetson Linux 38.2/38.2.1")
+    '38.2.2': '7.0',     # jetson_stats, jetson-containers
+    '38.4.0': '7.1',     # NVIDIA archive-7.1 page ("JetPack 7.1 with Jetson Linux 38.4")
+    '39.2.0': '7.2',     # jetson_stats ("7.2 GA"), OE4T/meta-tegra PR #2224 ("JetPack 7.2 / L4T R39.2.0")
+    '39.2.1': '7.2.1',   # a real R39.2.1 board's nvidia-jetpack 7.2.1-b49 (tests/data/jetson, dpkg_query_*_r39)
 }
 
 _TIME = re.compile(r'^(\d\d-\d\d-\d{4} \d\d:\d\d:\d\d)')
@@ -56,8 +105,10 @@ _CPU = re.compile(r'\bCPU \[([^\]]*)\]')
 _CPU_CORE = re.compile(r'(\d+)%(?:@(\d+))?')
 _EMC = re.compile(r'\bEMC_FREQ (?:(\d+)%)?(?:@(\d+))?')
 _GR3D = re.compile(r'\bGR3D_FREQ (?:(\d+)%)?(?:@\[?([\d,]+)\]?)?')
+_GR3D2 = re.compile(r'\bGR3D2_FREQ (?:\d+%)?@(\d+)')  # JetPack 5: the second GPC's clock (same load as GR3D)
 _TEMP = re.compile(r'(?<![\w%])([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C(?:/(-?\d+(?:\.\d+)?)C)?\b')
 _RAIL = re.compile(r'\b([A-Z][A-Z0-9_]*) (\d+)mW/(\d+)mW(?:/(\d+)mW)?')
+_RAIL_NO_UNIT = re.compile(r'\b([A-Z][A-Z0-9_]*) (\d+)/(\d+)\b(?![\w/])')  # JetPack 4: 'POM_5V_IN 1022/1022'
 _ABSENT_SENSOR_C = -200.0  # tegrastats prints -256C for sensors that are not there
 
 
@@ -74,7 +125,9 @@ def parse_tegrastats_line(line: str) -> Optional[Dict[str, Any]]:
     """One tegrastats line as a dict (None for a line that is not tegrastats output).
 
     Keys: time, ram_used_mb, ram_total_mb, cpu [{util, mhz} | None when off], emc_util, emc_mhz, gpu_util,
-    gpu_mhz [per GPC], temps_c {sensor: C}, rails_mw {rail: instantaneous mW}, rails_avg_mw {rail: average}.
+    gpu_mhz [per GPC: the GR3D_FREQ list, then GR3D2_FREQ on JetPack 5], temps_c {sensor: C},
+    rails_mw {rail: instantaneous mW}, rails_avg_mw {rail: average}, unitless_rails {rail: instantaneous}
+    (JetPack 4 rails printed without units: kept to recognise such boards, never used as power).
     """
     ram, gr3d = _RAM.search(line), _GR3D.search(line)
     rails = {m.group(1): m for m in _RAIL.finditer(line) if m.group(1) != 'NC'}
@@ -94,10 +147,13 @@ def parse_tegrastats_line(line: str) -> Optional[Dict[str, Any]]:
     if gr3d:
         sample['gpu_util'] = int(gr3d.group(1)) if gr3d.group(1) else None
         sample['gpu_mhz'] = [int(v) for v in gr3d.group(2).split(',') if v] if gr3d.group(2) else None
+        if sample['gpu_mhz'] and (m := _GR3D2.search(line)):
+            sample['gpu_mhz'].append(int(m.group(1)))
     sample['temps_c'] = {m.group(1): float(m.group(2)) for m in _TEMP.finditer(line)
                          if float(m.group(2)) > _ABSENT_SENSOR_C}
     sample['rails_mw'] = {name: int(m.group(2)) for name, m in rails.items()}
     sample['rails_avg_mw'] = {name: int(m.group(3)) for name, m in rails.items()}
+    sample['unitless_rails'] = {m.group(1): int(m.group(2)) for m in _RAIL_NO_UNIT.finditer(line)}
     return sample
 
 
@@ -107,11 +163,16 @@ def parse_tegrastats(text: str) -> List[Dict[str, Any]]:
 
 
 def rail_layout(rails: Iterable[str]) -> Optional[Dict[str, Any]]:
-    """The board family whose GPU and total rails are all among ``rails`` (None: no known layout)."""
+    """The board family whose GPU and total rails are all among ``rails`` (None: no known layout).
+
+    ``total_rails`` are the rails summed for the total: the layout's own plus its optional rails present.
+    """
     present = set(rails)
-    for family, gpu, total, note in RAIL_LAYOUTS:
-        if gpu in present and set(total) <= present:
-            return {'family': family, 'gpu_rail': gpu, 'total_rails': list(total), 'note': note}
+    for layout in RAIL_LAYOUTS:
+        if layout['gpu_rail'] in present and set(layout['total_rails']) <= present:
+            total = list(layout['total_rails']) + [r for r in layout['optional_rails'] if r in present]
+            return {'family': layout['family'], 'gpu_rail': layout['gpu_rail'], 'total_rails': total,
+                    'total_kind': layout['total_kind'], 'note': layout['note']}
     return None
 
 
@@ -129,11 +190,16 @@ def power_summary(samples: Sequence[Dict[str, Any]], images_per_s: float,
 
     energy (mJ/img) = mean power (W) / throughput (img/s) x 1000, i.e. mean power x latency / batch.
     With ``idle`` samples (taken before the run) the dynamic part (power above idle) is reported too.
+    ``total_kind`` says what the total is: 'module_input' (Orin Nano/NX ``VDD_IN``) or 'rail_sum' (AGX Orin,
+    Thor: ``total_rails`` added up), which reads lower and must not be compared with a module input.
+    A JetPack 4 board (rails without units) gives ``available: False, unsupported_board: True``.
     """
     if not samples:
         return {'available': False, 'reason': 'no tegrastats sample fell inside the timed window '
                                               '(run longer: --min-seconds)'}
     layout = rail_layout(set.intersection(*(set(s['rails_mw']) for s in samples)))
+    if layout is None and any(s.get('unitless_rails') for s in samples):
+        return {'available': False, 'unsupported_board': True, 'reason': LEGACY_BOARD_REASON}
     if layout is None:
         rails = sorted(samples[0]['rails_mw'])
         return {'available': False, 'reason': f'tegrastats printed no known power rail layout (rails: '
@@ -146,7 +212,10 @@ def power_summary(samples: Sequence[Dict[str, Any]], images_per_s: float,
               'energy_mj_per_img': total_w / images_per_s * 1000.0,
               'gpu_energy_mj_per_img': gpu_w / images_per_s * 1000.0,
               'gpu_util_mean': _mean([s['gpu_util'] for s in samples if s['gpu_util'] is not None]),
+              # max over GPCs: they share one clock target and a gated or floorswept GPC reads 0 (Orin NX on
+              # JetPack 5: 'GR3D_FREQ 99%@917 GR3D2_FREQ 99%@0', jetson_stats #362), so a mean would halve it
               'gpu_mhz_mean': _mean([max(s['gpu_mhz']) for s in samples if s['gpu_mhz']]),
+              'emc_mhz_mean': _mean([s['emc_mhz'] for s in samples if s['emc_mhz']]),
               'tj_max_c': max((s['temps_c']['tj'] for s in samples if 'tj' in s['temps_c']), default=None)}
     idle_total = [_total_w(s, layout['total_rails']) for s in idle if set(layout['total_rails']) <= set(s['rails_mw'])]
     if idle_total:
@@ -270,12 +339,17 @@ def _cpu_ranges(text: str) -> Optional[set]:
 
 _CLOCK_CPU = re.compile(r'^cpu(\d+):\s+(?:Online=(\d)\s+)?Governor=(\S+)\s+MinFreq=(\d+)\s+MaxFreq=(\d+)\s+'
                         r'CurrentFreq=(\d+)', re.MULTILINE)
-_CLOCK_GPU = re.compile(r'^GPU MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)', re.MULTILINE)
+# 'GPU MinFreq=...' (Orin), 'gpu-gpc-0 MinFreq=...' and 'gpu-nvd-0 MinFreq=...' (Thor, R38)
+_CLOCK_GPU = re.compile(r'^(GPU|gpu-[a-z]+-\d+) MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)', re.MULTILINE)
 _CLOCK_EMC = re.compile(r'^EMC MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)(?: FreqOverride=(\d))?', re.MULTILINE)
 
 
 def parse_jetson_clocks(text: str) -> Dict[str, Any]:
-    """``jetson_clocks --show``: CPU cores (kHz), GPU and EMC (Hz) min/max/current, EMC override, power mode."""
+    """``jetson_clocks --show``: CPU cores (kHz), GPU clock domains and EMC (Hz) min/max/current, EMC override.
+
+    ``gpu`` is the GPU compute clock (the ``GPU`` line, or Thor's first ``gpu-gpc-N``); ``gpu_domains`` lists
+    every GPU clock line. ``emc['override']`` is None where the release prints no FreqOverride (L4T R39).
+    """
     online = _cpu_ranges(text)
     cpus = []
     for m in _CLOCK_CPU.finditer(text):
@@ -283,43 +357,58 @@ def parse_jetson_clocks(text: str) -> Dict[str, Any]:
         is_online = bool(int(m.group(2))) if m.group(2) else (idx in online if online is not None else None)
         cpus.append({'cpu': idx, 'online': is_online, 'governor': m.group(3), 'min': int(m.group(4)),
                      'max': int(m.group(5)), 'cur': int(m.group(6))})
-    gpu, emc = _CLOCK_GPU.search(text), _CLOCK_EMC.search(text)
+    gpus = [{'name': m.group(1), 'min': int(m.group(2)), 'max': int(m.group(3)), 'cur': int(m.group(4))}
+            for m in _CLOCK_GPU.finditer(text)]
+    compute = [g for g in gpus if g['name'] == 'GPU' or g['name'].startswith('gpu-gpc-')]
+    emc = _CLOCK_EMC.search(text)
     machine = re.search(r'Machine:\s*(.+?)\s*$', text, re.MULTILINE)
     mode = re.search(r'NV Power Mode:\s*(\S+)', text)
     return {
         'machine': machine.group(1) if machine else None,
         'cpus': sorted(cpus, key=lambda c: c['cpu']),
-        'gpu': {'min': int(gpu.group(1)), 'max': int(gpu.group(2)), 'cur': int(gpu.group(3))} if gpu else None,
+        'gpu': {k: compute[0][k] for k in ('min', 'max', 'cur')} if compute else None,
+        'gpu_domains': gpus,
         'emc': {'min': int(emc.group(1)), 'max': int(emc.group(2)), 'cur': int(emc.group(3)),
                 'override': int(emc.group(4)) if emc.group(4) else None} if emc else None,
         'power_mode': mode.group(1) if mode else None,
     }
 
 
-def _pinned(d: Dict[str, int]) -> bool:
-    return d['min'] == d['max'] == d['cur']
+def _emc_locked(emc: Optional[Dict[str, Any]], strict: bool) -> bool:
+    if emc is None or emc['cur'] != emc['max']:
+        return False
+    return emc['min'] == emc['max'] or (not strict and emc['override'] == 1)
+
+
+def _range(domain: Dict[str, int]) -> str:
+    return f"{domain['min']}/{domain['max']}/{domain['cur']}"
 
 
 def clocks_locked(parsed: Dict[str, Any], strict_emc: bool = False) -> Dict[str, Any]:
-    """Whether ``jetson_clocks --show`` output proves locked clocks, with the evidence per domain."""
+    """Whether ``jetson_clocks --show`` output proves locked clocks, with the evidence per domain.
+
+    CPU and GPU: MinFreq == MaxFreq on every online core / GPU clock domain (as jetson_stats checks); a
+    CurrentFreq below that pinned clock is listed in ``notes`` (thermal or power capping), not a failure.
+    EMC: CurrentFreq == MaxFreq and (MinFreq == MaxFreq or FreqOverride=1); ``strict_emc`` drops the override.
+    """
     cpus = [c for c in parsed['cpus'] if c['online'] is not False]
-    gpu, emc = parsed['gpu'], parsed['emc']
-    verdict = {
-        'cpu': bool(cpus) and all(_pinned(c) for c in cpus),
-        'gpu': gpu is not None and _pinned(gpu),
-        'emc': emc is not None and emc['cur'] == emc['max'] and (
-            emc['min'] == emc['max'] or (not strict_emc and emc['override'] == 1)),
-    }
+    gpus, emc = parsed.get('gpu_domains') or [], parsed['emc']
+    verdict = {'cpu': bool(cpus) and all(c['min'] == c['max'] for c in cpus),
+               'gpu': bool(gpus) and all(g['min'] == g['max'] for g in gpus),
+               'emc': _emc_locked(emc, strict_emc)}
     evidence = {
-        'cpu': (f"{len(cpus)} online cores, min/max/current kHz: "
-                + ', '.join(sorted({f"{c['min']}/{c['max']}/{c['cur']}" for c in cpus}))) if cpus else 'no CPU lines',
-        'gpu': f"min/max/current Hz {gpu['min']}/{gpu['max']}/{gpu['cur']}" if gpu else 'no GPU line',
-        'emc': (f"min/max/current Hz {emc['min']}/{emc['max']}/{emc['cur']}, FreqOverride={emc['override']}"
-                if emc else 'no EMC line'),
+        'cpu': (f"{len(cpus)} online cores, min/max/current kHz: " + ', '.join(sorted({_range(c) for c in cpus})))
+        if cpus else 'no CPU lines',
+        'gpu': '; '.join(f"{g['name']} min/max/current Hz {_range(g)}" for g in gpus) if gpus else 'no GPU line',
+        'emc': (f"min/max/current Hz {_range(emc)}, FreqOverride="
+                + ('not printed' if emc['override'] is None else str(emc['override']))) if emc else 'no EMC line',
     }
-    return {'locked': all(verdict.values()), 'domains': verdict, 'evidence': evidence,
-            'rule': 'CPU and GPU: min == max == current; EMC: current == max and '
-                    + ('min == max' if strict_emc else '(min == max or FreqOverride=1)')}
+    notes = [f"{name} pinned at {d['max']} but running at {d['cur']} (thermal or power cap?)"
+             for name, d in [(f"cpu{c['cpu']}", c) for c in cpus] + [(g['name'], g) for g in gpus]
+             if d['min'] == d['max'] and d['cur'] < d['max']]
+    emc_rule = 'min == max' if strict_emc else '(min == max or FreqOverride=1)'
+    return {'locked': all(verdict.values()), 'domains': verdict, 'evidence': evidence, 'notes': notes,
+            'rule': f'CPU and GPU: min == max; EMC: current == max and {emc_rule}'}
 
 
 # --------------------------------------------------------------------------------------- versions
@@ -399,6 +488,28 @@ def _privileged(argv: List[str]) -> List[str]:
     return (['sudo', '-n'] + argv) if os.geteuid() != 0 and shutil.which('sudo') else argv
 
 
+_PRE_ORIN_MODELS = ('xavier', 'tx1', 'tx2', 'jetson nano', 'jetson-nano')
+
+
+def board_support(model: Optional[str], l4t: Optional[str]) -> Optional[str]:
+    """Why this Jetson cannot run this toolchain's engines (None: supported, or nothing says otherwise).
+
+    Engines need TensorRT >= 8.6, i.e. JetPack >= 6 on Orin or Thor. Boards older than Orin (Nano, TX1/TX2,
+    Xavier) run JetPack 4/5 at most; Orin on JetPack 5 ships TensorRT 8.5.
+    """
+    name, major = (model or '').lower(), (l4t or '').split('.')[0]
+    major_n = int(major) if major.isdigit() else None
+    jetpack4 = major_n is not None and major_n < 34
+    if 'orin' not in name and 'thor' not in name and (jetpack4 or any(b in name for b in _PRE_ORIN_MODELS)):
+        return (f"{model or 'this board'} (L4T {l4t or 'unknown'}) is older than Orin: not supported for engines "
+                f"(they need TensorRT >= 8.6 on an Orin or Thor with JetPack >= 6)"
+                + ('; its power (tegrastats without units) is not read' if jetpack4 else ''))
+    if 'orin' in name and major_n in (34, 35):
+        return (f'L4T {l4t} is JetPack 5 (TensorRT 8.5): engine builds need TensorRT >= 8.6 (JetPack >= 6); '
+                f'power and clocks are still recorded')
+    return None
+
+
 def jetson_info(strict_emc: bool = False) -> Dict[str, Any]:
     """Board, L4T, JetPack, TensorRT, nvpmodel mode and clock state of this machine (None where unknown)."""
     model = board_model()
@@ -416,6 +527,10 @@ def jetson_info(strict_emc: bool = False) -> Dict[str, Any]:
                 jetpack=jetpack.split('-')[0].split('+')[0] if jetpack else jetpack_from_l4t(l4t),
                 jetpack_source='nvidia-jetpack package' if jetpack else
                 (f'inferred from L4T {l4t}' if jetpack_from_l4t(l4t) else 'unknown'))
+    info['support_note'] = board_support(model, l4t)
+    info['supported_for_engines'] = info['support_note'] is None
+    if info['support_note']:
+        logger.warning('%s', info['support_note'])
     out, err = _run(['nvpmodel', '-q'])
     info['nvpmodel'] = {**parse_nvpmodel(out), 'error': err} if out else {'mode_name': None, 'error': err}
     out, err = _run(_privileged(['jetson_clocks', '--show']))
@@ -443,11 +558,14 @@ def describe_jetson(info: Dict[str, Any]) -> List[str]:
         lock = 'NOT locked: ' + '; '.join(f"{d} {clocks['evidence'][d]}"
                                           for d, ok in clocks['domains'].items() if not ok)
     memory = f"{info['mem_total_gb']:.1f} GB" if info.get('mem_total_gb') else 'memory unknown'
-    return [f"board: {info['board_model']} ({memory})",
-            f"L4T {info['l4t']}, JetPack {info['jetpack'] or 'unknown'} ({info['jetpack_source']}), "
-            f"TensorRT {info['tensorrt'] or 'not importable'}",
-            f"nvpmodel: {info['nvpmodel'].get('mode_name') or info['nvpmodel'].get('error')}",
-            f'clocks: {lock}']
+    if clocks.get('notes'):
+        lock += ' (' + '; '.join(clocks['notes']) + ')'
+    facts = [f"board: {info['board_model']} ({memory})",
+             f"L4T {info['l4t']}, JetPack {info['jetpack'] or 'unknown'} ({info['jetpack_source']}), "
+             f"TensorRT {info['tensorrt'] or 'not importable'}",
+             f"nvpmodel: {info['nvpmodel'].get('mode_name') or info['nvpmodel'].get('error')}",
+             f'clocks: {lock}']
+    return ([f"NOT SUPPORTED: {info['support_note']}"] if info.get('support_note') else []) + facts
 
 
 class PowerMonitor:
@@ -471,6 +589,12 @@ class PowerMonitor:
             return
         if not self.sampler.wait_for_samples(2, timeout_s=3 + 2 * interval_ms / 1000):
             notes.append('power not measured: tegrastats printed nothing')
+            self.stop()
+            return
+        first = self.sampler.samples()[0]
+        if first['unitless_rails'] and not first['rails_mw']:
+            logger.warning('%s', LEGACY_BOARD_REASON)
+            notes.append(f'power not measured: {LEGACY_BOARD_REASON}')
             self.stop()
             return
         start = time.monotonic()

@@ -234,7 +234,8 @@ def test_device_detection():
     assert detect(board_model='NVIDIA Jetson AGX Orin Developer Kit', mem_total_gb=61.3) == 'jetson-agx-orin-64gb'
     nano = 'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super'
     assert detect(board_model=nano, mem_total_gb=7.3, power_mode='MAXN_SUPER') == 'jetson-orin-nano-8gb-super'
-    assert detect(board_model=nano, mem_total_gb=3.4, power_mode='15W') == 'jetson-orin-nano-4gb'
+    assert detect(board_model='NVIDIA Jetson Orin Nano Developer Kit', mem_total_gb=3.4, power_mode='15W') == \
+        'jetson-orin-nano-4gb'
     assert detect(board_model=nano) is None  # memory unknown: not guessed
 
 

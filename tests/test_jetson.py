@@ -73,10 +73,27 @@ def test_agx_orin_r36_rails_and_two_gpc_clocks():
 
 def test_agx_orin_jp51_absent_sensors_and_nc_rails_dropped():
     (s,) = lines('tegrastats_agx_orin_jp51.txt')
-    assert s['gpu_mhz'] == [0]  # 'GR3D_FREQ 0%@0', then a separate GR3D2_FREQ
+    assert s['gpu_mhz'] == [0, 0]  # 'GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0': GPC0, then GPC1
     assert 'CV0' not in s['temps_c'] and 'GPU' not in s['temps_c']  # printed as -256C: no sensor
     assert s['temps_c']['CPU'] == 42.593
     assert 'NC' not in s['rails_mw'] and s['rails_mw']['VDDQ_VDD2_1V8AO'] == 301
+
+
+def test_jetpack5_second_gpc_clock_is_read():
+    first, second = lines('tegrastats_agx_orin_32gb_jp5_vddq.txt')  # 'GR3D_FREQ 0%@114 GR3D2_FREQ 0%@114'
+    assert first['gpu_mhz'] == [114, 114] and first['gpu_util'] == 0
+    assert first['rails_mw']['VDDQ_VDD2_1V8AO'] == 707 and second['temps_c']['CPU'] == 43.906
+    # fragment the jetson_stats maintainer quotes as Orin NX 16GB / JetPack 5 output (rbonghi/jetson_stats#362):
+    # the load is shared, the second GPC reads 0 MHz; a GR3D without a clock takes no GR3D2 clock either
+    assert jetson.parse_tegrastats_line('GR3D_FREQ 99%@917 GR3D2_FREQ 99%@0')['gpu_mhz'] == [917, 0]
+    assert jetson.parse_tegrastats_line('GR3D_FREQ 0% GR3D2_FREQ 0%@0')['gpu_mhz'] is None
+
+
+def test_agx_orin_r39_three_value_rails_and_gpc_array_with_load():
+    (s,) = lines('tegrastats_agx_orin_r39.2.txt')  # JetPack 7.2: 'GR3D_FREQ 12%@[1300,1300]'
+    assert (s['gpu_util'], s['gpu_mhz'], s['emc_mhz']) == (12, [1300, 1300], 3199)
+    assert s['rails_mw'] == {'VDD_GPU_SOC': 5139, 'VDD_CPU_CV': 3268, 'VIN_SYS_5V0': 5500}
+    assert s['temps_c']['gpu'] == 47.625 and s['unitless_rails'] == {}
 
 
 def test_thor_gr3d_without_percent():
@@ -91,21 +108,46 @@ def test_non_root_xavier_line_has_no_rails():
     assert s['cpu'][4] is None  # 'off'
 
 
+@pytest.mark.parametrize('name, unitless', [
+    ('tegrastats_jetson_nano_jp4_unitless.txt', {'POM_5V_IN': 877, 'POM_5V_GPU': 0, 'POM_5V_CPU': 125}),
+    ('tegrastats_xavier_nx_jp4_unitless.txt', {'VDD_IN': 4067, 'VDD_CPU_GPU_CV': 738, 'VDD_SOC': 1353}),
+])
+def test_jetpack4_rails_without_units_are_recognised_not_read(name, unitless):
+    samples = lines(name)
+    s = samples[0]
+    assert s['rails_mw'] == {} and s['unitless_rails'] == unitless  # RAM/SWAP/IRAM '724/3965MB' are not rails
+    assert (s['gpu_util'], s['gpu_mhz'], s['ram_total_mb']) in ((0, [153], 3965), (62, [306], 7772))
+    power = jetson.power_summary(samples, images_per_s=10.0)
+    assert power == {'available': False, 'unsupported_board': True, 'reason': jetson.LEGACY_BOARD_REASON}
+    assert 'older than Orin' in power['reason'] and 'not read' in power['reason']
+
+
 def test_non_tegrastats_lines_are_skipped():
     assert jetson.parse_tegrastats_line('NVPM ERROR: Error opening /sys/kernel/nvpmodel_emc_cap') is None
     assert jetson.parse_tegrastats('hello\n\n') == []
 
 
-@pytest.mark.parametrize('name, family, gpu_rail', [
-    ('tegrastats_orin_nano_super_jp62.txt', 'Orin Nano / Orin NX (and Xavier NX)', 'VDD_CPU_GPU_CV'),
-    ('tegrastats_orin_nano_super_r39.txt', 'Orin Nano / Orin NX (and Xavier NX)', 'VDD_CPU_GPU_CV'),
-    ('tegrastats_agx_orin_r36.4.4.txt', 'AGX Orin', 'VDD_GPU_SOC'),
-    ('tegrastats_agx_orin_jp51.txt', 'AGX Orin', 'VDD_GPU_SOC'),
-    ('tegrastats_thor_r38.4.txt', 'Thor', 'VDD_GPU'),
+NANO_NX = 'Orin Nano / Orin NX (and Xavier NX)'
+AGX_RAILS = ['VDD_GPU_SOC', 'VDD_CPU_CV', 'VIN_SYS_5V0']
+
+
+@pytest.mark.parametrize('name, family, gpu_rail, kind, total', [
+    ('tegrastats_orin_nano_super_jp62.txt', NANO_NX, 'VDD_CPU_GPU_CV', 'module_input', ['VDD_IN']),
+    ('tegrastats_orin_nano_super_r39.txt', NANO_NX, 'VDD_CPU_GPU_CV', 'module_input', ['VDD_IN']),
+    ('tegrastats_orin_nano_r39.2.0_15w.txt', NANO_NX, 'VDD_CPU_GPU_CV', 'module_input', ['VDD_IN']),
+    ('tegrastats_agx_orin_r36.4.4.txt', 'AGX Orin', 'VDD_GPU_SOC', 'rail_sum', AGX_RAILS),
+    ('tegrastats_agx_orin_r39.2.txt', 'AGX Orin', 'VDD_GPU_SOC', 'rail_sum', AGX_RAILS),
+    ('tegrastats_agx_orin_jp51.txt', 'AGX Orin', 'VDD_GPU_SOC', 'rail_sum', AGX_RAILS + ['VDDQ_VDD2_1V8AO']),
+    ('tegrastats_agx_orin_32gb_jp5_vddq.txt', 'AGX Orin', 'VDD_GPU_SOC', 'rail_sum', AGX_RAILS + ['VDDQ_VDD2_1V8AO']),
+    ('tegrastats_agx_orin_64gb_vddq_gpc_array.txt', 'AGX Orin', 'VDD_GPU_SOC', 'rail_sum',
+     AGX_RAILS + ['VDDQ_VDD2_1V8AO']),
+    ('tegrastats_thor_r38.4.txt', 'Thor', 'VDD_GPU', 'rail_sum', ['VDD_GPU', 'VDD_CPU_SOC_MSS', 'VIN_SYS_5V0']),
 ])
-def test_rail_layout_per_board(name, family, gpu_rail):
+def test_rail_layout_per_board(name, family, gpu_rail, kind, total):
     layout = jetson.rail_layout(lines(name)[0]['rails_mw'])
-    assert layout['family'] == family and layout['gpu_rail'] == gpu_rail
+    assert (layout['family'], layout['gpu_rail'], layout['total_kind'], layout['total_rails']) == (
+        family, gpu_rail, kind, total)
+    assert ('NOT comparable' in layout['note']) == (kind == 'rail_sum')
 
 
 # --------------------------------------------------------------------------------------- power math
@@ -131,6 +173,25 @@ def test_power_summary_agx_orin_total_is_the_module_rail_sum():
     assert power['total_power_w'] == pytest.approx(np.mean(totals) / 1000)
     assert power['gpu_power_w'] == pytest.approx(2.412)
     assert power['energy_mj_per_img'] == pytest.approx(np.mean(totals) / 1000 / 50 * 1000)
+    assert power['total_kind'] == 'rail_sum' and 'NOT comparable with an Orin Nano/NX VDD_IN' in power['note']
+
+
+def test_power_summary_agx_orin_adds_the_ddr_rail_when_printed():
+    samples = lines('tegrastats_agx_orin_32gb_jp5_vddq.txt')  # AGX Orin 32GB, JetPack 5, idle
+    power = jetson.power_summary(samples, images_per_s=100.0, idle=samples)
+    assert power['total_rails'][-1] == 'VDDQ_VDD2_1V8AO'
+    assert power['total_power_w'] == pytest.approx((4788 + 798 + 3842 + 707) / 1000)  # 10.135 W, DDR's 0.707 included
+    assert power['idle_total_power_w'] == pytest.approx(10.135) and power['gpu_mhz_mean'] == 114
+    assert power['emc_mhz_mean'] == 204
+
+
+def test_power_summary_r39_orin_nano_module_input_and_clocks():
+    samples = lines('tegrastats_orin_nano_r39.2.0_15w.txt')
+    power = jetson.power_summary(samples, images_per_s=20.0)
+    assert power['total_kind'] == 'module_input' and power['total_rails'] == ['VDD_IN']
+    assert power['total_power_w'] == pytest.approx((4832 + 4093 + 3703 + 3663) / 4000)  # instantaneous, not avg/max
+    assert power['gpu_mhz_mean'] == pytest.approx((305 + 306 + 305 + 305) / 4)
+    assert power['emc_mhz_mean'] == pytest.approx((2133 + 665 * 3) / 4) and power['gpu_util_mean'] == 5
 
 
 def test_power_summary_without_samples_or_rails_says_why():
@@ -178,6 +239,43 @@ def test_jetson_clocks_other_boards_and_formats():
     assert jetson.clocks_locked(nx)['locked'] is True
 
 
+def test_r39_lock_shows_as_emc_min_equal_max_without_freq_override():
+    """R39 prints no FreqOverride: a locked AGX Orin pins EMC MinFreq == MaxFreq, an unlocked Orin Nano can sit
+    at CurrentFreq == MaxFreq with MinFreq at the floor (both real R39.2.0 captures)."""
+    agx = jetson.parse_jetson_clocks(text('jetson_clocks_show_agx_orin_r39.2.0_maxn_locked.txt'))
+    assert agx['emc'] == {'min': 3199000000, 'max': 3199000000, 'cur': 3199000000, 'override': None}
+    assert len(agx['cpus']) == 12 and agx['gpu']['max'] == 1300500000
+    for strict in (False, True):  # nothing else to prove on R39: strict and default agree
+        verdict = jetson.clocks_locked(agx, strict_emc=strict)
+        assert verdict['locked'] is True and verdict['notes'] == []
+    assert 'FreqOverride=not printed' in jetson.clocks_locked(agx)['evidence']['emc']
+
+    nano = jetson.parse_jetson_clocks(text('jetson_clocks_show_orin_nano_r39.2.0_15w.txt'))
+    assert nano['emc'] == {'min': 204000000, 'max': 2133000000, 'cur': 2133000000, 'override': None}
+    assert jetson.clocks_locked(nano)['domains'] == {'cpu': False, 'gpu': False, 'emc': False}
+
+
+def test_thor_gpu_clock_domains_and_emc_override():
+    thor = jetson.parse_jetson_clocks(text('jetson_clocks_show_thor_r38_maxn_locked.txt'))
+    assert [g['name'] for g in thor['gpu_domains']] == ['gpu-gpc-0', 'gpu-nvd-0']
+    assert thor['gpu'] == {'min': 1575000000, 'max': 1575000000, 'cur': 1575000000} and len(thor['cpus']) == 14
+    assert jetson.clocks_locked(thor)['locked'] is True  # EMC MinFreq=665.6 MHz, FreqOverride=1
+    assert jetson.clocks_locked(thor, strict_emc=True)['domains']['emc'] is False
+
+
+def test_cpu_and_gpu_lock_is_min_equal_max_current_below_is_a_note():
+    # synthetic: the real locked R39.2.0 AGX Orin capture with cpu3 and the GPU edited to run below their pinned
+    # clock (what thermal capping looks like); not a capture
+    edited = text('jetson_clocks_show_agx_orin_r39.2.0_maxn_locked.txt').replace(
+        'cpu3:  Governor=schedutil MinFreq=2201600 MaxFreq=2201600 CurrentFreq=2201600',
+        'cpu3:  Governor=schedutil MinFreq=2201600 MaxFreq=2201600 CurrentFreq=1984000').replace(
+        'CurrentFreq=1300500000', 'CurrentFreq=1134750000')
+    verdict = jetson.clocks_locked(jetson.parse_jetson_clocks(edited))
+    assert verdict['locked'] is True
+    assert verdict['notes'] == ['cpu3 pinned at 2201600 but running at 1984000 (thermal or power cap?)',
+                                'GPU pinned at 1300500000 but running at 1134750000 (thermal or power cap?)']
+
+
 def test_empty_clock_output_is_never_locked():
     verdict = jetson.clocks_locked(jetson.parse_jetson_clocks(''))
     assert verdict['locked'] is False and verdict['evidence']['gpu'] == 'no GPU line'
@@ -189,7 +287,13 @@ def test_l4t_and_jetpack():
     assert r36['l4t'] == '36.4.4' and r36['board'] == 'generic'
     assert jetson.jetpack_from_l4t(r36['l4t']) == '6.2.1'
     r39 = jetson.parse_nv_tegra_release(text('nv_tegra_release_r39.2.1.txt'))
-    assert r39['l4t'] == '39.2.1' and jetson.jetpack_from_l4t('39.2.1') is None  # never guessed
+    # the same R39.2.1 board's nvidia-jetpack package is 7.2.1 (dpkg_query_l4t_jetpack_r39.txt)
+    assert r39['l4t'] == '39.2.1' and jetson.jetpack_from_l4t('39.2.1') == '7.2.1'
+    core = jetson.parse_dpkg_versions(text('dpkg_query_l4t_core_r39.2.0.txt'))['nvidia-l4t-core']
+    assert jetson.jetpack_from_l4t(core.split('-')[0]) == '7.2'
+    assert [jetson.jetpack_from_l4t(v) for v in ('35.1.0', '35.2.1', '35.6.2', '36.4.7', '36.5.0', '38.2.1',
+                                                 '38.4.0')] == ['5.0.2', '5.1', '5.1.5', '6.2.1', '6.2.2', '7.0', '7.1']
+    assert jetson.jetpack_from_l4t('39.9.0') is None and jetson.jetpack_from_l4t(None) is None  # never guessed
     assert jetson.parse_dpkg_versions(text('dpkg_query_l4t_core_r36.4.4.txt')) == {
         'nvidia-l4t-core': '36.4.4-20250616085344'}
     assert jetson.parse_dpkg_versions(text('dpkg_query_l4t_jetpack_r39.txt'))['nvidia-jetpack'] == '7.2.1-b49'
@@ -200,6 +304,22 @@ def test_board_model_strips_the_nul():
     model = jetson.board_model(str(DATA / 'device_tree_model_orin_nano_super.bin'))
     assert model == 'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super'
     assert jetson.board_model(str(DATA / 'absent')) is None
+
+
+def test_boards_older_than_orin_are_named_unsupported():
+    nano = jetson.board_support('NVIDIA Jetson Nano Developer Kit', '32.7.1')
+    assert 'older than Orin' in nano and 'not supported for engines' in nano and 'power' in nano
+    assert 'older than Orin' in jetson.board_support(None, '32.6.1')  # model unknown: L4T R32 is JetPack 4
+    xavier_jp5 = jetson.board_support('NVIDIA Jetson Xavier NX Developer Kit', '35.4.1')
+    assert 'older than Orin' in xavier_jp5 and 'power' not in xavier_jp5  # JetPack 5 prints mW: power is read
+    assert 'TensorRT 8.5' in jetson.board_support('Jetson AGX Orin', '35.2.1')  # JetPack 5 on Orin
+    super_nano = jetson.board_model(str(DATA / 'device_tree_model_orin_nano_super.bin'))
+    assert jetson.board_support(super_nano, '39.2.1') is None
+    assert jetson.board_support('NVIDIA Jetson AGX Thor Developer Kit', '38.4.0') is None
+    info = {'is_jetson': True, 'board_model': 'NVIDIA Jetson Nano Developer Kit', 'mem_total_gb': 3.9, 'l4t': '32.7.1',
+            'jetpack': '4.6.1', 'jetpack_source': 'inferred', 'tensorrt': None, 'nvpmodel': {'mode_name': 'MAXN'},
+            'clocks': {'locked': None, 'reason': 'unknown'}, 'support_note': nano}
+    assert jetson.describe_jetson(info)[0] == f'NOT SUPPORTED: {nano}'
 
 
 @pytest.mark.skipif(Path('/etc/nv_tegra_release').exists(), reason='this machine is a Jetson')
@@ -274,6 +394,14 @@ def test_benchmark_with_power_from_a_replayed_log(tmp_path):
         assert 8.626 <= power['total_power_w'] <= 8.726
         assert power['energy_mj_per_img'] * power['images_per_s'] / 1000 == pytest.approx(power['total_power_w'])
         assert 8.626 <= power['idle_total_power_w'] <= 8.726  # same replayed log before the runs
+
+
+def test_power_monitor_on_a_jetpack4_board_warns_once_and_reads_nothing(caplog):
+    notes = []
+    monitor = jetson.PowerMonitor(10, 0.0, notes, command=replay('tegrastats_jetson_nano_jp4_unitless.txt', 200, 0.01))
+    assert monitor.sampler is None and monitor.observe(1, None) == {}
+    assert notes == [f'power not measured: {jetson.LEGACY_BOARD_REASON}']
+    assert [r.levelname for r in caplog.records if 'older than Orin' in r.message] == ['WARNING']
 
 
 def test_power_monitor_off_says_why():
