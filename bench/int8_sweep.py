@@ -48,8 +48,9 @@ def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str)
     return rows
 
 
-# FP16 rows (--fp16): what AutoCast keeps in FP32 beyond its own range check.
-FP16_SETTINGS = [('all FP16 (AutoCast range check only)', ()), ('keep LayerNormalization', ('LayerNormalization',)),
+# FP16 rows (--fp16): what stays FP32 beyond the islands of scalablevit.fp16_rules.
+ESTIMATE_DEVICE = 'jetson-orin-nano-8gb-super'  # the cost-estimate column
+FP16_SETTINGS = [('all FP16 (measured FP32 islands only)', ()), ('keep LayerNormalization', ('LayerNormalization',)),
                  ('keep Softmax', ('Softmax',)),
                  ('keep LayerNormalization + Softmax + ReduceMean', ('LayerNormalization', 'Softmax', 'ReduceMean'))]
 FP16_SQUARE_LIMIT = 255.9  # sqrt(65504): a LayerNorm input beyond it squares to inf in an FP16 variance
@@ -92,31 +93,36 @@ def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, 
     info = quantize_int8(fp32, out, calib, batch_size=32, **kwargs)
     metrics = accuracy_metrics(ref, logits(out, images), labels, reference_name='onnxruntime-fp32')
     q = info['qdq']['quantized']
+    plan = precision_plan(out, info['fp32_islands'])
     return {'label': row['label'], 'method': info['method'], 'mha': 'off' if info['disable_mha_qdq'] else 'on',
             'hp': info['high_precision_dtype'],
             'kept': ' / '.join(f"{q[op]['quantized']}/{q[op]['total']}" for op in ('MatMul', 'Gemm', 'Conv')),
             'top1': metrics['top1_candidate'], 'drop': metrics['top1_reference'] - metrics['top1_candidate'],
-            'agree': metrics['top1_agreement'] * 100, 'cos': metrics['cosine_min'], 'time': info['time_s']}
+            'agree': metrics['top1_agreement'] * 100, 'cos': metrics['cosine_min'], 'time': info['time_s'], **plan}
+
+
+def precision_plan(path: Path, islands: Dict[str, Any]) -> Dict[str, Any]:
+    """INT8 share of the MACs and the TensorRT cost estimate on ESTIMATE_DEVICE at batch 1 (census, costmodel)."""
+    import onnx
+    from scalablevit.census import census, layers_of
+    from scalablevit.costmodel import estimate
+    layers = layers_of(onnx.load(str(path)))
+    return {'int8_macs': census(layers, islands)['mac_share']['int8'] * 100,
+            'estimate_ms': estimate(layers, ESTIMATE_DEVICE, 1)['latency_ms']}
 
 
 def activation_ranges(fp32: Path, images: np.ndarray) -> Dict[str, float]:
-    """Max |value| over ``images`` of every float tensor, by producing op type, plus LayerNorm inputs."""
+    """Max |value| of every float tensor by producing op type, plus LayerNorm inputs (fp16_rules' measurement)."""
     import onnx
-    import onnxruntime as ort
+    from scalablevit.fp16_rules import activation_ranges as measure
     model = onnx.load(str(fp32))
-    producer = {out: n.op_type for n in model.graph.node for out in n.output if n.op_type not in ('Shape', 'Constant')}
+    ranges, _ = measure(model, images)
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
     ln_inputs = {n.input[0] for n in model.graph.node if n.op_type == 'LayerNormalization'}
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in producer if t not in known)
-    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
     peak: Dict[str, float] = {}
-    for i in range(0, len(images), 100):
-        for name, value in zip(names, session.run(names, {'input': images[i:i + 100]})):
-            if value.dtype == np.float32 and value.size:
-                key = 'LayerNormalization input' if name in ln_inputs else producer.get(name, 'output')
-                peak[key] = max(peak.get(key, 0.0), float(np.abs(value).max()))
+    for name, value in ranges.items():
+        key = 'LayerNormalization input' if name in ln_inputs else producer.get(name, 'input')
+        peak[key] = max(peak.get(key, 0.0), value)
     return dict(sorted(peak.items(), key=lambda kv: -kv[1]))
 
 
@@ -150,12 +156,15 @@ def fp16_table(rows: List[Dict[str, Any]], ranges: Dict[str, float]) -> str:
 
 def table(rows: List[Dict[str, Any]], fp32_top1: float, samples: int) -> str:
     lines = [f'FP32 ONNX top-1 {fp32_top1:.2f} % on {samples} Fashion-MNIST test images.', '',
-             '| setting | calib | MHA Q/DQ | non-INT8 dtype | INT8 MatMul / Gemm / Conv | top-1 % | drop pt '
-             '| agreement % | worst cosine | quantize s |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             '| setting | calib | MHA Q/DQ | non-INT8 dtype | INT8 MatMul / Gemm / Conv | INT8 MACs % | top-1 % '
+             '| drop pt | agreement % | worst cosine | TensorRT estimate ms | quantize s |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f"| {r['label']} | {r['method']} | {r['mha']} | {r['hp']} | {r['kept']} | {r['top1']:.2f} "
-                     f"| {r['drop']:+.2f} | {r['agree']:.2f} | {r['cos']:.4f} | {r['time']:.0f} |")
+        lines.append(f"| {r['label']} | {r['method']} | {r['mha']} | {r['hp']} | {r['kept']} | {r['int8_macs']:.1f} "
+                     f"| {r['top1']:.2f} | {r['drop']:+.2f} | {r['agree']:.2f} | {r['cos']:.4f} "
+                     f"| {r['estimate_ms']:.4f} | {r['time']:.0f} |")
+    lines += ['', f'TensorRT estimate: {ESTIMATE_DEVICE}, batch 1, from the ONNX alone (scalablevit.costmodel: no '
+                  'fusion, no launch overhead; compare rows with it, do not read it as latency).']
     return '\n'.join(lines)
 
 

@@ -25,6 +25,7 @@ from .bundle import ENGINE_SUFFIXES, Bundle
 from .errors import ScalableViTError, unknown_choice
 from .fileio import read_json, write_json, write_text
 from .runners import INPUT_NAME, Runner
+from .costmodel import LIMITS_NOTE
 from .stats import latency_stats
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def render_compare_markdown(report: Dict[str, Any]) -> str:
     labelled = report['labelled']
     head = ['backend', 'precision', 'file'] + (['top-1 (%)'] if labelled else []) + \
         ['agreement vs FP32 (%)', 'worst cosine', f"p50 ms (batch {report['batch']})", 'img/s',
-         f"speed-up vs {report['baseline']}"]
+         f"speed-up vs {report['baseline']}", 'MACs INT8/FP16/FP32 (%)', 'TensorRT estimate ms']
     lines = [f"# {report['model']}: backends and precisions", '', '| ' + ' | '.join(head) + ' |',
              '|---|---|---|' + '---:|' * (len(head) - 3)]
     for r in report['rows']:
@@ -264,7 +265,14 @@ def render_compare_markdown(report: Dict[str, Any]) -> str:
             ([_pct(acc.get('top1_candidate'))] if labelled else []) + \
             [_pct(acc.get('top1_agreement'), 100), '-' if not acc else f"{acc['cosine_min']:.6f}",
              f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['throughput_ips']:.1f}", f"{r['speedup']:.2f}x"]
+        plan = r.get('precision_plan')
+        cells += ['/'.join(f"{100 * plan['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32')),
+                  f"{plan['estimate']['latency_ms']:.3f}"] if plan else ['-', '-']
         lines.append('| ' + ' | '.join(cells) + ' |')
+    estimates = [r['precision_plan']['estimate'] for r in report['rows'] if r.get('precision_plan')]
+    if estimates:
+        lines += ['', f"TensorRT estimate: {estimates[0]['device_name']}, batch {estimates[0]['batch']}, from the "
+                      f"ONNX alone ({LIMITS_NOTE})"]
     if report.get('untrained'):
         lines += ['', '> Untrained (random) weights: agreement shows the deployed graphs compute the PyTorch '
                       'function; it says nothing about task accuracy.']

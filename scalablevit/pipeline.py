@@ -42,22 +42,27 @@ class HostOptions:
     opset: int = 17
     int8_method: str = 'entropy'
     int8_policy: str = 'default'
+    int8_high_precision: str = 'fp16'
     exclude_op_types: Tuple[str, ...] = ()
     exclude_nodes: Tuple[str, ...] = ()
     seed: int = 0
+    target: str = 'desktop'  # the report's cost estimate is for this target's reference device
     force: bool = False
     int8: Any = dataclasses.field(default=None, init=False)  # quantize.Int8Settings, set by validate()
 
     def validate(self) -> 'HostOptions':
         from .compat import check_opset
         from .model import resolve_model_name
+        from .targets import load_target
         self.model = resolve_model_name(self.model)
+        load_target(self.target)
         check_precision(self.precision)
         check_opset(self.opset)
         if self.precision == 'int8':
             from .quantize import Int8Settings
             self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
-                                     exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes)
+                                     exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
+                                     high_precision_dtype=self.int8_high_precision)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None and self.input_size < 1:
@@ -145,7 +150,7 @@ class HostPipeline:
             'weights': None if self.untrained else {'file': str(opt.weights), 'sha256': self.weights_id},
             'input': {'name': 'input', 'shape': [None, 3, self.input_size, self.input_size], 'preprocessing': dcfg},
             'output': {'name': 'logits', 'num_classes': dcfg['num_classes']},
-            'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx',
+            'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx', 'target': opt.target,
             'gmacs': round(model_complexity(opt.model, self.input_size)['gmacs'], 4),  # for the device's roofline
             'tools': {k: v for k, v in tool_versions().items() if v},
         })
@@ -207,7 +212,7 @@ class HostPipeline:
         opt = self.opt
         if opt.precision == 'fp32':
             return 'model.fp32.onnx'
-        from . import quantize
+        from . import fp16_rules, quantize
         name = f'model.{opt.precision}.onnx'
         fp32 = self.bundle.file('model.fp32.onnx')
         fp32_sha = self.bundle.manifest['onnx']['fp32']['sha256']
@@ -216,8 +221,8 @@ class HostPipeline:
         if opt.precision == 'int8':
             settings.update(dataclasses.asdict(opt.int8))
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
-        behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.INT8_HIGH_PRECISION,
-                     quantize.FP16_LAYERNORM_LIMIT, quantize.FP16_RANGE_CHECK_IMAGES)
+        behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.FP16_KEEP_FP32_OP_TYPES,
+                     fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES)
         key = stage_key('quantize', __version__, fp32_sha, self.bundle.manifest['calibration']['sha256'], settings,
                         behaviour, tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
 
@@ -239,12 +244,14 @@ class HostPipeline:
         return name
 
     def _validate(self, deploy: str) -> Dict[str, Any]:
-        from .compare import accuracy_metrics, budget_violations, gate_status
+        from .census import census_violations
+        from .compare import accuracy_metrics, budget_violations, gate_status, load_budgets
         from .data import progress_bar
         from .runners import OnnxRuntimeRunner, run_batches
         from .steps import timed_step
         self.bundle.save()
         ref = self.bundle.reference()
+        precision_plan = self._precision_plan(deploy)
         with timed_step('validate') as step:
             with OnnxRuntimeRunner(str(self.bundle.file(deploy)), name=f'onnxruntime-{self.opt.precision}') as runner:
                 logits = run_batches(runner, ref['input'], batch_size=8, progress=progress_bar(
@@ -254,7 +261,9 @@ class HostPipeline:
             step['detail'] = (f"top-1 agreement {metrics['top1_agreement'] * 100:.2f} %, worst cosine "
                               f"{metrics['cosine_min']:.5f}")
         self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False}
-        status = gate_status(budget_violations(metrics, self.opt.precision), self.untrained)
+        violations = budget_violations(metrics, self.opt.precision) + census_violations(
+            precision_plan['census'], self.opt.precision, load_budgets()[self.opt.precision])
+        status = gate_status(violations, self.untrained)
         recorded = {'model.fp32.onnx': self.bundle.output_sha256('export', 'model.fp32.onnx'),
                     'calibration.npz': self.bundle.manifest['calibration']['sha256'],
                     'reference.npz': self.bundle.manifest['reference']['sha256'],
@@ -262,7 +271,26 @@ class HostPipeline:
         files = [{'file': f, 'bytes': self.bundle.file(f).stat().st_size, 'sha256': sha}
                  for f, sha in sorted(recorded.items())]
         return make_report(self.opt.model, self.opt.precision, 'onnxruntime-cpu', metrics, latency, self.untrained,
-                           status=status, stages=self.bundle.timings, files=files, bundle=str(self.bundle.path))
+                           status=status, stages=self.bundle.timings, files=files, bundle=str(self.bundle.path),
+                           **precision_plan)
+
+    def _precision_plan(self, deploy: str) -> Dict[str, Any]:
+        """The deployed ONNX's precision census (also in the manifest) and the cost estimate for the target."""
+        from .census import DTYPES, census, layers_of
+        from .costmodel import LIMITS_NOTE, estimate_table
+        from .export import load_onnx
+        from .targets import load_target
+        layers = layers_of(load_onnx(self.bundle.file(deploy)))
+        islands = (self.bundle.manifest.get('quantization') or {}).get('fp32_islands') or {}
+        summary = census(layers, islands)
+        # node -> dtype too, so a device without onnx can hold the engine's layers against the ONNX
+        self.bundle.manifest['census'] = {**summary, 'node_dtypes': {la.name: la.dtype for la in layers
+                                                                     if la.dtype in DTYPES}}
+        self.bundle.save()
+        target = load_target(self.opt.target)
+        devices = [target.reference_device] if target.reference_device else []
+        return {'census': summary, 'cost_estimate': {'target': target.name, 'note': LIMITS_NOTE,
+                                                     'rows': estimate_table(layers, devices)}}
 
 
 def _quick_latency(runner: Any, one: np.ndarray, runs: int = 20) -> Dict[str, Any]:

@@ -31,25 +31,25 @@ import numpy as np
 
 from .compat import INT8_MIN_TENSORRT
 from .errors import ScalableViTError, unknown_choice
+from .fp16_rules import fp16_islands, with_qdq_feeds
 from .fileio import PathLike, atomic_path, sha256_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
            'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'quantize_int8', 'convert_fp16', 'resolve_policy',
-           'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes',
-           'layernorm_peaks', 'FP16_LAYERNORM_LIMIT']
+           'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes']
 
 CALIBRATION_METHODS = ('entropy', 'max')
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
 CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0', 'CUDAExecutionProvider')}
-# Precision of everything INT8 does not cover. Measured (README): 'fp32' keeps 99.7 % top-1 agreement on
-# onnxruntime, 'fp16' (modelopt's default, faster on TensorRT) 99.3 %; validate 'fp16' on the device first.
-HIGH_PRECISION_DTYPES = ('fp32', 'fp16')
-INT8_HIGH_PRECISION = 'fp32'
+# Precision of everything INT8 does not cover. FP16 by default: TensorRT builds the ONNX strongly typed, so an FP32
+# op runs FP32 (CUDA cores, twice the bytes); FP32 stays only where a rule of fp16_rules names the node. 'fp32'
+# everywhere else is kept as an option (it won CPU agreement, 99.8 vs 99.3 %, at a GPU cost the census shows).
+HIGH_PRECISION_DTYPES = ('fp16', 'fp32')
+INT8_HIGH_PRECISION = 'fp16'
 COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
 DEFAULT_CALIB_BATCH = 8
-FP16_RANGE_CHECK_IMAGES = 4  # images AutoCast's own range check runs: it holds all their activations (S: ~0.6 GB each)
 
 # Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
 HAZARDS: Dict[str, str] = {
@@ -88,13 +88,10 @@ INT8_POLICIES: Dict[str, Int8Policy] = {
         exclude_nodes=(HAZARDS['residual_add'], HAZARDS['stem_conv']), disable_mha_qdq=True),
 }
 
-# FP16: op types AutoCast keeps in FP32 unless told otherwise. Empty by measurement (README): on the trained
-# Fashion-MNIST model every op runs FP16 at 100 % top-1 agreement. What overflows FP16 is handled per node by
-# measurement instead: AutoCast keeps nodes whose values exceed 512 on the calibration images FP32, and we keep
-# a LayerNorm FP32 where |x - mean| on them exceeds FP16_LAYERNORM_LIMIT (its square, summed into the variance,
-# overflows FP16 past sqrt(65504) = 256; half that leaves headroom for inputs the images did not show).
+# FP16: op types kept FP32 unless told otherwise. Empty by measurement (README): on the trained Fashion-MNIST model
+# every op runs FP16 at 100 % top-1 agreement. What would overflow FP16 stays FP32 node by node, by the measured
+# rules of fp16_rules (LayerNorm variance, |x| range), for FP16 bundles and the FP16 part of INT8 bundles alike.
 FP16_KEEP_FP32_OP_TYPES: Tuple[str, ...] = ()
-FP16_LAYERNORM_LIMIT = 128.0
 
 
 # --------------------------------------------------------------------------------------- small helpers
@@ -159,8 +156,10 @@ def _modelopt_log_level() -> str:
     return 'INFO' if logger.isEnabledFor(logging.DEBUG) else 'WARNING'
 
 
-# Lines onnxruntime's calibrator prints once per batch (HistogramCollector.collect): our progress bar says it.
-_STDOUT_NOISE = ('Collecting tensor data and making histogram',)
+# Lines dropped from stdout during a modelopt call: onnxruntime's calibrator prints the first once per batch
+# (our progress bar says it); the second marks records of the stdout handler modelopt.onnx re-adds on every
+# quantize() call, which also reach our own handler through propagation (so each record prints once).
+_STDOUT_NOISE = ('Collecting tensor data and making histogram', '- [modelopt][onnx] - ')
 
 
 class _StderrWithoutNoise(io.TextIOBase):
@@ -184,31 +183,47 @@ class _DropNvmlNoise(logging.Filter):
 
 @contextlib.contextmanager
 def _modelopt_session() -> Iterator[Path]:
-    """A private work directory; modelopt's console logging quieted and, like onnxruntime's, on stderr.
+    """A private work directory; modelopt's console logging quieted and sent through ours (stderr, our format).
 
-    stdout stays for results (CLIs print JSON there). modelopt binds its handlers to stdout at import.
+    stdout stays for results (CLIs print JSON there). modelopt binds its own stdout handlers at import; they are
+    detached for the session, so each record is printed once, by the root logger's handler.
     """
     level = logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
     loggers = [logging.getLogger(name) for name in ('modelopt.onnx', 'modelopt.onnx.autocast')]
-    saved = [(lg, lg.level, [(h, h.stream) for h in lg.handlers if isinstance(h, logging.StreamHandler)])
-             for lg in loggers]
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
     noise = _DropNvmlNoise()
-    for lg, _, handlers in saved:
+    for lg, _, _, handlers in saved:
         lg.setLevel(level)
         lg.addFilter(noise)
-        for handler, stream in handlers:
-            if stream in (sys.stdout, sys.__stdout__):
-                handler.setStream(sys.stderr)
+        lg.propagate = True
+        for handler in handlers:
+            lg.removeHandler(handler)
     try:
         with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, \
                 contextlib.redirect_stdout(_StderrWithoutNoise()):
             yield Path(work)
     finally:
-        for lg, old_level, handlers in saved:
+        for lg, old_level, propagate, handlers in saved:
             lg.setLevel(old_level)
             lg.removeFilter(noise)
-            for handler, stream in handlers:
-                handler.setStream(stream)
+            lg.propagate = propagate
+            for handler in handlers:
+                lg.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _without_per_batch_bars() -> Iterator[None]:
+    """modelopt's histogram collection opens a tqdm bar per calibration batch (over the tensors); our reader's
+    one bar over the images says the same, so those are switched off for the call."""
+    import functools
+
+    from modelopt.onnx.quantization import ort_patching
+    original = ort_patching.tqdm
+    ort_patching.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        ort_patching.tqdm = original
 
 
 # --------------------------------------------------------------------------------------- model input
@@ -226,13 +241,13 @@ def _load_checked(fp32_onnx: PathLike, sha256: Optional[str] = None) -> Tuple[An
     return model, info
 
 
-def _stage_copy(model: Any, work: Path) -> Path:
+def _stage_copy(model: Any, work: Path, name: str = 'model.fp32.onnx') -> Path:
     """Save ``model`` into the work directory with every node named (modelopt and our patterns need names)."""
     import onnx
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f'{node.op_type}_{i}'
-    path = work / 'model.fp32.onnx'
+    path = work / name
     onnx.save_model(model, str(path), save_as_external_data=False)
     return path
 
@@ -456,34 +471,30 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarr
     ep = _check_device(settings.calibration_device)
     record = settings.record()
     excluded = _excluded_nodes(model, record)
-    record['layernorm_fp32'], record['layernorm_peak'] = _int8_layernorm_rule(model, images, record)
+    fp16 = settings.high_precision_dtype == 'fp16'
+    islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
     batches = -(-len(images) // settings.batch_size)
     logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d) '
-                'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, high precision %s', fp32_onnx, version,
+                'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fp32_onnx, version,
                 settings.method, len(images), batches, settings.batch_size, settings.calibration_device,
-                settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype)
+                settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype.upper())
     start = time.perf_counter()
-    quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size)
-    rerouted = _reroute_excluded(quantized, set(excluded))
+    with _modelopt_session() as work:
+        quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size, work)
+        rerouted = _reroute_excluded(quantized, set(excluded))
+        if fp16:
+            quantized = _to_fp16(quantized, with_qdq_feeds(quantized, islands), work)
+            _check_fp16(quantized, list(islands), fp32_onnx)
+    if not fp16:  # FP32 everywhere INT8 is not: by request, so each such compute node is named for the census
+        done = set(quantized_nodes(quantized))
+        islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None, 'note': 'int8 high precision fp32'}
+                   for n in quantized.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in done}
+    record['fp32_islands'] = islands
     info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, settings, version, start)
-    logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, opset %d', info['qdq']['quantized_total'],
-                info['qdq']['compute_total'], info['opset'])
+    logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d',
+                info['qdq']['quantized_total'], info['qdq']['compute_total'], len(islands), info['opset'])
     return info
-
-
-def _int8_layernorm_rule(model: Any, images: np.ndarray, settings: Dict[str, Any]) -> Tuple[bool, Optional[float]]:
-    """With FP16 as the high precision: keep every LayerNorm FP32 when one of them risks FP16 overflow.
-
-    modelopt takes FP16 exclusions by op type only, hence all or none (see FP16_LAYERNORM_LIMIT).
-    """
-    if settings['high_precision_dtype'] != 'fp16':
-        return False, None
-    peak = max(layernorm_peaks(model, images).values(), default=0.0)
-    keep = peak > FP16_LAYERNORM_LIMIT
-    logger.info('LayerNorm inputs on the calibration images: max |x - mean| %.1f -> LayerNorms in %s', peak,
-                'FP32' if keep else 'FP16')
-    return keep, peak
 
 
 def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
@@ -495,27 +506,41 @@ def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
 
 
 def _run_modelopt_int8(model: Any, images: np.ndarray, settings: Dict[str, Any], excluded: List[str], ep: str,
-                       batch_size: int) -> Any:
-    """modelopt INT8 in a private directory; returns the quantized ModelProto."""
+                       batch_size: int, work: Path) -> Any:
+    """modelopt INT8 with FP32 elsewhere (the FP16 step, with our islands, comes after); the quantized ModelProto."""
     import onnx
     from modelopt.onnx.quantization import quantize
     input_name = model.graph.input[0].name
-    with _modelopt_session() as work:
-        staged = _stage_copy(model, work)
-        output = work / 'model.int8.onnx'
-        try:
+    staged = _stage_copy(model, work)
+    output = work / 'model.int8.onnx'
+    try:
+        with _without_per_batch_bars():
             quantize(str(staged), quantize_mode='int8', calibration_method=settings['method'],
                      calibration_data_reader=_calibration_reader(images, input_name, batch_size),
                      calibration_eps=[ep], nodes_to_exclude=_exact(excluded) or None,
-                     disable_mha_qdq=settings['disable_mha_qdq'],
-                     high_precision_dtype=settings['high_precision_dtype'], output_path=str(output),
-                     op_types_to_exclude_fp16=['LayerNormalization'] if settings['layernorm_fp32'] else None,
-                     log_level=_modelopt_log_level())
-        except (RuntimeError, ValueError, AssertionError, onnx.checker.ValidationError) as e:
-            raise ScalableViTError(f'modelopt INT8 quantization failed: {type(e).__name__}: {e}') from e
-        if not output.is_file():
-            raise ScalableViTError('modelopt INT8 quantization wrote no model (see its log above)')
-        return onnx.load(str(output))
+                     disable_mha_qdq=settings['disable_mha_qdq'], high_precision_dtype='fp32',
+                     output_path=str(output), log_level=_modelopt_log_level())
+    except (RuntimeError, ValueError, AssertionError, onnx.checker.ValidationError) as e:
+        raise ScalableViTError(f'modelopt INT8 quantization failed: {type(e).__name__}: {e}') from e
+    if not output.is_file():
+        raise ScalableViTError('modelopt INT8 quantization wrote no model (see its log above)')
+    return onnx.load(str(output))
+
+
+def _to_fp16(model: Any, keep_fp32: List[str], work: Path) -> Any:
+    """modelopt AutoCast to FP16 with FP32 IO, keeping exactly ``keep_fp32`` FP32.
+
+    AutoCast's own range check is off (``data_max`` infinite): our islands are the measured rules, and without the
+    check AutoCast needs no reference run, which would hold every activation of its images in memory.
+    """
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+    staged = _stage_copy(model, work, 'model.to_fp16.onnx')
+    try:
+        return convert_to_mixed_precision(onnx_path=str(staged), low_precision_type='fp16',
+                                          nodes_to_exclude=_exact(keep_fp32) or None, keep_io_types=True,
+                                          data_max=np.inf, providers=['cpu'])
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise ScalableViTError(f'modelopt AutoCast FP16 conversion failed: {type(e).__name__}: {e}') from e
 
 
 def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[str, Any], excluded: List[str],
@@ -561,104 +586,46 @@ def _save(model: Any, out_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- FP16
-def fp32_compute_nodes(model: Any) -> List[str]:
-    """Names of non-Cast nodes whose first output is float32 (after type inference): what runs in FP32."""
+def _fp32_nodes(model: Any) -> List[str]:
+    """Names of the nodes whose first output is float32 (after type inference)."""
     import onnx
-    from onnx import TensorProto
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    return [n.name for n in model.graph.node if n.output and types.get(n.output[0]) == onnx.TensorProto.FLOAT]
+
+
+def fp32_compute_nodes(model: Any) -> List[str]:
+    """Names of nodes that compute in FP32: float32 output, not a Cast or a shape/data-movement op."""
     skip = {'Cast', 'Shape', 'Constant', 'Concat', 'Gather', 'Unsqueeze', 'Squeeze', 'Slice', 'Reshape'}
-    return [n.name for n in model.graph.node
-            if n.op_type not in skip and n.output and types.get(n.output[0]) == TensorProto.FLOAT]
-
-
-def _subset(images: np.ndarray, count: int) -> np.ndarray:
-    """A fixed, evenly spread subset (deterministic, so the stage's cache key stays meaningful)."""
-    if len(images) <= count:
-        return images
-    return images[np.linspace(0, len(images) - 1, count).round().astype(int)]
-
-
-def _write_reference_batches(images: np.ndarray, input_name: str, work: Path, batch_size: int) -> Path:
-    """AutoCast's range check reads a directory of .npz files, one batch each."""
-    folder = work / 'reference_inputs'
-    folder.mkdir()
-    for i in range(0, len(images), batch_size):
-        np.savez(folder / f'batch_{i // batch_size:05d}.npz', **{input_name: images[i:i + batch_size]})
-    return folder
-
-
-def layernorm_peaks(model: Any, images: np.ndarray, batch_size: int = 32) -> Dict[str, float]:
-    """Max |x - mean(x)| over the normalised axes at every LayerNormalization input, on ``images`` (FP32 ORT)."""
-    import onnx
-    import onnxruntime as ort
-    nodes = [n for n in model.graph.node if n.op_type == 'LayerNormalization']
-    if not nodes:
-        return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None)
-                              for n in nodes if n.input[0] not in known)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=['CPUExecutionProvider'])
-    tensors = [n.input[0] for n in nodes]
-    axes = [next((a.i for a in n.attribute if a.name == 'axis'), -1) for n in nodes]
-    peaks = dict.fromkeys(tensors, 0.0)
-    for i in range(0, len(images), batch_size):
-        for tensor, axis, x in zip(tensors, axes, session.run(tensors, {model.graph.input[0].name:
-                                                                         images[i:i + batch_size]})):
-            dims = tuple(range(axis % x.ndim, x.ndim))
-            peaks[tensor] = max(peaks[tensor], float(np.abs(x - x.mean(axis=dims, keepdims=True)).max()))
-    return {n.name: peaks[n.input[0]] for n in nodes}
-
-
-def _layernorms_to_keep(model: Any, images: Optional[np.ndarray],
-                        batch_size: int) -> Tuple[List[str], Optional[float]]:
-    """LayerNorm nodes that must stay FP32 (all of them when there are no images to measure), and the peak."""
-    if images is None:
-        names = [n.name for n in model.graph.node if n.op_type == 'LayerNormalization']
-        logger.warning('FP16 without calibration images: all %d LayerNorms kept FP32 (nothing to measure their '
-                       'input range on)', len(names))
-        return names, None
-    peaks = layernorm_peaks(model, images, batch_size)
-    keep = [name for name, peak in peaks.items() if peak > FP16_LAYERNORM_LIMIT]
-    peak = max(peaks.values(), default=0.0)
-    logger.info('LayerNorm inputs on %d images: max |x - mean| %.1f; %d of %d above %.0f kept FP32', len(images),
-                peak, len(keep), len(peaks), FP16_LAYERNORM_LIMIT)
-    return keep, peak
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return [name for name in _fp32_nodes(model) if ops[name] not in skip]
 
 
 def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
                  keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES, keep_fp32_nodes: Sequence[str] = (),
-                 calibration: Optional[np.ndarray] = None, batch_size: int = DEFAULT_CALIB_BATCH,
-                 source_sha256: Optional[str] = None) -> Dict[str, Any]:
+                 calibration: Optional[np.ndarray] = None, source_sha256: Optional[str] = None) -> Dict[str, Any]:
     """FP16 model of ``fp32_onnx`` by modelopt AutoCast, FP32 inputs/outputs kept.
 
-    FP32 stays: ``keep_fp32_op_types``, ``keep_fp32_nodes`` (regexes searched in node names), LayerNorms
-    whose input range on ``calibration`` images risks FP16 overflow (all LayerNorms without images), and
-    whatever AutoCast's own range check on those images (random inputs without) flags. Returns the facts
-    for the manifest.
+    FP32 stays: ``keep_fp32_op_types``, ``keep_fp32_nodes`` (regexes searched in node names) and the islands the
+    rules of ``fp16_rules`` measure on the ``calibration`` images (every LayerNorm without images). Returns the
+    facts for the manifest, the islands with their rules and values among them.
     """
     out_path = Path(out_path)
-    _check_batch(batch_size)
     model, src = _load_checked(fp32_onnx, source_sha256)
     images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
-    keep = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
-    layernorms, peak = _layernorms_to_keep(model, images, batch_size)
-    keep = [n.name for n in model.graph.node if n.name in set(keep) | set(layernorms)]
+    requested = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
+    islands = fp16_islands(model, images, requested)
     version = _modelopt_version()
-    logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d nodes kept FP32 by request or range, '
-                'AutoCast range check on %s', fp32_onnx, version, len(keep),
-                f'{min(len(images), FP16_RANGE_CHECK_IMAGES)} images' if images is not None else 'random inputs')
+    logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d node(s) kept FP32 (%d requested)', fp32_onnx,
+                version, len(islands), len(requested))
     start = time.perf_counter()
-    converted = _run_autocast(model, images, keep, batch_size)
-    _check_fp16(converted, keep, fp32_onnx)
+    with _modelopt_session() as work:
+        converted = _to_fp16(model, list(islands), work)
+    _check_fp16(converted, list(islands), fp32_onnx)
     info = {'precision': 'fp16', 'keep_fp32_op_types': list(keep_fp32_op_types),
-            'keep_fp32_nodes': list(keep_fp32_nodes), 'layernorm_fp32': len(layernorms),
-            'layernorm_peak': peak, 'modelopt_version': version, 'opset': _opset(converted),
-            'fp32_nodes': len(fp32_compute_nodes(converted)), 'nodes': len(converted.graph.node),
-            'range_check_images': 0 if images is None else min(len(images), FP16_RANGE_CHECK_IMAGES),
-            'source_sha256': src['sha256']}
+            'keep_fp32_nodes': list(keep_fp32_nodes), 'fp32_islands': islands, 'modelopt_version': version,
+            'opset': _opset(converted), 'fp32_nodes': len(fp32_compute_nodes(converted)),
+            'nodes': len(converted.graph.node), 'source_sha256': src['sha256']}
     _stamp(converted, src, info, ('modelopt_version',))
     _save(converted, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
@@ -670,27 +637,9 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
 def _check_fp16(model: Any, keep: List[str], source: PathLike) -> None:
     """AutoCast's contract: FP32 graph inputs/outputs, and the nodes we asked to keep still FP32."""
     import onnx
-    fp32 = set(fp32_compute_nodes(model))
+    fp32 = set(_fp32_nodes(model))
     leaked = [n for n in keep if n not in fp32]
     io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
     if leaked or any(t != onnx.TensorProto.FLOAT for t in io_types):
         raise ScalableViTError(f'AutoCast broke its contract on {source}: FP16 IO or kept nodes converted '
                                f'({", ".join(leaked[:3]) or "IO types"})')
-
-
-def _run_autocast(model: Any, images: Optional[np.ndarray], keep: List[str], batch_size: int) -> Any:
-    from modelopt.onnx.autocast import convert_to_mixed_precision
-    with _modelopt_session() as work:
-        staged = _stage_copy(model, work)
-        # AutoCast keeps every intermediate tensor of every reference image in memory (ScalableViT-S: about
-        # 0.6 GB per image; 32 images peaked at 21.8 GB RSS), so its range check sees a fixed small subset; the
-        # LayerNorm overflow rule above streams over all calibration images.
-        reference = None if images is None else str(_write_reference_batches(
-            _subset(images, FP16_RANGE_CHECK_IMAGES), model.graph.input[0].name, work, batch_size))
-        try:
-            return convert_to_mixed_precision(onnx_path=str(staged), low_precision_type='fp16',
-                                              nodes_to_exclude=_exact(keep) or None, keep_io_types=True,
-                                              calibration_data=reference, providers=['cpu'])
-        except (RuntimeError, ValueError, AssertionError) as e:
-            raise ScalableViTError(f'modelopt AutoCast FP16 conversion failed: {type(e).__name__}: {e}') from e
-

@@ -14,7 +14,7 @@ import platform
 import resource
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from .fileio import human_size, write_json, write_text
 
@@ -104,6 +104,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += ['', f"## Latency (batch {lat['batch']}, {report['backend']})", '',
                   '| p50 | p90 | p99 | mean |', '|---|---|---|---|',
                   f"| {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['mean']:.2f} ms |"]
+    lines += _census_markdown(report.get('census'), report['precision'])
+    lines += _estimate_markdown(report.get('cost_estimate'))
     stages = report.get('stages')
     if stages:
         lines += ['', '## Stages', '', '| stage | seconds | reused |', '|---|---|---|']
@@ -120,6 +122,47 @@ def render_markdown(report: Dict[str, Any]) -> str:
         facts.append(f"GPU {gpu.get('name')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})")
     lines += ['', '## Environment', '', f"{env.get('platform', '')}: " + ', '.join(facts)]
     return '\n'.join(lines) + '\n'
+
+
+def _census_markdown(census: Optional[Dict[str, Any]], precision: str) -> List[str]:
+    """The precision census as tables: ops per dtype, MACs / weights / activations per dtype, FP32 islands."""
+    if not census:
+        return []
+    dtypes = ('int8', 'fp16', 'fp32')
+    lines = ['', '## Precision census of the deployed ONNX (what a strongly typed TensorRT engine runs, batch 1)', '',
+             '| op type | ' + ' | '.join(d.upper() for d in dtypes) + ' |', '|---|' + '---:|' * len(dtypes)]
+    for op, counts in census['ops'].items():
+        lines.append(f'| {op} | ' + ' | '.join(str(counts[d] or '') for d in dtypes) + ' |')
+    lines += ['', '| per dtype | ' + ' | '.join(d.upper() for d in dtypes) + ' |', '|---|' + '---:|' * len(dtypes),
+              '| share of MACs | ' + ' | '.join(f"{100 * census['mac_share'][d]:.1f} %" for d in dtypes) + ' |',
+              '| GMACs | ' + ' | '.join(f"{census['macs'][d] / 1e9:.3f}" for d in dtypes) + ' |',
+              '| weights | ' + ' | '.join(human_size(census['weight_bytes'][d]) for d in dtypes) + ' |',
+              '| activations | ' + ' | '.join(human_size(census['activation_bytes'][d]) for d in dtypes) + ' |']
+    islands = census.get('islands') or {}
+    if islands:
+        lines += ['', f'FP32 islands ({len(islands)}), each kept FP32 by a rule:', '',
+                  '| node | rule | measured | limit |', '|---|---|---:|---:|']
+        lines += [f"| `{name}` | {i['rule']} | {_fmt(i.get('value'), 1)} | {_fmt(i.get('limit'), 0)} |"
+                  for name, i in list(islands.items())[:40]]
+        if len(islands) > 40:
+            lines.append(f'| ... {len(islands) - 40} more (report.json) | | | |')
+    elif precision != 'fp32':
+        lines += ['', 'No FP32 island: every op that is not INT8 runs FP16.']
+    outside = census['fp32_macs_outside_islands']
+    if precision != 'fp32' and outside:
+        lines += ['', f'**{outside / 1e6:.1f} M FP32 MACs outside the named islands** (the census gate).']
+    return lines
+
+
+def _estimate_markdown(estimate: Optional[Dict[str, Any]]) -> List[str]:
+    if not estimate or not estimate.get('rows'):
+        return []
+    lines = ['', f"## TensorRT cost ESTIMATE for target {estimate['target']}", '', f"> {estimate['note']}", '',
+             '| device | batch | estimate ms | compute ms | memory ms | compute-bound layers |',
+             '|---|---:|---:|---:|---:|---:|']
+    lines += [f"| {r['device_name']} | {r['batch']} | {r['latency_ms']:.3f} | {r['compute_ms']:.3f} | "
+              f"{r['memory_ms']:.3f} | {r['compute_bound_layers']}/{r['layers']} |" for r in estimate['rows']]
+    return lines
 
 
 def write_report(out_dir: Path, report: Dict[str, Any], stem: str = 'report') -> Path:

@@ -34,11 +34,12 @@ class Target:
     tf32: bool = False
     version_compatible: bool = False
     hardware_compatibility_level: str = 'none'
+    reference_device: Optional[str] = None  # device_peaks.json key the cost estimate uses for this target
     notes: str = ''
     source: str = dataclasses.field(default='', compare=False)
 
     def settings(self) -> Dict[str, Any]:
-        """The settings that change an engine (everything but notes and source), JSON-ready."""
+        """The settings that change an engine (all but reference_device, notes and source), JSON-ready."""
         return {'name': self.name, 'workspace_mib': self.workspace_mib,
                 'batch': {'min': self.batch_min, 'opt': self.batch_opt, 'max': self.batch_max},
                 'builder_optimization_level': self.builder_optimization_level, 'dla_core': self.dla_core,
@@ -58,6 +59,7 @@ _TARGET_FIELDS: Dict[str, Tuple[Tuple[type, ...], Any]] = {
     'tf32': ((bool,), False),
     'version_compatible': ((bool,), False),
     'hardware_compatibility_level': ((str,), 'none'),
+    'reference_device': ((str, type(None)), None),
     'notes': ((str,), ''),
 }
 
@@ -137,6 +139,10 @@ def _check_target_values(source: str, t: Target) -> None:
     if t.hardware_compatibility_level not in HARDWARE_COMPAT:
         raise unknown_choice(f"hardware_compatibility_level in target {source}", t.hardware_compatibility_level,
                              HARDWARE_COMPAT)
+    if t.reference_device is not None:
+        from .roofline import load_peaks
+        if t.reference_device not in load_peaks():
+            raise unknown_choice(f"reference_device in target {source}", t.reference_device, load_peaks())
     if t.dla_core is not None:
         if t.dla_core < 0:
             raise ScalableViTError(f"target {source}: field 'dla_core' must be null or >= 0, got {t.dla_core}")

@@ -84,7 +84,7 @@ def test_int8_default_policy_keeps_its_hazards_out(int8):
     kept_out = [n.name for n in model.graph.node if hazards.search(n.name)]
     assert len(kept_out) == 8 * 2 + 4 + 1 + 16  # block residuals, PEG residuals, stem, attention matmuls
     assert not [name for name in kept_out if dq[name]]
-    assert int8[1]['disable_mha_qdq'] and int8[1]['high_precision_dtype'] == 'fp32'
+    assert int8[1]['disable_mha_qdq'] and int8[1]['high_precision_dtype'] == 'fp16'
 
 
 def test_int8_zero_points_all_zero_int8(int8):
@@ -223,16 +223,18 @@ def test_cli_fp16_prints_info_and_bad_precision_is_one_line(fp32, tmp_path):
 
 
 def test_layernorms_at_risk_of_fp16_overflow_stay_fp32(fp32, tmp_path, monkeypatch):
-    """A limit of 0 marks every LayerNorm as at risk: both paths must then keep them all FP32."""
-    from scalablevit import quantize
-    monkeypatch.setattr(quantize, 'FP16_LAYERNORM_LIMIT', 0.0)
+    """A limit of 0 marks every LayerNorm as at risk: both paths must then keep them all FP32, named by the rule."""
+    from scalablevit import fp16_rules, quantize
+    monkeypatch.setattr(fp16_rules, 'LAYERNORM_LIMIT', 0.0)
     path, calib, images = fp32
     layernorms = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == 'LayerNormalization'}
     info = quantize.convert_fp16(path, tmp_path / 'fp16.onnx', calibration=calib[:8])
-    assert info['layernorm_fp32'] == len(layernorms) == 24
+    by_rule = {n for n, i in info['fp32_islands'].items() if i['rule'] == 'layernorm_variance'}
+    assert by_rule == layernorms and len(layernorms) == 24
+    assert all(info['fp32_islands'][n]['value'] > 0 for n in layernorms)
     assert layernorms <= set(quantize.fp32_compute_nodes(onnx.load(str(tmp_path / 'fp16.onnx'))))
     info = quantize.quantize_int8(path, tmp_path / 'int8.onnx', calib[:8], method='max', high_precision_dtype='fp16')
-    assert info['layernorm_fp32'] and info['high_precision_dtype'] == 'fp16'
+    assert set(info['fp32_islands']) == layernorms and info['high_precision_dtype'] == 'fp16'
     model = onnx.load(str(tmp_path / 'int8.onnx'))
     assert layernorms <= set(quantize.fp32_compute_nodes(model))
     assert np.isfinite(_run(tmp_path / 'int8.onnx', images)).all()

@@ -34,6 +34,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
     p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
     p.add_argument('--int8-policy', default='default', help='INT8 exclusion policy (see README)')
+    p.add_argument('--int8-high-precision', default='fp16',
+                   help='dtype of what is not INT8: fp16 (default; FP32 only where a measured rule says so) or fp32')
     p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
     p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
@@ -51,6 +53,7 @@ def host(args: argparse.Namespace) -> Path:
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
         calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
         opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
+        int8_high_precision=args.int8_high_precision, target=args.target,
         exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force)
     report = HostPipeline(options).run()
     acc = report['accuracy']
@@ -68,7 +71,8 @@ def resolve_target(args: argparse.Namespace) -> Any:
     target = load_target(args.target)
     if args.batch:
         lo, opt, hi = args.batch
-        target = target_from_dict({**target.settings(), 'batch': {'min': lo, 'opt': opt, 'max': hi}},
+        fields = {**target.settings(), 'reference_device': target.reference_device, 'notes': target.notes}
+        target = target_from_dict({**fields, 'batch': {'min': lo, 'opt': opt, 'max': hi}},
                                   source=f'{args.target} with --batch {lo} {opt} {hi}')
     return target
 

@@ -44,6 +44,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
     p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
     p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
+    p.add_argument('--device-peak', help="device for the TensorRT cost estimate (a device_peaks.json key; default: "
+                                          "the reference device of the bundle's target)")
     p.add_argument('--out', type=Path, help='output directory (default: <bundle>/compare)')
     p.add_argument('--no-plots', action='store_true')
     return p.parse_args(argv)
@@ -98,12 +100,30 @@ def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[s
             'file': spec.path.name if spec.path else None, 'accuracy': accuracy, 'latency_ms': block}
 
 
+def precision_plan(path: Path, device: str, batch: int) -> Dict[str, Any]:
+    """The ONNX file's precision census (MAC shares) and its TensorRT cost estimate on ``device``."""
+    from scalablevit.census import census, layers_of
+    from scalablevit.costmodel import estimate
+    from scalablevit.export import load_onnx
+    layers = layers_of(load_onnx(path))
+    return {'mac_share': census(layers)['mac_share'], 'estimate': estimate(layers, device, batch)}
+
+
+def estimate_device(args: argparse.Namespace, bundle: Any) -> str:
+    from scalablevit.roofline import device_limits
+    from scalablevit.targets import load_target
+    device = args.device_peak or load_target(bundle.manifest.get('target', 'desktop')).reference_device or 'rtx-4090'
+    device_limits(device)  # an unknown key fails here, with the closest name
+    return device
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.batch < 1 or (args.samples is not None and args.samples < 1):
         raise ScalableViTError('--batch and --samples must be positive')
     config = BenchConfig(warmup=args.warmup, iters=args.iters, min_s=args.min_seconds).validate()
     bundle = Bundle.open(args.bundle)
+    device = estimate_device(args, bundle)
     ref = bundle.reference(args.samples)
     notes: List[str] = []
     specs = collect_specs(args, bundle, notes)
@@ -111,6 +131,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ScalableViTError(f'{bundle.path}: nothing to compare (no ONNX in manifest.json, no torch)')
     rows = [measure(spec, args, bundle, ref, config, notes) for spec in specs]
     baseline = add_speedups(rows)
+    for row, spec in zip(rows, specs):
+        if spec.backend == 'onnxruntime':
+            row['precision_plan'] = precision_plan(spec.path, device, args.batch)
     report = {'kind': 'compare', 'model': bundle.model, 'bundle': str(bundle.path), 'batch': args.batch,
               'samples': int(len(ref['input'])), 'labelled': 'labels' in ref,
               'untrained': bundle.untrained,

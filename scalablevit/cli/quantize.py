@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         keep = args.exclude_op_types or FP16_KEEP_FP32_OP_TYPES
         info = quantize.convert_fp16(args.onnx, out, keep_fp32_op_types=keep, keep_fp32_nodes=args.exclude_nodes,
-                                     calibration=images, batch_size=args.batch)
+                                     calibration=images)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
