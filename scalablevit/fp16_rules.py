@@ -13,8 +13,8 @@ and measured value, and the precision census holds every other FP32 node against
   Softmax, the residual stream and MLP activations alike.
 * ``requested``: kept FP32 by the caller (``--exclude-op-types`` / ``--exclude-nodes`` for FP16 bundles).
 
-The ranges come from ``RANGE_CHECK_IMAGES`` images spread evenly over the calibration set, run a few at a time
-with every float tensor exposed, so memory stays at a few images' activations whatever the set size.
+The ranges come from ``RANGE_CHECK_IMAGES`` images spread evenly over the calibration set, run one at a time
+with every float tensor exposed, so memory stays at one image's activations whatever the set size.
 """
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -29,7 +29,7 @@ __all__ = ['LAYERNORM_LIMIT', 'RANGE_LIMIT', 'RANGE_CHECK_IMAGES', 'activation_r
 LAYERNORM_LIMIT = 128.0
 RANGE_LIMIT = 8192.0
 RANGE_CHECK_IMAGES = 64
-_RANGE_BATCH = 4
+_RANGE_BATCH = 1  # every float tensor is exposed: one image of S holds ~0.6 GB of them
 _QDQ = ('QuantizeLinear', 'DequantizeLinear')
 
 

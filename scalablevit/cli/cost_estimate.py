@@ -1,0 +1,99 @@
+"""TensorRT cost ESTIMATE table: deployed ONNX files (or bundles) x devices x batch sizes, from the ONNX alone.
+
+    python bench/cost_estimate.py out/scalable_vit_small-fp32 out/scalable_vit_small-fp16 out/scalable_vit_small-int8
+    python bench/cost_estimate.py model.int8.onnx --devices jetson-orin-nano-8gb rtx-4090 --batch 1 8 --out results/cost
+
+For each file: the precision census (share of MACs in INT8 / FP16 / FP32) and, per device of device_peaks.json
+(default: the reference devices of every target in scalablevit/targets) and batch size, the estimated time of
+one batch (``scalablevit.costmodel``: per layer, max of MACs over the peak of its dtype and bytes over the memory
+bandwidth; no fusion, no launch overhead). It compares precision plans on one device; it is not a latency: benchmark
+the engine for that. Writes <out>/cost_estimate.json and cost_estimate.md (default out: results/cost_estimate).
+"""
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.errors import ScalableViTError
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument('paths', type=Path, nargs='+', help='bundle directories (their deployed ONNX) or ONNX files')
+    p.add_argument('--devices', nargs='+', help="device_peaks.json keys, or 'all' (default: the targets' devices)")
+    p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
+    p.add_argument('--out', type=Path, default=Path('results/cost_estimate'), help='output directory')
+    return p.parse_args(argv)
+
+
+def resolve_devices(requested: Optional[List[str]]) -> List[str]:
+    from scalablevit.roofline import device_limits, load_peaks
+    from scalablevit.targets import list_targets, load_target
+    if requested == ['all']:
+        return list(load_peaks())
+    if requested:
+        for device in requested:
+            device_limits(device)  # an unknown key fails with the closest name
+        return requested
+    devices = [load_target(name).reference_device for name in list_targets()]
+    return list(dict.fromkeys(d for d in devices if d))
+
+
+def deployed_onnx(path: Path) -> Tuple[str, Path]:
+    """(row label, ONNX file) of a bundle directory or an ONNX file."""
+    from scalablevit.bench import file_precision
+    if path.is_dir():
+        from scalablevit.bundle import Bundle
+        bundle = Bundle.open(path)
+        onnx_path, _ = bundle.deploy_onnx()
+        return f'{bundle.model} {bundle.precision}', onnx_path
+    if not path.is_file():
+        raise ScalableViTError(f'{path}: not a bundle directory or an ONNX file')
+    return f'{path.name} {file_precision(path)}', path
+
+
+def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int]) -> List[Dict[str, Any]]:
+    from scalablevit.census import census, layers_of
+    from scalablevit.costmodel import estimate_table
+    from scalablevit.export import load_onnx
+    rows = []
+    for path in paths:
+        label, onnx_path = deployed_onnx(path)
+        layers = layers_of(load_onnx(onnx_path))
+        summary = census(layers)
+        rows.append({'label': label, 'onnx': str(onnx_path), 'gmacs': summary['macs']['total'] / 1e9,
+                     'mac_share': summary['mac_share'], 'estimates': estimate_table(layers, devices, batches)})
+    return rows
+
+
+def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence[int]) -> str:
+    from scalablevit.costmodel import LIMITS_NOTE
+    from scalablevit.roofline import device_limits
+    names = {d: device_limits(d)['name'] for d in devices}
+    head = ['model precision', 'GMACs', 'MACs INT8/FP16/FP32 %'] + [f'{names[d]} b{b}' for d in devices for b in batches]
+    lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}', '',
+             '| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+    for row in rows:
+        share = '/'.join(f"{100 * row['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32'))
+        cells = [row['label'], f"{row['gmacs']:.3f}", share] + [f"{e['latency_ms']:.3f}" for e in row['estimates']]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from scalablevit.fileio import write_json, write_text
+    args = parse_args(argv)
+    if any(b < 1 for b in args.batch):
+        raise ScalableViTError(f'--batch sizes must be positive (got {args.batch})')
+    devices = resolve_devices(args.devices)
+    rows = estimate_rows(args.paths, devices, args.batch)
+    text = render(rows, devices, args.batch)
+    write_json(args.out / 'cost_estimate.json', {'kind': 'cost_estimate', 'estimate': True, 'devices': devices,
+                                                 'batches': args.batch, 'rows': rows})
+    write_text(args.out / 'cost_estimate.md', text)
+    print(text)
+    return 0
+
+
+def run() -> NoReturn:
+    run_cli(main)
