@@ -42,22 +42,28 @@ Observer = Callable[[int, 'TimedRuns'], Dict[str, Any]]
 
 @dataclass
 class BenchConfig:
-    """How long to warm up and measure: each phase runs until BOTH its count and its seconds are reached."""
+    """How long to warm up and measure: each phase runs until BOTH its count and its seconds are reached.
+
+    ``repeats`` timed windows (each after its own warm-up) per batch size: the block reports the median of their
+    p50s with min and max, the spread a published figure needs.
+    """
     warmup: int = 10
     warmup_s: float = 0.0
     iters: int = 50
     min_s: float = 0.0
+    repeats: int = 1
     seed: int = 0
     log_every_s: float = 10.0
 
     @classmethod
     def from_args(cls, args: Any) -> 'BenchConfig':
-        """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds), validated."""
-        return cls(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds).validate()
+        """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds, --repeat), validated."""
+        return cls(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds,
+                   repeats=getattr(args, 'repeat', 1)).validate()
 
     def validate(self) -> 'BenchConfig':
-        if self.iters < 1:
-            raise ScalableViTError(f'--iters must be at least 1 (got {self.iters})')
+        if self.iters < 1 or self.repeats < 1:
+            raise ScalableViTError(f'--iters and --repeat must be at least 1 (got {self.iters}, {self.repeats})')
         if self.warmup < 0 or self.warmup_s < 0 or self.min_s < 0:
             raise ScalableViTError('--warmup, --warmup-s and --min-seconds must not be negative')
         return self
@@ -72,11 +78,12 @@ class TimedRuns:
     start: float
     end: float
     warmup_runs: int
+    timed_s: Optional[float] = None  # time inside the timed loops (repeats: their sum, not the warm-ups between)
 
     @property
     def images_per_s(self) -> float:
-        """Images over the wall time of the timed loop (gaps between runs included): energy's denominator."""
-        return len(self.e2e_s) * self.batch / max(self.end - self.start, 1e-12)
+        """Images over the wall time of the timed loops (gaps between runs included): energy's denominator."""
+        return len(self.e2e_s) * self.batch / max(self.timed_s or self.end - self.start, 1e-12)
 
 
 # --------------------------------------------------------------------------------------- statistics
@@ -129,14 +136,29 @@ def time_runs(runner: Runner, input_shape: Sequence[int], batch: int, config: Be
     return TimedRuns(batch, e2e, gpu or None, start, end, len(warm))
 
 
+def _merge(repeats: List[TimedRuns]) -> TimedRuns:
+    """The repeats as one window (for the pooled statistics and the power observer)."""
+    gpu = [t for r in repeats for t in (r.gpu_s or [])]
+    return TimedRuns(repeats[0].batch, [t for r in repeats for t in r.e2e_s], gpu or None, repeats[0].start,
+                     repeats[-1].end, sum(r.warmup_runs for r in repeats), sum(r.end - r.start for r in repeats))
+
+
 def benchmark(runner: Runner, input_shape: Sequence[int], batch: int, config: BenchConfig,
               observer: Optional[Observer] = None) -> Dict[str, Any]:
-    """One latency block: the contract fields, min/max/std/throughput, and ``gpu_*`` (None without a GPU clock)."""
-    timed = time_runs(runner, input_shape, batch, config)
+    """One latency block: the contract fields, min/max/std/throughput, and ``gpu_*`` (None without a GPU clock).
+
+    With ``config.repeats`` > 1 the statistics pool every run, and ``repeat_p50`` lists each window's p50 with
+    ``p50_median``, ``p50_min``, ``p50_max`` across them.
+    """
+    repeats = [time_runs(runner, input_shape, batch, config) for _ in range(config.repeats)]
+    timed = _merge(repeats)
     block = latency_stats([t * 1000 for t in timed.e2e_s], batch)
     block.update(_gpu_block(timed))
+    per_window = [float(np.median(r.e2e_s)) * 1000 for r in repeats]
+    block.update(repeats=len(repeats), repeat_p50=per_window, p50_median=float(np.median(per_window)),
+                 p50_min=min(per_window), p50_max=max(per_window))
     block['warmup_runs'] = timed.warmup_runs
-    block['measured_s'] = timed.end - timed.start
+    block['measured_s'] = timed.timed_s
     if observer is not None:
         block.update(observer(batch, timed))
     gpu = f", GPU p50 {block['gpu_p50']:.3f} ms" if block['gpu_p50'] is not None else ''
@@ -298,6 +320,9 @@ def _columns(entries: Sequence[Dict[str, Any]]) -> List[Tuple[str, Callable[[Dic
         ('batch', lambda b: str(b['batch'])), ('p50 ms', lambda b: _fmt(b['p50'], '.3f')),
         ('p90 ms', lambda b: _fmt(b['p90'], '.3f')), ('p99 ms', lambda b: _fmt(b['p99'], '.3f')),
         ('mean ms', lambda b: _fmt(b['mean'], '.3f')), ('img/s', lambda b: _fmt(b['throughput_ips'], '.1f'))]
+    if any(b.get('repeats', 1) > 1 for b in blocks):
+        cols.insert(2, ('p50 ms, median (min-max) of repeats',
+                        lambda b: f"{b['p50_median']:.3f} ({b['p50_min']:.3f}-{b['p50_max']:.3f}), n={b['repeats']}"))
     if any(b.get('gpu_p50') is not None for b in blocks):
         cols += [('GPU p50 ms', lambda b: _fmt(b.get('gpu_p50'), '.3f'))]
     if any(b.get('power') for b in blocks):
@@ -308,6 +333,10 @@ def _columns(entries: Sequence[Dict[str, Any]]) -> List[Tuple[str, Callable[[Dic
         cols += [('achieved T(FL)OPS', lambda b: _fmt((b.get('roofline') or {}).get('achieved'), '.4g')),
                  ('% of peak', lambda b: _fmt(100 * b['roofline']['utilization'], '.1f')
                   if (b.get('roofline') or {}).get('utilization') is not None else '-')]
+    if any((b.get('roofline') or {}).get('bound') for b in blocks):
+        cols += [('bound', lambda b: (b.get('roofline') or {}).get('bound') or '-')]
+    if any((b.get('roofline') or {}).get('warnings') for b in blocks):
+        cols += [('check', lambda b: 'ABOVE PEAK' if (b.get('roofline') or {}).get('warnings') else '')]
     return cols
 
 
@@ -323,8 +352,10 @@ def render_markdown(report: Dict[str, Any], title: str = 'Latency') -> str:
             lines.append(f"| {e['name']} | {e['precision']} | " + ' | '.join(f(b) for _, f in cols) + ' |')
     cfg = report.get('config', {})
     lines += ['', f"Input {report.get('input_shape')}; warm-up {cfg.get('warmup')} runs / {cfg.get('warmup_s')} s, "
-              f"timed {cfg.get('iters')} runs / {cfg.get('min_s')} s minimum per batch. Latency = end-to-end backend "
-              'call (host<->device copies included); GPU p50 = GPU-only time where the runner measures it.']
+              f"timed {cfg.get('iters')} runs / {cfg.get('min_s')} s minimum per batch, {cfg.get('repeats', 1)} "
+              'repeat(s). Latency = end-to-end backend call (host<->device copies included); GPU p50 = GPU-only time '
+              'where the runner measures it. Roofline: achieved MAC rate against the device peak (for CPU runs an '
+              'estimate from the SIMD width, cores and clock); ABOVE PEAK marks a figure the device cannot reach.']
     lines += [f'- {note}' for note in report.get('notes', [])]
     return '\n'.join(lines) + '\n'
 

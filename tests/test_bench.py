@@ -388,3 +388,22 @@ def test_tensorrt_engine_reports_gpu_time(bundle, tmp_path, cuda_graph):
     for block in sweep:
         _check_block(block, block['batch'])
         assert block['gpu_p50'] is not None and 0 < block['gpu_p50'] <= block['p50']
+
+
+def test_latency_repeats_and_cpu_roofline_on_a_bundle_onnx(bundle, tmp_path):
+    """--repeat gives each window's p50 and their median/min/max; CPU rows get the CPU peak and both ceilings."""
+    out = tmp_path / 'rep'
+    assert _load_cli('latency').main(['--bundle', str(bundle), '--batch', '1', '--iters', '4', '--warmup', '1',
+                                      '--repeat', '3', '--gmacs', '0.1', '--no-plots', '--out', str(out)]) == 0
+    report = json.loads((out / 'latency.json').read_text())
+    assert report['config']['repeats'] == 3
+    for entry in report['results']:
+        block = entry['latency_ms']
+        assert block['repeats'] == 3 and len(block['repeat_p50']) == 3 and block['runs'] == 12
+        assert block['p50_min'] <= block['p50_median'] <= block['p50_max']
+        roof = block['roofline']
+        assert roof['device'] == 'cpu' and roof['intensity'] > 0 and roof['bytes_per_image'] > 0
+        # the CPU estimate is an FP32 SIMD peak: FP16 rows get no '% of peak'
+        assert (roof['peak'] is None) == (entry['precision'] != 'fp32')
+        assert roof.get('estimate', True) and 0 < (roof['utilization'] or 0.5) < 1
+    assert 'median (min-max) of repeats' in (out / 'latency.md').read_text()

@@ -38,6 +38,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=20, help='warm-up runs per batch (default: 20)')
     p.add_argument('--warmup-s', type=float, default=2.0, help='and at least this many warm-up seconds (default: 2)')
     p.add_argument('--iters', type=int, default=100, help='timed runs per batch (default: 100)')
+    p.add_argument('--repeat', type=int, default=1, help='timed windows per batch size (median p50 with min-max)')
     p.add_argument('--min-seconds', type=float, default=5.0,
                    help='and at least this many timed seconds: enough tegrastats samples (default: 5)')
     p.add_argument('--interval', type=int, default=100, help='tegrastats interval in ms (default: 100)')

@@ -12,14 +12,14 @@ achieved T(FL)OPS, and with a known device (--device-peak, auto-detected on CUDA
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, bundle_specs, config_dict,
                                file_precision, input_shape_of, make_runner, write_bench_report)
 from scalablevit.bundle import Bundle
 from scalablevit.errors import ScalableViTError
-from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs
+from scalablevit.roofline import add_roofline, cpu_limits, detect_local_device, resolve_gmacs
 
 logger = logging.getLogger('bench.latency')
 
@@ -41,6 +41,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--warmup-s', type=float, default=0.0, help='and at least this many warm-up seconds')
     p.add_argument('--iters', type=int, default=50, help='timed runs per batch (default: 50)')
     p.add_argument('--min-seconds', type=float, default=0.0, help='and at least this many timed seconds')
+    p.add_argument('--repeat', type=int, default=1,
+                   help='timed windows per batch size: report the median p50 with min-max (default: 1; README '
+                        'figures use 5)')
     p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
     p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
     p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
@@ -74,6 +77,19 @@ def collect_specs(args: argparse.Namespace) -> Tuple[List[RunnerSpec], Optional[
     return specs, model, default_shape(args, model, bundle), bundle
 
 
+def onnx_traffic(path: Optional[Path]) -> Optional[Callable[[Dict[str, Any]], float]]:
+    """DRAM bytes per image of an ONNX file at a block's batch (census: weights once per batch + activations),
+    for the roofline's memory ceiling; None without a file."""
+    if path is None:
+        return None
+    from scalablevit.census import layers_of
+    from scalablevit.export import load_onnx
+    layers = layers_of(load_onnx(path))
+    weights = sum(la.weight_bytes for la in layers)
+    activations = sum(la.in_bytes + la.out_bytes for la in layers)
+    return lambda block: weights / block['batch'] + activations
+
+
 def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -> Optional[Tuple[int, int, int]]:
     """(C, H, W) from --input-size, the bundle or the model's data config; None: each runner's own input dims."""
     if args.input_size:
@@ -103,7 +119,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    source=str(spec.path) if spec.path else spec.model))
     shape = shape or run_shape
     gmacs, gmacs_source = resolve_gmacs(args.gmacs, bundle.manifest if bundle else None, model, shape[-1])
-    add_roofline(entries, gmacs, device)
+    for spec, entry in zip(specs, entries):
+        on_cpu = (spec.backend == 'torch' and args.torch_device == 'cpu') or \
+            (spec.backend == 'onnxruntime' and args.providers == ['CPUExecutionProvider'])
+        add_roofline([entry], gmacs, cpu_limits() if on_cpu else device,
+                     bytes_per_image=onnx_traffic(spec.path if spec.backend == 'onnxruntime' else None))
     notes = [f'threads: {args.threads or "library default"}; onnxruntime providers: {args.providers}']
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs; torch counts a registered --model)')
