@@ -39,17 +39,21 @@ def resolve_devices(requested: Optional[List[str]]) -> List[str]:
     return list(dict.fromkeys(d for d in devices if d))
 
 
-def deployed_onnx(path: Path) -> Tuple[str, Path]:
-    """(row label, ONNX file) of a bundle directory or an ONNX file."""
+def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
+    """(model, precision plan, ONNX file) of a bundle directory or an ONNX file."""
     from scalablevit.bench import file_precision
     if path.is_dir():
         from scalablevit.bundle import Bundle
         bundle = Bundle.open(path)
         onnx_path, _ = bundle.deploy_onnx()
-        return f'{bundle.model} {bundle.precision}', onnx_path
+        plan = bundle.precision.upper()
+        elsewhere = (bundle.manifest.get('quantization') or {}).get('high_precision_dtype')
+        if bundle.precision == 'int8' and elsewhere:
+            plan += f' ({elsewhere.upper()} elsewhere)'
+        return bundle.model, plan, onnx_path
     if not path.is_file():
         raise ScalableViTError(f'{path}: not a bundle directory or an ONNX file')
-    return f'{path.name} {file_precision(path)}', path
+    return path.name, file_precision(path).upper(), path
 
 
 def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int]) -> List[Dict[str, Any]]:
@@ -58,25 +62,29 @@ def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequen
     from scalablevit.export import load_onnx
     rows = []
     for path in paths:
-        label, onnx_path = deployed_onnx(path)
+        model, plan, onnx_path = deployed_onnx(path)
         layers = layers_of(load_onnx(onnx_path))
         summary = census(layers)
-        rows.append({'label': label, 'onnx': str(onnx_path), 'gmacs': summary['macs']['total'] / 1e9,
+        rows.append({'model': model, 'plan': plan, 'onnx': str(onnx_path), 'gmacs': summary['macs']['total'] / 1e9,
                      'mac_share': summary['mac_share'], 'estimates': estimate_table(layers, devices, batches)})
     return rows
 
 
 def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence[int]) -> str:
+    """One table per model: a row per device and batch, a column per precision plan (ms per batch)."""
     from scalablevit.costmodel import LIMITS_NOTE
     from scalablevit.roofline import device_limits
-    names = {d: device_limits(d)['name'] for d in devices}
-    head = ['model precision', 'GMACs', 'MACs INT8/FP16/FP32 %'] + [f'{names[d]} b{b}' for d in devices for b in batches]
-    lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}', '',
-             '| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
-    for row in rows:
-        share = '/'.join(f"{100 * row['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32'))
-        cells = [row['label'], f"{row['gmacs']:.3f}", share] + [f"{e['latency_ms']:.3f}" for e in row['estimates']]
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}']
+    for model in dict.fromkeys(r['model'] for r in rows):
+        plans = [r for r in rows if r['model'] == model]
+        shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32'))
+                           for r in plans)
+        lines += ['', f"## {model} ({plans[0]['gmacs']:.3f} GMACs per image)", '',
+                  f'MACs in INT8/FP16/FP32 (%): {shares}.', '',
+                  '| device | batch | ' + ' | '.join(r['plan'] for r in plans) + ' |', '|---|---:|' + '---:|' * len(plans)]
+        for i, (device, batch) in enumerate((d, b) for d in devices for b in batches):
+            cells = [f"{r['estimates'][i]['latency_ms']:.3f}" for r in plans]
+            lines.append(f"| {device_limits(device)['name']} | {batch} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
