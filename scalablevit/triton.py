@@ -12,7 +12,8 @@ for ONNX; ``dims`` exclude the batch dimension (Triton prepends -1 when max_batc
 take the bundle's names, shapes and FP32 type (our ONNX and engines keep FP32 IO at every precision); the output
 names the labels file; ``dynamic_batching`` is on, preferring the profile's optimal batch. An engine runs only on
 the GPU it was built for and needs a profile starting at batch 1 (Triton sends any batch from 1 to
-max_batch_size); ONNX instances are ``KIND_AUTO``: GPU where one is available, else CPU. Standard library only.
+max_batch_size); ONNX instances are ``KIND_AUTO``: GPU where one is available, else CPU. Standard library only
+(``parse_model_config``, the check with Triton's own schema, needs tritonclient and protobuf).
 """
 import logging
 import shutil
@@ -26,7 +27,7 @@ from .fileio import PathLike, write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['model_config_text', 'export_triton']
+__all__ = ['model_config_text', 'export_triton', 'parse_model_config']
 
 LABELS = 'labels.txt'
 VERSION = '1'
@@ -50,6 +51,30 @@ def model_config_text(name: str, backend: str, max_batch: int, preferred_batch: 
         f'output [\n{_tensor(output_name, [num_classes], LABELS)}\n]',
         f'dynamic_batching {{{preferred}\n}}',
         f'instance_group [\n  {{\n    kind: {kind}\n    count: 1\n  }}\n]', ''])
+
+
+def parse_model_config(text: str) -> Any:
+    """``text`` parsed as Triton's own ``inference.ModelConfig`` (tritonclient's generated model_config_pb2).
+
+    The module is loaded by file path: importing it through ``tritonclient.grpc`` would need grpcio. Raises
+    ScalableViTError when tritonclient is missing or the text does not parse.
+    """
+    import importlib.util
+    try:
+        from google.protobuf import text_format
+        spec = importlib.util.find_spec('tritonclient')
+    except ImportError as e:
+        raise ScalableViTError(f'protobuf is not installed ({e})') from e
+    pb2 = Path(spec.origin).parent / 'grpc' / 'model_config_pb2.py' if spec and spec.origin else None
+    if pb2 is None or not pb2.is_file():
+        raise ScalableViTError("tritonclient is not installed: pip install -e '.[dev]' (tritonclient==2.73.0)")
+    loader = importlib.util.spec_from_file_location('triton_model_config_pb2', pb2)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    try:
+        return text_format.Parse(text, module.ModelConfig())
+    except text_format.ParseError as e:
+        raise ScalableViTError(f'not a valid Triton model configuration: {e}') from e
 
 
 def export_triton(source: PathLike, repo: PathLike, name: Optional[str] = None, bundle: Optional[PathLike] = None,
