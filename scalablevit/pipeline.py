@@ -108,6 +108,11 @@ class HostPipeline:
         return folded_config(dcfg) if self.opt.fold_normalization else dcfg
 
     @property
+    def fold_key(self) -> Tuple[str, ...]:
+        """Added to the export and data stage keys when folding (unfolded bundles keep their earlier keys)."""
+        return ('fold_normalization',) if self.opt.fold_normalization else ()
+
+    @property
     def input_size(self) -> int:
         from .model import data_config
         size = self.opt.input_size
@@ -164,7 +169,7 @@ class HostPipeline:
         opt = self.opt
         name = 'model.fp32.onnx'
         key = stage_key('export', opt.model, self.weights_id, opt.opset, self.input_size, __version__,
-                        tool_versions(('torch', 'onnx', 'onnxslim')), {'fold_normalization': opt.fold_normalization})
+                        tool_versions(('torch', 'onnx', 'onnxslim')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
             info = export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
@@ -182,8 +187,7 @@ class HostPipeline:
         dcfg = self.data_cfg  # calibration and validation images are what the exported model takes
         use_fmnist = self.data_source == 'fashion-mnist'
         key = stage_key('data', opt.model, self.data_source, opt.calib_size, opt.val_size, opt.seed, self.input_size,
-                        self.weights_id, __version__, tool_versions(('torch', 'numpy', 'pillow')),
-                        {'fold_normalization': opt.fold_normalization})
+                        self.weights_id, __version__, tool_versions(('torch', 'numpy', 'pillow')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
             from . import fmnist

@@ -288,13 +288,17 @@ def test_triton_onnx_repository(bundles, tmp_path):
     (inp,), (out,) = cfg.input, cfg.output
     assert inp.name == manifest['input']['name'] and list(inp.dims) == manifest['input']['shape'][1:]
     assert out.name == manifest['output']['name'] and list(out.dims) == [manifest['output']['num_classes']]
-    from google.protobuf import text_format  # noqa: F401 (parse_model_config needs it)
     assert inp.data_type == out.data_type == type(cfg).DESCRIPTOR.file.enum_types_by_name['DataType'] \
         .values_by_name['TYPE_FP32'].number
     assert cfg.instance_group[0].kind == 0  # KIND_AUTO: GPU where there is one, else CPU
     assert (tmp_path / name / out.label_filename).read_text().splitlines() == list(CLASSES)
     model = tmp_path / name / '1' / 'model.onnx'
     assert sha256_file(model) == manifest['onnx']['int8']['sha256']
+    import onnx
+    graph = onnx.load(str(model)).graph  # the served file's own IO agrees with the config
+    assert [(v.name, v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)] == \
+        [(inp.name, onnx.TensorProto.FLOAT), (out.name, onnx.TensorProto.FLOAT)]
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == list(inp.dims)
     ref = np.load(bundle / 'reference.npz')
     assert (_logits(model, ref['input']).argmax(1) == ref['logits'].argmax(1)).mean() >= 0.9
 

@@ -13,7 +13,7 @@ image fails the run with one line naming it. Installed, the same command is `sca
 import argparse
 import json
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.errors import ScalableViTError
@@ -35,7 +35,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def source(args: argparse.Namespace):
+def source(args: argparse.Namespace) -> Any:
+    """The ModelSource the flags name."""
     from scalablevit import predict
     if args.bundle:
         return predict.from_bundle(args.bundle)
