@@ -51,10 +51,10 @@ def host(args: argparse.Namespace) -> Path:
     from scalablevit.pipeline import HostOptions, HostPipeline
     options = HostOptions(
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
+        fold_normalization=args.fold_normalization,
         calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
         opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
-        exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force,
-        fold_normalization=args.fold_normalization)
+        exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force)
     report = HostPipeline(options).run()
     acc = report['accuracy']
     print(f"bundle: {options.out}  ({report['precision']} ONNX on onnxruntime vs PyTorch FP32: "
