@@ -67,14 +67,50 @@ def resize_crop(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] 
     return image.crop((left, top, left + crop, top + crop))
 
 
+# Set in a data config when the model normalizes by itself (export --fold-normalization): its input is RGB 0-255.
+NORMALIZE_IN_MODEL = 'normalize_in_model'
+
+
+def normalize_in_model(data_cfg: Dict[str, Any]) -> bool:
+    """True when the model takes RGB 0-255 pixels (mean/std folded into its first convolution)."""
+    return bool(data_cfg.get(NORMALIZE_IN_MODEL, False))
+
+
+def folded_config(data_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The data config of the same model with its normalization folded in: same resize and crop, 0-255 input.
+
+    ``mean`` and ``std`` stay recorded: they say what the model now does internally.
+    """
+    return {**data_cfg, NORMALIZE_IN_MODEL: True}
+
+
+def normalize(pixels: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
+    """RGB pixels 0-255 (..., 3, H, W) -> ``(x / 255 - mean) / std`` per channel, float32, the one normalization.
+
+    Pixel values are whole numbers, so feeding a model the stored 0-255 array through this function gives
+    exactly the input ``preprocess`` gives an unfolded model.
+    """
+    mean = np.asarray(data_cfg['mean'], np.float32).reshape(3, 1, 1)
+    std = np.asarray(data_cfg['std'], np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((np.asarray(pixels, np.float32) / 255.0 - mean) / std)
+
+
+def model_input(pixels: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
+    """RGB 0-255 pixels (..., 3, H, W) -> what the model of ``data_cfg`` takes: the pixels themselves when it
+    normalizes by itself, else ``normalize``'d."""
+    if normalize_in_model(data_cfg):
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+    return normalize(pixels, data_cfg)
+
+
 def preprocess(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> np.ndarray:
     """PIL image -> (3, S, S) float32: shorter side to ``resize`` (config interpolation), center crop, normalize.
 
     For ImageNet models: shorter side 256 bicubic, center crop 224, ImageNet mean/std (the official eval).
+    A folded model (``normalize_in_model``) gets the cropped RGB pixels 0-255 instead.
     """
-    arr = np.asarray(resize_crop(image.convert('RGB'), data_cfg, input_size), dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(data_cfg['mean'], np.float32)) / np.asarray(data_cfg['std'], np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(resize_crop(image.convert('RGB'), data_cfg, input_size), dtype=np.float32)
+    return model_input(pixels.transpose(2, 0, 1), data_cfg)
 
 
 def load_image(path: Path) -> Any:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['ExportOnnx', 'export_onnx', 'load_onnx', 'check_onnx', 'check_onnx_model', 'check_tensorrt_ops',
            'check_layernorm_fused', 'op_histogram', 'read_metadata', 'onnx_precision', 'stamp_metadata', 'TRT_ONNX_OPS',
-           'TRT_OPS_ADDED_AFTER_10_0']
+           'TRT_OPS_ADDED_AFTER_10_0', 'onnx_data_config']
 
 META_PREFIX = 'scalablevit.'
 BATCH_DIM = 'batch'
@@ -301,16 +301,22 @@ class ExportOnnx:
 
     Settings are checked when the stage is built (bad opset or input size fail before any work); the
     export runs when it is called. Batch is dynamic (dim 0 named ``batch``), H and W are static.
+    ``fold_normalization`` exports a copy whose stem conv does the normalization (``scalablevit.fold``):
+    the ONNX then takes RGB 0-255 and says so in its ``scalablevit.normalize_in_model`` metadata.
     """
 
     def __init__(self, model: Any, opset: int = DEFAULT_OPSET, input_size: Optional[InputSize] = None,
-                 weights_sha256: Optional[str] = None, simplify: bool = True):
+                 weights_sha256: Optional[str] = None, simplify: bool = True, fold_normalization: bool = False):
         self.model = model
         self.opset = check_opset(opset)
         self.name = getattr(model, 'name', None) or type(model).__name__
         self.input_size = self._resolve_size(input_size)
         self.weights_sha256 = weights_sha256 or getattr(model, 'weights_sha256', None) or 'untrained'
         self.simplify = simplify
+        self.fold_normalization = fold_normalization
+        if fold_normalization:  # refused here, before any work, when the fold would not be exact
+            from .fold import fold_normalization as fold
+            self.model = fold(model, self.input_size)
 
     def _resolve_size(self, input_size: Optional[InputSize]) -> Tuple[int, int]:
         if input_size is None:
@@ -392,6 +398,7 @@ class ExportOnnx:
         h, w = self.input_size
         return {'model': self.name, 'input_size': f'{h}x{w}', 'num_classes': self.model.num_classes,
                 'opset': self.opset, 'weights_sha256': self.weights_sha256,
+                'normalize_in_model': self.fold_normalization,
                 'exporter': f'torch {versions["torch"]} (TorchScript, dynamo=False)',
                 'onnx_version': versions['onnx'], 'version': versions['scalablevit']}
 
@@ -407,7 +414,17 @@ class ExportOnnx:
 
 
 def export_onnx(model: Any, out_path: PathLike, opset: int = DEFAULT_OPSET, input_size: Optional[InputSize] = None,
-                weights_sha256: Optional[str] = None, simplify: bool = True) -> Dict[str, Any]:
+                weights_sha256: Optional[str] = None, simplify: bool = True,
+                fold_normalization: bool = False) -> Dict[str, Any]:
     """Export ``model`` to one checked, simplified, self-contained ONNX file; returns ``check_onnx`` info."""
     return ExportOnnx(model, opset=opset, input_size=input_size, weights_sha256=weights_sha256,
-                      simplify=simplify)(out_path)
+                      simplify=simplify, fold_normalization=fold_normalization)(out_path)
+
+
+def onnx_data_config(metadata: Dict[str, str]) -> Dict[str, Any]:
+    """The preprocessing an exported ONNX expects, from its ``read_metadata``: its model's data config, folded
+    when the file says ``normalize_in_model``."""
+    from .data import folded_config
+    from .model import data_config
+    dcfg = data_config(metadata['model'])
+    return folded_config(dcfg) if metadata.get('normalize_in_model') == 'True' else dcfg

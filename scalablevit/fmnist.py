@@ -89,10 +89,8 @@ def resize_images(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
 
 def normalize(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:
     """uint8 (N, S, S) gray -> float32 (N, 3, S, S), the same float32 arithmetic as ``preprocess``."""
-    arr = np.asarray(images, dtype=np.float32)[:, None] / 255.0
-    mean = np.asarray(data_cfg['mean'], np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(data_cfg['std'], np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((arr - mean) / std)
+    images = np.asarray(images)
+    return data.model_input(np.broadcast_to(images[:, None], (len(images), 3, *images.shape[1:])), data_cfg)
 
 
 def to_model_input(images: np.ndarray, data_cfg: Dict[str, Any]) -> np.ndarray:

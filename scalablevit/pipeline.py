@@ -48,6 +48,7 @@ class HostOptions:
     seed: int = 0
     target: str = 'desktop'  # the report's cost estimate is for this target's reference device
     force: bool = False
+    fold_normalization: bool = False  # the ONNX takes RGB 0-255 (scalablevit.fold); data fed to match
     int8: Any = dataclasses.field(default=None, init=False)  # quantize.Int8Settings, set by validate()
 
     def validate(self) -> 'HostOptions':
@@ -74,7 +75,7 @@ class HostOptions:
         if self.weights is not None and not Path(self.weights).is_file():
             raise ScalableViTError(f'{self.weights}: weights file not found')
         if self.out is None:
-            self.out = Path('out') / f'{self.model}-{self.precision}'
+            self.out = Path('out') / f"{self.model}-{self.precision}{'-folded' if self.fold_normalization else ''}"
         return self
 
 
@@ -102,6 +103,19 @@ class HostPipeline:
             size = self.input_size
             self._model.check_input_size(size, size)
         return self._model
+
+    @property
+    def data_cfg(self) -> Dict[str, Any]:
+        """The preprocessing of the exported model: the model's, with 0-255 input when the normalization is folded."""
+        from .data import folded_config
+        from .model import data_config
+        dcfg = data_config(self.opt.model)
+        return folded_config(dcfg) if self.opt.fold_normalization else dcfg
+
+    @property
+    def fold_key(self) -> Tuple[str, ...]:
+        """Added to the export and data stage keys when folding (unfolded bundles keep their earlier keys)."""
+        return ('fold_normalization',) if self.opt.fold_normalization else ()
 
     @property
     def input_size(self) -> int:
@@ -141,9 +155,8 @@ class HostPipeline:
 
     def _describe(self) -> None:
         from .complexity import model_complexity
-        from .model import data_config
         opt, m = self.opt, self.bundle.manifest
-        dcfg = data_config(opt.model)
+        dcfg = self.data_cfg
         m.update({
             'schema': 1, 'package_version': __version__, 'model': opt.model, 'precision': opt.precision,
             'untrained': self.untrained,
@@ -161,12 +174,13 @@ class HostPipeline:
         opt = self.opt
         name = 'model.fp32.onnx'
         key = stage_key('export', opt.model, self.weights_id, opt.opset, self.input_size, __version__,
-                        tool_versions(('torch', 'onnx', 'onnxslim')))
+                        tool_versions(('torch', 'onnx', 'onnxslim')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
             info = export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
-                               weights_sha256=None if self.untrained else self.weights_id)
-            return {'opset': info['opset']}
+                               weights_sha256=None if self.untrained else self.weights_id,
+                               fold_normalization=opt.fold_normalization)
+            return {'opset': info['opset'], 'normalize_in_model': opt.fold_normalization}
         facts = self.bundle.run_stage('export', key, [name], work)
         self.bundle.manifest['onnx']['fp32'] = {'file': name, 'sha256': self.bundle.output_sha256('export', name),
                                                 'opset': facts['opset']}
@@ -175,10 +189,10 @@ class HostPipeline:
         from . import data
         from .model import data_config
         opt = self.opt
-        dcfg = data_config(opt.model)
+        dcfg = self.data_cfg  # calibration and validation images are what the exported model takes
         use_fmnist = self.data_source == 'fashion-mnist'
         key = stage_key('data', opt.model, self.data_source, opt.calib_size, opt.val_size, opt.seed, self.input_size,
-                        self.weights_id, __version__, tool_versions(('torch', 'numpy', 'pillow')))
+                        self.weights_id, __version__, tool_versions(('torch', 'numpy', 'pillow')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
             from . import fmnist
@@ -191,8 +205,10 @@ class HostPipeline:
                     dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
                     val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
             calib.save_npz(self.bundle.file('calibration.npz'))
+            # The reference is the unfolded PyTorch model on normalized pixels, so validation measures the fold too.
+            torch_input = data.normalize(val.images, data_config(opt.model)) if opt.fold_normalization else val.images
             with TorchRunner(self.model, name='torch-fp32') as runner:
-                logits = run_batches(runner, val.images, batch_size=8, progress=data.progress_bar(
+                logits = run_batches(runner, torch_input, batch_size=8, progress=data.progress_bar(
                     len(val.images), 'reference (PyTorch FP32)'))
             arrays = {'input': val.images, 'logits': logits}
             if val.labels is not None:

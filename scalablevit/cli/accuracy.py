@@ -45,6 +45,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def spec_for(path: Path) -> RunnerSpec:
     backend = 'tensorrt' if path.suffix in ('.engine', '.plan') else 'onnxruntime'
+    if backend == 'onnxruntime' and path.is_file():
+        from scalablevit.export import load_onnx, read_metadata
+        if read_metadata(load_onnx(path)).get('normalize_in_model') == 'True':
+            raise ScalableViTError(f'{path} takes RGB 0-255 (--fold-normalization) but every runner here gets '
+                                   'normalized images: compare its unfolded export, or use deploy/predict.py')
     return RunnerSpec(backend, file_precision(path), path=path, name=f'{backend}:{path}')
 
 

@@ -38,6 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='dtype of what is not INT8: fp16 (default; FP32 only where a measured rule says so) or fp32')
     p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
     p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
+    p.add_argument('--fold-normalization', action='store_true',
+                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (DeepStream; see README Deploy)')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
     p.add_argument('--batch', type=int, nargs=3, metavar=('MIN', 'OPT', 'MAX'),
                    help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
@@ -51,6 +53,7 @@ def host(args: argparse.Namespace) -> Path:
     from scalablevit.pipeline import HostOptions, HostPipeline
     options = HostOptions(
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
+        fold_normalization=args.fold_normalization,
         calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
         opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
         int8_high_precision=args.int8_high_precision, target=args.target,

@@ -81,6 +81,13 @@ def torch_accuracy_ok(bundle: Any) -> Tuple[bool, Optional[int], str]:
     return False, None, f'weights file {file} not on this machine: PyTorch row reports latency only'
 
 
+def torch_input(bundle: Any, images: np.ndarray) -> np.ndarray:
+    """The reference images as the PyTorch model takes them: normalized when the bundle's ONNX takes RGB 0-255."""
+    from scalablevit.data import normalize, normalize_in_model
+    dcfg = bundle.manifest['input'].get('preprocessing') or {}
+    return normalize(images, dcfg) if normalize_in_model(dcfg) else images
+
+
 def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[str, np.ndarray],
             config: BenchConfig, notes: List[str]) -> Dict[str, Any]:
     """Accuracy on the reference images and latency at --batch for one row."""
@@ -93,7 +100,8 @@ def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[s
     with runner:
         accuracy = None
         if with_accuracy:
-            logits = run_batches(runner, ref['input'], args.batch)
+            logits = run_batches(runner, torch_input(bundle, ref['input']) if spec.backend == 'torch' else ref['input'],
+                                 args.batch)
             accuracy = accuracy_metrics(ref['logits'], logits, ref.get('labels'), reference_name=REFERENCE_NAME)
         block = batch_sweep(runner, bundle.input_shape, [args.batch], config)[0]
     return {'name': spec.name, 'backend': spec.backend, 'precision': spec.precision,

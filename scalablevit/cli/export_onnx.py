@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opset', type=int, default=17, help='ONNX opset, 17..20 (default: %(default)s)')
     p.add_argument('--input-size', help="SIZE or HxW (default: the model's data config, e.g. 224)")
     p.add_argument('--no-simplify', action='store_true', help='skip the onnxslim simplification')
+    p.add_argument('--fold-normalization', action='store_true',
+                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (for DeepStream, see README)')
     return p
 
 
@@ -44,6 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = create_model(args.model, weights=args.weights)
     # Build the stage first: a bad opset or input size fails before anything is written.
     stage = ExportOnnx(model, opset=args.opset, input_size=input_size, simplify=not args.no_simplify,
+                       fold_normalization=args.fold_normalization,
                        weights_sha256=sha256_file(args.weights) if args.weights else None)
     out = Path(args.out or f'out/{model.name}.fp32.onnx')
     with timed_step('export', [out]):
