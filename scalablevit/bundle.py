@@ -228,8 +228,9 @@ class Bundle:
         with timed_step(name, [self.file(f) for f in outputs]) as step:
             facts = json.loads(json.dumps(work() or {}, default=str))
         self.manifest['stages'][name] = {'key': key, 'seconds': round(step['seconds'], 2),
+                                         'peak_rss_mb': step['peak_rss_mb'],
                                          'outputs': {f: self.sha256(f) for f in outputs}, 'facts': facts}
-        self.timings[name] = {'seconds': step['seconds'], 'reused': False}
+        self.timings[name] = {'seconds': step['seconds'], 'reused': False, 'peak_rss_mb': step['peak_rss_mb']}
         self.save()
         return facts
 

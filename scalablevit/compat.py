@@ -79,9 +79,9 @@ def check_opset(opset: int) -> int:
 def check_onnx_opset(opset: Optional[int], precision: str, trt_version: str) -> None:
     """Refuse ONNX files the TensorRT parser cannot read (INT8 Q/DQ from modelopt is opset >= 19)."""
     if precision == 'int8' and version(trt_version) < version(INT8_MIN_TENSORRT):
-        raise ScalableViTError(f'INT8 bundles need TensorRT >= {version(INT8_MIN_TENSORRT)[0]} (JetPack >= 6.1): modelopt writes '
-                               f'Q/DQ models at opset >= 19 and TensorRT {trt_version} parses opset <= '
-                               f'{max_opset(trt_version)}')
+        raise ScalableViTError(f'INT8 bundles need TensorRT >= {version(INT8_MIN_TENSORRT)[0]} (JetPack >= 6.1): '
+                               f'modelopt writes Q/DQ models at opset >= 19 and TensorRT {trt_version} parses opset '
+                               f'<= {max_opset(trt_version)}')
     newest = max_opset(trt_version)
     if opset is not None and opset > newest:
         raise ScalableViTError(f'the ONNX has opset {opset} but TensorRT {trt_version} parses opset <= {newest}: '

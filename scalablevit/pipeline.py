@@ -276,7 +276,8 @@ class HostPipeline:
             metrics = accuracy_metrics(ref['logits'], logits, ref.get('labels'), reference_name='pytorch-fp32')
             step['detail'] = (f"top-1 agreement {metrics['top1_agreement'] * 100:.2f} %, worst cosine "
                               f"{metrics['cosine_min']:.5f}")
-        self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False}
+        self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False,
+                                           'peak_rss_mb': step['peak_rss_mb']}
         violations = budget_violations(metrics, self.opt.precision) + census_violations(
             precision_plan['census'], self.opt.precision, load_budgets()[self.opt.precision])
         status = gate_status(violations, self.untrained)

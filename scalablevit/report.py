@@ -108,8 +108,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines += _estimate_markdown(report.get('cost_estimate'))
     stages = report.get('stages')
     if stages:
-        lines += ['', '## Stages', '', '| stage | seconds | reused |', '|---|---|---|']
-        lines += [f"| {name} | {s['seconds']:.1f} | {'yes' if s.get('reused') else 'no'} |" for name, s in stages.items()]
+        lines += ['', '## Stages', '', '| stage | seconds | peak RSS | reused |', '|---|---:|---:|---|']
+        lines += [f"| {name} | {s['seconds']:.1f} | "
+                  f"{human_size(s['peak_rss_mb'] * 2 ** 20) if s.get('peak_rss_mb') else '-'} | "
+                  f"{'yes' if s.get('reused') else 'no'} |" for name, s in stages.items()]
     files = report.get('files')
     if files:
         lines += ['', '## Files', '', '| file | size | sha256 |', '|---|---|---|']

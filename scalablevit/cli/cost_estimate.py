@@ -77,8 +77,8 @@ def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence
     lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}']
     for model in dict.fromkeys(r['model'] for r in rows):
         plans = [r for r in rows if r['model'] == model]
-        shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32'))
-                           for r in plans)
+        shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}"
+                                                       for d in ('int8', 'fp16', 'fp32')) for r in plans)
         lines += ['', f"## {model} ({plans[0]['gmacs']:.3f} GMACs per image)", '',
                   f'MACs in INT8/FP16/FP32 (%): {shares}.', '',
                   '| device | batch | ' + ' | '.join(r['plan'] for r in plans) + ' |', '|---|---:|' + '---:|' * len(plans)]
