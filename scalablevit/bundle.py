@@ -164,8 +164,9 @@ class Bundle:
         An exclusive, non-blocking ``flock`` on ``.lock``: one writer per bundle, the holder's pid in the file.
         The kernel drops the lock when the process ends however it ends, so a killed run never leaves it held.
         """
-        self._lock()
-        self._sweep()
+        if self._lock_fd is None:
+            self._lock()
+            self._sweep()
         return self
 
     def _lock(self) -> None:
@@ -408,8 +409,8 @@ class Bundle:
             except OSError as e:  # a write of a library we called (ours are ScalableViTErrors already)
                 if e.filename:
                     raise write_error(e.filename, e) from e
-                work = tempfile.gettempdir()  # where the libraries write: this run's work folder
-                raise write_error(work, e, f"the {name} stage's temporary files in {work}") from e
+                folder = tempfile.gettempdir()  # where the libraries write: this run's work folder
+                raise write_error(folder, e, f"the {name} stage's temporary files in {folder}") from e
         self.manifest['stages'][name] = {'key': key, 'seconds': round(step['seconds'], 2),
                                          'outputs': {f: self.sha256(f) for f in outputs}, 'facts': facts}
         self.timings[name] = {'seconds': step['seconds'], 'reused': False}

@@ -26,7 +26,7 @@ from scalablevit import data
 from scalablevit.bundle import Bundle
 from scalablevit.checkpoint import read_state_dict, save_weights
 from scalablevit.errors import ScalableViTError
-from scalablevit.model import create_model
+from scalablevit.model import create_model, data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--model', 'test', '--calib-size', '4', '--val-size', '4']
@@ -400,10 +400,10 @@ def test_sixteen_bit_images_are_scaled_and_oversized_ones_skipped(hostile_run, h
     ref = np.load(out / 'reference.npz')['input']
     assert ref.shape == (1, 3, 224, 224)
     eight_bit = Image.fromarray(((ramp.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)).convert('RGB')
-    from scalablevit.model import data_config
-    np.testing.assert_allclose(ref[0], data.preprocess(eight_bit, data_config('scalable_vit_test')), atol=1e-6)
-    top = (1 - np.asarray(data_config('scalable_vit_test')['mean'])) / np.asarray(data_config('scalable_vit_test')['std'])
-    assert (np.isclose(ref[0], top[:, None, None], atol=1e-5)).mean() < 0.05  # clipping made 89 % white
+    cfg = data_config('scalable_vit_test')
+    np.testing.assert_allclose(ref[0], data.preprocess(eight_bit, cfg), atol=1e-6)
+    white = (1 - np.asarray(cfg['mean'])) / np.asarray(cfg['std'])
+    assert (np.isclose(ref[0], white[:, None, None], atol=1e-5)).mean() < 0.05  # clipping made 89 % white
 
 
 def test_calib_size_beyond_the_bundled_photos_is_capped(fp32_bundle, tmp_path, monkeypatch, capsys, caplog):
