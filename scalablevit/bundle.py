@@ -5,6 +5,13 @@ through ``Bundle``: the manifest and its required fields, the stage cache, the o
 the bundle only while its sha256 is the one the manifest records), the one reader of ``reference.npz`` and the
 one list of precisions. numpy only: a Jetson with TensorRT and no torch reads bundles too.
 
+What it guarantees (README "Reliability"): a bundle is one model, precision and input size (a writer for
+another one is refused, or starts it clean with ``force``); the manifest is checked against ``_SCHEMA`` on every
+read; a reader verifies every file the manifest lists before anything else; one writer at a time (an OS file
+lock, ``fcntl.flock`` on ``.lock``); temporary work lives in ``.tmp/`` inside the bundle and is removed on
+success, error and SIGINT/SIGTERM, and what a killed run left there (or as ``.*.tmp`` beside a file) is swept by
+the next writer, who holds the lock and so knows no live run owns it.
+
 Layout (the host pipeline writes it; see README "The bundle")::
 
     manifest.json        model, precision, deploy_onnx, onnx{precision: file/sha256/opset}, input, output,
@@ -15,17 +22,23 @@ Layout (the host pipeline writes it; see README "The bundle")::
     report.json/.md      the deployed ONNX on onnxruntime against PyTorch FP32
     engines/             TensorRT engines, each with <engine>.json (its manifest) and <engine>.report.json/.md
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import shutil
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import ScalableViTError, unknown_choice
-from .fileio import PathLike, read_json, sha256_file, write_json
+from .fileio import TMP_PATTERN, PathLike, read_json, sha256_file, write_error, write_json
 from .steps import timed_step
 
 logger = logging.getLogger(__name__)
@@ -36,10 +49,25 @@ PRECISIONS = ('fp32', 'fp16', 'int8')
 MANIFEST = 'manifest.json'
 SCHEMA = 1
 ENGINE_SUFFIXES = ('.engine', '.plan')
+LOCK = '.lock'
+TEMP_DIR = '.tmp'
+# The names of the bundle layout: what starting a bundle clean removes (nothing else, whatever a manifest says).
+LAYOUT_FILES = (MANIFEST, *(f'model.{p}.onnx' for p in PRECISIONS), 'calibration.npz', 'reference.npz',
+                'report.json', 'report.md')
+HASH_CACHE = '.cache/image-sha256.json'  # data.FileHashes of the source images (an accelerator)
+LAYOUT_DIRS = ('engines', 'compare', TEMP_DIR, '.cache')
+
+# The manifest schema, checked on every read: field -> expected type(s). Fields not listed are free (a newer
+# writer may add some); listed ones must have these types wherever they appear.
+_FILE_ENTRY = {'file': str, 'sha256': str}
+_SCHEMA: Dict[str, Tuple[type, ...]] = {
+    'schema': (int,), 'model': (str,), 'precision': (str,), 'untrained': (bool,), 'weights': (dict, type(None)),
+    'input': (dict,), 'output': (dict,), 'opset': (int,), 'deploy_onnx': (str,), 'gmacs': (int, float),
+    'tools': (dict,), 'onnx': (dict,), 'stages': (dict,), 'calibration': (dict,), 'reference': (dict,),
+    'quantization': (dict,)}
+_PARTS = {'input': {'name': str, 'shape': list}, 'reference': _FILE_ENTRY, 'calibration': _FILE_ENTRY}
 # What a reader needs; the host pipeline writes more (see the module docstring).
-_REQUIRED = {'model': str, 'precision': str, 'deploy_onnx': str, 'onnx': dict, 'input': dict, 'output': dict,
-             'reference': dict}
-_REQUIRED_PARTS = {'input': ('name', 'shape'), 'reference': ('file', 'sha256')}
+_REQUIRED = ('model', 'precision', 'deploy_onnx', 'onnx', 'input', 'output', 'reference')
 
 
 def check_precision(value: str, what: str = 'precision') -> str:
@@ -62,10 +90,12 @@ def _file_id(path: Path) -> Tuple[int, int, int]:
 class Bundle:
     """A bundle directory and its manifest.
 
-    ``Bundle.create`` is the writer's door (the directory is made and checked writable, an earlier manifest is
-    kept for stage reuse unless ``force``); ``Bundle.open`` is the reader's (the manifest must be complete).
-    Hashes are computed once per file per process: a file this object hashed is not hashed again while its
-    inode, size and modification time stay the same.
+    ``Bundle.create`` is the writer's door: the directory is made, locked for this process (``close`` or exit
+    releases it), checked writable, swept of what dead runs left, and an earlier manifest of the same model,
+    precision and input size is kept for stage reuse (``force`` starts the bundle clean instead).
+    ``Bundle.open`` is the reader's: the manifest must be complete and every file it lists must carry its
+    recorded sha256. Hashes are computed once per file per process: a file this object hashed is not hashed
+    again while its inode, size and modification time stay the same.
     """
 
     def __init__(self, path: PathLike, manifest: Dict[str, Any]):
@@ -74,36 +104,170 @@ class Bundle:
         self.manifest.setdefault('stages', {})
         self.timings: Dict[str, Dict[str, Any]] = {}
         self._hashes: Dict[str, Tuple[Tuple[int, int, int], str]] = {}
+        self._lock_fd: Optional[int] = None
 
     # ------------------------------------------------------------------------------------------- doors
     @classmethod
-    def create(cls, path: PathLike, force: bool = False) -> 'Bundle':
+    def create(cls, path: PathLike, identity: Optional[Dict[str, Any]] = None, force: bool = False) -> 'Bundle':
+        """The bundle at ``path`` for writing, locked. ``identity`` ({'model', 'precision', 'input_size'}) must
+        match an existing manifest's, else the run is refused (``force``: the bundle is started clean)."""
         path = Path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / '.write-probe'
-            probe.write_bytes(b'')
-            probe.unlink()
         except OSError as e:
             raise ScalableViTError(f'output directory {path} is not writable ({e.strerror})') from e
-        manifest_path = path / MANIFEST
-        manifest = read_json(manifest_path) if manifest_path.exists() and not force else {}
-        if not isinstance(manifest, dict):
-            raise ScalableViTError(f'{manifest_path}: not a bundle manifest (a JSON object is expected)')
-        return cls(path, manifest)
+        bundle = cls(path, {}).lock()
+        try:
+            bundle._probe_writable()
+            if force:
+                bundle._clean()
+            else:
+                bundle.manifest = bundle._read_for_writer()
+                bundle.manifest.setdefault('stages', {})
+                if identity:
+                    bundle._check_identity(identity)
+        except BaseException:
+            bundle.close()
+            raise
+        return bundle
 
     @classmethod
     def open(cls, path: PathLike) -> 'Bundle':
+        """The bundle at ``path`` for reading: complete manifest, every listed file verified (sha256)."""
         path = Path(path)
-        if not path.is_dir():
+        if not path.exists():
             raise ScalableViTError(f'{path}: bundle directory not found')
+        if not path.is_dir():
+            raise ScalableViTError(f'{path}: not a bundle directory (a regular file)')
         manifest = read_json(path / MANIFEST)
-        what = f'bundle manifest {path / MANIFEST}'
-        _require(manifest, _REQUIRED, what)
-        for part, keys in _REQUIRED_PARTS.items():
-            _require(manifest[part], dict.fromkeys(keys, object), f"{what} '{part}'")
-        check_precision(manifest['precision'], f'precision in {what}')
-        return cls(path, manifest)
+        _check_manifest(manifest, f'bundle manifest {path / MANIFEST}', complete=True)
+        bundle = cls(path, manifest)
+        bundle.verify()
+        return bundle
+
+    def close(self) -> None:
+        """Release the writer's lock (idempotent)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> 'Bundle':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- writer's checks
+    def lock(self) -> 'Bundle':
+        """Take the writer's lock (``close`` releases it) and sweep what dead runs left; returns self.
+
+        An exclusive, non-blocking ``flock`` on ``.lock``: one writer per bundle, the holder's pid in the file.
+        The kernel drops the lock when the process ends however it ends, so a killed run never leaves it held.
+        """
+        if self._lock_fd is None:
+            self._lock()
+            self._sweep()
+        return self
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ScalableViTError(f'output directory {self.path} is not writable ({e.strerror})') from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            raise ScalableViTError(f'another run holds {self.path} (pid {holder}): wait for it to finish, '
+                                   'or use another --out') from None
+        self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+        except OSError as e:
+            self.close()
+            raise write_error(lock, e) from e
+
+    def _probe_writable(self) -> None:
+        """Create and remove a uniquely named file: the directory takes new files (unique: no run collides)."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix='.write-probe.', dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ScalableViTError(f'output directory {self.path} is not writable ({e.strerror})') from e
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of dead runs: safe, because holding the lock proves no live run owns them."""
+        stale = [f for folder in (self.path, self.path / 'engines') if folder.is_dir()
+                 for f in folder.glob(TMP_PATTERN) if f.is_file()]
+        temp = self.path / TEMP_DIR
+        stale_dirs = sorted(temp.iterdir()) if temp.is_dir() else []
+        for f in stale:
+            f.unlink(missing_ok=True)
+        _remove_tree(temp)
+        if stale or stale_dirs:
+            logger.info('%s: removed %d temporary file(s) and %d work folder(s) left by an earlier run',
+                        self.path, len(stale), len(stale_dirs))
+
+    def _clean(self) -> None:
+        """Start clean: remove the files and folders of the bundle layout (only those names, nothing else)."""
+        removed = []
+        for name in LAYOUT_FILES:  # the manifest first: a half-cleaned bundle never describes missing files
+            if (self.path / name).is_file():
+                (self.path / name).unlink()
+                removed.append(name)
+        for name in LAYOUT_DIRS:
+            if (self.path / name).is_dir():
+                _remove_tree(self.path / name)
+                removed.append(name + '/')
+        if removed:
+            logger.info('%s: started clean (--force), removed %s', self.path, ', '.join(removed))
+
+    def _read_for_writer(self) -> Dict[str, Any]:
+        """The earlier manifest (checked against the schema), or {} for a new bundle."""
+        path = self.path / MANIFEST
+        if not path.exists():
+            return {}
+        try:
+            manifest = read_json(path)
+            _check_manifest(manifest, str(path), complete=False)
+        except ScalableViTError as e:
+            raise ScalableViTError(f'{e} (--force starts the bundle clean)') from e
+        return manifest
+
+    def identity(self) -> Dict[str, Any]:
+        """What makes this bundle this bundle: model, precision and input size (None where not recorded)."""
+        shape = (self.manifest.get('input') or {}).get('shape')
+        size = shape[-1] if isinstance(shape, list) and shape else None
+        return {'model': self.manifest.get('model'), 'precision': self.manifest.get('precision'), 'input_size': size}
+
+    def _check_identity(self, identity: Dict[str, Any]) -> None:
+        recorded = self.identity()
+        if any(recorded.get(k) is not None and recorded[k] != v for k, v in identity.items()):
+            raise ScalableViTError(f'{self.path} is a bundle of {_describe(recorded)}, this run makes '
+                                   f'{_describe(identity)}: use another --out, or --force to start it clean')
+
+    @contextlib.contextmanager
+    def work_dir(self) -> Iterator[Path]:
+        """This run's private temporary folder ``.tmp/run-<pid>`` inside the bundle, removed on exit however the
+        run ends (success, error, SIGINT/SIGTERM raised as exceptions). While open it is ``tempfile``'s default
+        folder, so temporary files of the libraries we call (modelopt, onnxruntime) land here too."""
+        work = self.path / TEMP_DIR / f'run-{os.getpid()}'
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(work, e) from e
+        saved, tempfile.tempdir = tempfile.tempdir, str(work)
+        try:
+            yield work
+        finally:
+            tempfile.tempdir = saved
+            _remove_tree(work)
+            with contextlib.suppress(OSError):  # only succeeds when empty: another writer may come later
+                (self.path / TEMP_DIR).rmdir()
 
     # ------------------------------------------------------------------------------------------- facts
     @property
@@ -180,6 +344,20 @@ class Bundle:
         _require(entries[0], {'sha256': str}, f"bundle {self.path} onnx entry '{deploy}'")
         return self.verified(deploy, entries[0]['sha256'], 'ONNX'), entries[0]
 
+    def verify(self) -> 'Bundle':
+        """Check every file the manifest lists (ONNX files, reference, calibration) against its sha256.
+
+        Readers call this (``open``) before anything else, so a flipped byte or a missing file is refused before
+        TensorRT is looked for or a benchmark starts.
+        """
+        self.onnx_files()
+        self.deploy_onnx()
+        for part, what in (('reference', 'reference'), ('calibration', 'calibration')):
+            entry = self.manifest.get(part)
+            if entry is not None:
+                self.verified(entry['file'], entry['sha256'], what)
+        return self
+
     def reference(self, samples: Optional[int] = None) -> Dict[str, np.ndarray]:
         """reference.npz, verified and checked against the contract: 'input' (N, C, H, W) float32,
         'logits' (N, classes), optional 'labels' (N,). ``samples`` keeps the first N images."""
@@ -226,7 +404,13 @@ class Bundle:
             self.timings[name] = {'seconds': 0.0, 'reused': True}
             return self.manifest['stages'][name].get('facts') or {}
         with timed_step(name, [self.file(f) for f in outputs]) as step:
-            facts = json.loads(json.dumps(work() or {}, default=str))
+            try:
+                facts = json.loads(json.dumps(work() or {}, default=str))
+            except OSError as e:  # a write of a library we called (ours are ScalableViTErrors already)
+                if e.filename:
+                    raise write_error(e.filename, e) from e
+                folder = tempfile.gettempdir()  # where the libraries write: this run's work folder
+                raise write_error(folder, e, f"the {name} stage's temporary files in {folder}") from e
         self.manifest['stages'][name] = {'key': key, 'seconds': round(step['seconds'], 2),
                                          'peak_rss_mb': step['peak_rss_mb'],
                                          'outputs': {f: self.sha256(f) for f in outputs}, 'facts': facts}
@@ -242,6 +426,59 @@ class Bundle:
         write_json(self.file(MANIFEST), self.manifest)
 
 
+def _describe(identity: Dict[str, Any]) -> str:
+    return f"{identity.get('model')} {identity.get('precision')} at {identity.get('input_size')} px"
+
+
+def _remove_tree(folder: Path) -> None:
+    """``shutil.rmtree`` that logs, and does not raise, what it cannot remove (the next writer sweeps again)."""
+    def warn(error: BaseException, path: str) -> None:
+        if not isinstance(error, FileNotFoundError):
+            logger.warning('could not remove %s: %s', path, error)
+    if not folder.is_dir():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=lambda function, path, error: warn(error, path))
+    else:
+        shutil.rmtree(folder, onerror=lambda function, path, info: warn(info[1], path))
+
+
+_JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string', int: 'an integer', float: 'a number',
+               bool: 'true or false', type(None): 'null'}
+
+
+def _check_manifest(manifest: Any, where: str, complete: bool) -> None:
+    """``manifest`` against ``_SCHEMA``: a JSON object, known fields of the right types, plain file names,
+    and for readers (``complete``) every field of ``_REQUIRED``. One ScalableViTError naming the first fault."""
+    if not isinstance(manifest, dict):
+        raise ScalableViTError(f'{where}: not a bundle manifest (a JSON object is expected, got '
+                               f'{_JSON_TYPES.get(type(manifest), type(manifest).__name__)})')
+    for field, types in _SCHEMA.items():
+        if field in manifest and not isinstance(manifest[field], types):
+            raise ScalableViTError(f"{where}: field '{field}' must be {' or '.join(_JSON_TYPES[t] for t in types)}, "
+                                   f'got {json.dumps(manifest[field])[:40]}')
+    if complete:
+        missing = [k for k in _REQUIRED if k not in manifest]
+        if missing:
+            raise ScalableViTError(f"{where} is missing {', '.join(repr(k) for k in missing)}")
+    if manifest.get('schema', SCHEMA) > SCHEMA:
+        raise ScalableViTError(f"{where}: schema {manifest['schema']} is newer than this scalablevit reads "
+                               f'({SCHEMA}): update the package')
+    if 'precision' in manifest:
+        check_precision(manifest['precision'], f'precision in {where}')
+    for part, fields in _PARTS.items():
+        if part in manifest:
+            _require(manifest[part], fields, f"{where} '{part}'")
+    entries = [(f"{where} onnx entry '{k}'", v) for k, v in manifest.get('onnx', {}).items()]
+    entries += [(f"{where} '{part}'", manifest[part]) for part in ('reference', 'calibration') if part in manifest]
+    for what, entry in entries:
+        _require(entry, _FILE_ENTRY, what)
+        if Path(entry['file']).name != entry['file'] or entry['file'] in ('', '.', '..'):
+            raise ScalableViTError(f"{what}: file '{entry['file']}' must be a plain name inside the bundle")
+    for name, stage in manifest.get('stages', {}).items():
+        _require(stage, {'key': str, 'outputs': dict}, f"{where} stage '{name}'")
+
+
 def _require(mapping: Any, fields: Dict[str, Any], what: str) -> None:
     """``mapping`` must be a dict holding ``fields`` (name -> expected type, ``object`` for any)."""
     if not isinstance(mapping, dict):
@@ -251,5 +488,6 @@ def _require(mapping: Any, fields: Dict[str, Any], what: str) -> None:
         raise ScalableViTError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
     wrong = [k for k, t in fields.items() if not isinstance(mapping[k], t)]
     if wrong:
-        raise ScalableViTError(f"{what}: field {wrong[0]!r} must be {fields[wrong[0]].__name__}, "
+        expected = fields[wrong[0]]
+        raise ScalableViTError(f"{what}: field {wrong[0]!r} must be {_JSON_TYPES.get(expected, expected.__name__)}, "
                                f"got {json.dumps(mapping[wrong[0]])[:40]}")

@@ -11,12 +11,21 @@ Data sources, all returned as an :class:`ImageSet` (float32 (N, 3, H, W) + names
   held out for validation (``split_photos``);
 * a labelled folder (ImageNet-style class subfolders, or a flat folder plus a "filename label" file).
 
-``calibration_and_validation`` is the one entry point the pipeline uses (``source_signature`` keys its cache).
+``calibration_and_validation`` is the one entry point the pipeline uses (``source_signature`` keys its cache,
+by image content).
+
+Hostile folders are expected: links are followed but every directory and file is visited once (loops end,
+duplicates are dropped), dangling links are skipped and counted, 16-bit images are scaled to 8 bits (not
+clipped), an image above ``MAX_IMAGE_PIXELS`` is skipped before it is decoded, an extreme aspect ratio never
+makes a resize larger than ``MAX_RESIZE_SIDE``, and a set never grows beyond what its source can give or
+``MAX_SET_BYTES`` of memory.
 """
 import functools
 import hashlib
 import logging
 import os
+import stat
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .errors import ScalableViTError
-from .fileio import atomic_path
+from .fileio import atomic_path, human_size, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,11 @@ DEFAULT_CALIB_SIZE = 512
 DEFAULT_VAL_SIZE = 100  # the pipeline's default (deploy/build_engine.py --val-size)
 _DATA_VERSION = 1  # bump when a sampling, split or crop rule changes: cached sets are then rebuilt
 _PROGRESS_MIN_IMAGES = 64  # show a progress bar (stderr) from this many images on
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (0.27 GB as RGB): larger images are skipped
+MAX_RESIZE_SIDE = 8192  # a resize whose long side would exceed this resamples only the crop window
+MAX_SET_BYTES = 4 << 30  # an image set (float32) stays below 4 GiB: 7,131 images at 224 x 224
+CROPS_PER_PHOTO = 128  # what the bundled photos give: 7 calibration photos -> at most 896 crops
+_WIDE_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')  # PIL modes of 16-bit (and 32-bit integer) images
 
 # One seeded generator per purpose, so changing e.g. the validation size never changes the calibration set.
 STREAM_SPLIT, STREAM_CALIB, STREAM_VAL, STREAM_SAMPLE = 0, 1, 2, 3
@@ -56,14 +70,22 @@ def resize_crop(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] 
 
     Works on any PIL mode; PIL resamples every 8-bit band alike, so a gray image resized here equals the
     same channel of its RGB copy (``fmnist`` relies on this).
+
+    An image so elongated that its resize would exceed ``MAX_RESIZE_SIDE`` (a 20000 x 1 strip would become
+    5,120,000 x 256) has only the crop window resampled (PIL's ``box``): the same sampling grid, within one
+    grey level, without ever allocating the full resize.
     """
     from PIL import Image
     resize, crop = eval_sizes(data_cfg, input_size)
     w, h = image.size
     scale = resize / min(w, h)
     new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling(_INTERPOLATIONS[data_cfg['interpolation']]))
     left, top = (new_w - crop) // 2, (new_h - crop) // 2
+    resample = Image.Resampling(_INTERPOLATIONS[data_cfg['interpolation']])
+    if max(new_w, new_h) > MAX_RESIZE_SIDE:
+        box = (left * w / new_w, top * h / new_h, (left + crop) * w / new_w, (top + crop) * h / new_h)
+        return image.resize((crop, crop), resample, box=box)
+    image = image.resize((new_w, new_h), resample)
     return image.crop((left, top, left + crop, top + crop))
 
 
@@ -116,12 +138,23 @@ def preprocess(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] =
 def load_image(path: Path) -> Any:
     """Open an image file as RGB (gray, palette, CMYK and RGBA converted); ScalableViTError if unreadable.
 
-    Transparent pixels are composited on white, as browsers and most dataset tools show them.
+    Transparent pixels are composited on white, as browsers and most dataset tools show them. 16-bit images
+    are scaled to 8 bits (PIL's ``convert`` would clip: 89 % of a 16-bit gradient's pixels became 255). An image
+    above ``MAX_IMAGE_PIXELS`` is refused from its header, before any pixel is decoded.
     """
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's bomb warning: the cap below refuses those images in one line
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ScalableViTError(f'{path}: {w} x {h} = {w * h:,} pixels, beyond the {MAX_IMAGE_PIXELS:,}-pixel '
+                                       'cap per image')
             im.load()
+            if im.mode in _WIDE_MODES:
+                im = _to_8bit(im)
             if im.mode in ('RGBA', 'LA', 'P', 'PA'):
                 im = im.convert('RGBA')
                 background = Image.new('RGBA', im.size, (255, 255, 255, 255))
@@ -130,6 +163,13 @@ def load_image(path: Path) -> Any:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as e:
         raise ScalableViTError(f'{path}: not a readable image ({e})') from e
+
+
+def _to_8bit(image: Any) -> Any:
+    """A 16-bit (or 32-bit integer) gray PIL image as 8-bit 'L', scaled from the 16-bit range with rounding."""
+    from PIL import Image
+    wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # uint8 2-D: mode 'L'
 
 
 # ------------------------------------------------------------------------------------------- image sets
@@ -239,23 +279,57 @@ def _read_npz(path: Path) -> Dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------- folders
 def find_images(folder: PathLike) -> List[Path]:
-    """Every image file under ``folder`` (recursive, extensions case-insensitive), sorted by relative path."""
+    """Every image file under ``folder`` (recursive, extensions case-insensitive), sorted by relative path.
+
+    Symbolic links are followed (dataset trees often link), but each directory and each file is visited once,
+    by identity (device, inode): a link loop ends, a link back to a parent adds nothing, and a file reachable by
+    two paths (a link, a hard link) is listed once, under the path met first in a sorted depth-first walk.
+    Dangling links are skipped and counted in a warning.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise ScalableViTError(f'image folder {folder} does not exist')
     if not folder.is_dir():
         raise ScalableViTError(f'image folder {folder} is not a directory')
-
-    def fail(err: OSError) -> None:
-        raise ScalableViTError(f'cannot read image folder {err.filename or folder}: {err.strerror}') from err
-
-    found = []
-    for root, dirs, files in os.walk(folder, onerror=fail, followlinks=True):  # dataset trees often link
-        dirs.sort()
-        found += [Path(root) / f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    seen_dirs, seen_files, found, dangling = {_identity(folder.stat())}, set(), [], []
+    stack = [folder]
+    while stack:
+        directory = stack.pop()
+        subdirs = []
+        for entry in _sorted_entries(directory):
+            try:
+                st = entry.stat()  # follows links
+            except OSError as e:
+                if not entry.is_symlink():
+                    raise ScalableViTError(f'cannot read {entry.path}: {e.strerror}') from e
+                dangling.append(entry.path)  # target missing, or a link loop like a -> a
+                continue
+            ident = _identity(st)
+            if stat.S_ISDIR(st.st_mode) and ident not in seen_dirs:
+                seen_dirs.add(ident)
+                subdirs.append(Path(entry.path))
+            elif stat.S_ISREG(st.st_mode) and entry.name.lower().endswith(IMAGE_EXTENSIONS) \
+                    and ident not in seen_files:
+                seen_files.add(ident)
+                found.append(Path(entry.path))
+        stack.extend(reversed(subdirs))  # popped in sorted order
+    if dangling:
+        logger.warning('%s: skipped %d dangling symbolic link(s) (e.g. %s)', folder, len(dangling), dangling[0])
     if not found:
         raise ScalableViTError(f"no images found in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _identity(st: os.stat_result) -> Tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _sorted_entries(directory: Path) -> List[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as e:
+        raise ScalableViTError(f'cannot read image folder {directory}: {e.strerror}') from e
 
 
 def stream_rng(seed: int, stream: int) -> np.random.Generator:
@@ -268,8 +342,9 @@ def check_count(what: str, value: int) -> None:
 
 
 def sample_files(files: Sequence[Path], count: int, seed: int = 0) -> List[Path]:
-    """A seeded sample of ``count`` files (all of them when there are fewer), in sorted order."""
+    """A seeded sample of ``count`` files (all of them, with a warning, when there are fewer), in sorted order."""
     check_count('image count', count)
+    count = capped(count, len(files), f'only {len(files)} image files to choose from')
     order = stream_rng(seed, STREAM_SAMPLE).permutation(len(files))[:count]
     return [files[i] for i in sorted(order)]
 
@@ -296,6 +371,25 @@ def split_files(files: Sequence[Path], calib_size: int, val_size: int,
     order = stream_rng(seed, STREAM_SPLIT).permutation(n)
     val, calib = order[:val_size], order[val_size:val_size + calib_size]
     return [files[i] for i in sorted(calib)], [files[i] for i in sorted(val)]
+
+
+def most_images(side: int, photos: Optional[Sequence[str]] = None) -> Tuple[int, str]:
+    """The most images one set may hold, and why: ``MAX_SET_BYTES`` of float32 at ``side``, and for crops of
+    the bundled ``photos`` also ``CROPS_PER_PHOTO`` per photo."""
+    most = max(1, MAX_SET_BYTES // (3 * side * side * 4))
+    why = f'a set of {side} x {side} float32 images stays below {human_size(MAX_SET_BYTES)} of memory'
+    if photos is not None and CROPS_PER_PHOTO * len(photos) < most:
+        most = CROPS_PER_PHOTO * len(photos)
+        why = f'the {len(photos)} bundled photos give at most {CROPS_PER_PHOTO} crops each'
+    return most, why
+
+
+def capped(count: int, most: int, why: str) -> int:
+    """``count``, or ``most`` with a warning saying ``why`` when more images were asked than a source can give."""
+    if count > most:
+        logger.warning('%d images asked for, capped to %d: %s', count, most, why)
+        return most
+    return count
 
 
 def progress_bar(total: int, desc: str) -> Callable[[int], None]:
@@ -438,9 +532,11 @@ def random_crop(image: Any, rng: np.random.Generator) -> Tuple[Any, str]:
 
 def photo_crops(photos: Sequence[str], count: int, data_cfg: Dict[str, Any], seed: int = 0,
                 input_size: Optional[int] = None, stream: int = STREAM_CALIB) -> ImageSet:
-    """``count`` preprocessed random crops of the given sample photos, scenes taken in turn."""
+    """``count`` preprocessed random crops of the given sample photos, scenes taken in turn (at most
+    ``CROPS_PER_PHOTO`` per photo: beyond that the crops only repeat the same pixels, and memory would run out)."""
     import skimage
     check_count('image count', count)
+    count = capped(count, *most_images(eval_sizes(data_cfg, input_size)[1], photos))
     rng = stream_rng(seed, stream)
     by_scene: Dict[str, List[str]] = {}
     for name in photos:
@@ -486,6 +582,9 @@ def _split_sets(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike], calib_s
                 want_val: bool) -> Tuple[ImageSet, Optional[ImageSet]]:
     check_count('calibration size', calib_size)
     check_count('validation size', val_size)
+    most = most_images(eval_sizes(data_cfg, input_size)[1])  # photo crops are capped by photo_crops
+    calib_size = capped(calib_size, *most) if calib_dir is not None else calib_size
+    val_size = capped(val_size, *most) if calib_dir is not None or val_dir is not None else val_size
     if val_dir is not None:
         val = load_validation_folder(val_dir, data_cfg, val_size, seed, input_size) if want_val else None
         if calib_dir is None:
@@ -506,9 +605,10 @@ def _split_sets(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike], calib_s
 
 def _calibration_outside(folder: Path, val_dir: Path, data_cfg: Dict[str, Any], count: int, seed: int,
                          input_size: Optional[int]) -> ImageSet:
-    """A seeded sample of ``folder``'s images that are not files of ``val_dir`` (compared by resolved path)."""
-    held_out = {p.resolve() for p in find_images(val_dir)}
-    files = [p for p in find_images(folder) if p.resolve() not in held_out]
+    """A seeded sample of ``folder``'s images that are not files of ``val_dir`` (compared by file identity, so
+    links and hard links into the validation folder are kept out too)."""
+    held_out = {_identity(p.stat()) for p in find_images(val_dir)}
+    files = [p for p in find_images(folder) if _identity(p.stat()) not in held_out]
     if not files:
         raise ScalableViTError(f'every image in calibration folder {folder} is also in validation folder {val_dir}')
     return load_files(sample_files(files, count, seed), data_cfg, input_size,
@@ -525,24 +625,66 @@ def load_validation_folder(folder: PathLike, data_cfg: Dict[str, Any], count: in
     return load_folder(folder, data_cfg, count, seed, input_size)
 
 
-def source_signature(calib_dir: Optional[PathLike] = None, val_dir: Optional[PathLike] = None) -> str:
+def source_signature(calib_dir: Optional[PathLike] = None, val_dir: Optional[PathLike] = None,
+                     hash_cache: Optional[PathLike] = None) -> str:
     """A string that changes when the data behind ``calibration_and_validation`` changes (a cache key).
 
-    A folder is summarised by its path and the relative path, size and mtime of every image; the
-    default by the scikit-image version and the crop settings. Missing folders fail here, early.
+    A folder is summarised by its path and the relative path and content sha256 of every image (a file
+    replaced by another of the same size and modification time changes it); the default by the scikit-image
+    version and the crop settings. ``hash_cache`` (a JSON file) remembers hashes between runs, see
+    ``FileHashes``. Missing folders fail here, early.
     """
-    calib = _photos_signature() if calib_dir is None else _folder_signature(Path(calib_dir))
-    val = 'held-out split' if val_dir is None else _folder_signature(Path(val_dir))
+    hashes = FileHashes(hash_cache)
+    calib = _photos_signature() if calib_dir is None else _folder_signature(Path(calib_dir), hashes)
+    val = 'held-out split' if val_dir is None else _folder_signature(Path(val_dir), hashes)
+    hashes.save()
     return f'data v{_DATA_VERSION}; calibration: {calib}; validation: {val}'
 
 
-def _folder_signature(folder: Path) -> str:
+def _folder_signature(folder: Path, hashes: 'FileHashes') -> str:
     digest = hashlib.sha256()
     files = find_images(folder)
     for path in files:
-        stat = path.stat()
-        digest.update(f'{path.relative_to(folder).as_posix()}\t{stat.st_size}\t{stat.st_mtime_ns}\n'.encode())
+        digest.update(f'{path.relative_to(folder).as_posix()}\t{hashes.sha256(path)}\n'.encode())
     return f'{folder.resolve()} ({len(files)} images, {digest.hexdigest()[:16]})'
+
+
+class FileHashes:
+    """sha256 of files, streamed, remembered in an optional JSON file as an accelerator only.
+
+    A remembered hash is used only while the file's device, inode, size, modification time AND change time
+    (ctime, which no user tool can set back) are those recorded; the key of a stage is always the content
+    hash itself. A missing or unreadable cache file simply means hashing everything again.
+    """
+
+    def __init__(self, path: Optional[PathLike] = None):
+        self.path = Path(path) if path else None
+        self.known: Dict[str, List[Any]] = {}
+        self.used: Dict[str, List[Any]] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                loaded = read_json(self.path)
+                self.known = loaded if isinstance(loaded, dict) else {}
+            except ScalableViTError as e:
+                logger.info('ignoring the hash cache: %s', e)
+
+    def sha256(self, file: Path) -> str:
+        st = file.stat()
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        key = os.path.realpath(file)
+        entry = self.known.get(key)
+        if not (isinstance(entry, list) and entry[:-1] == stamp):
+            try:
+                entry = stamp + [sha256_file(file)]
+            except OSError as e:
+                raise ScalableViTError(f'cannot read {file}: {e.strerror}') from e
+        self.used[key] = entry
+        return entry[-1]
+
+    def save(self) -> None:
+        """Write the hashes used in this run (entries of vanished files are dropped) when anything changed."""
+        if self.path is not None and self.used != self.known:
+            write_json(self.path, self.used)
 
 
 def _photos_signature() -> str:

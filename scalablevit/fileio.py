@@ -1,11 +1,16 @@
-"""Atomic file writes, content hashes and small JSON helpers shared by every pipeline stage."""
+"""Atomic file writes, content hashes and small JSON helpers shared by every pipeline stage.
+
+Every failed write of ours (a full disk, a read-only or vanished directory) becomes one ScalableViTError naming
+the file and the free space left where it was going (``write_error``), never a raw OSError traceback.
+"""
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from .errors import ScalableViTError
 
@@ -17,7 +22,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
     Readers therefore see either the old file or the complete new one, never a partial write,
-    even when the process is interrupted mid-write.
+    even when the process is interrupted mid-write. An OSError while writing (ENOSPC, EFBIG, EROFS...)
+    becomes a ScalableViTError naming ``path`` and the free space (``write_error``). The temporary name is
+    ``.<name>.<random>.tmp`` (``TMP_PATTERN``): a run killed with SIGKILL leaves it behind, and the next
+    run on a bundle sweeps it.
     """
     path = Path(path)
     if path.is_dir():
@@ -26,15 +34,43 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     except OSError as e:
-        raise ScalableViTError(f'cannot write to {path.parent}: {e.strerror}') from e
+        raise write_error(path, e) from e
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # first, so the free space reported is what is really left
+        raise write_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TMP_PATTERN = '.*.tmp'  # what atomic_path's temporary files look like (glob)
+
+
+def free_space(path: PathLike) -> str:
+    """Free space on the file system holding ``path`` (or its nearest existing parent), human-readable."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return human_size(shutil.disk_usage(path).free)
+    except OSError:
+        return 'unknown'
+
+
+def write_error(path: PathLike, error: OSError, description: Optional[str] = None) -> ScalableViTError:
+    """One line for a failed write of the file ``path``: what failed, why, and the free space left there.
+
+    With ``description`` (when the file is not known, e.g. a library's write in a work folder) ``path`` is the
+    folder and ``description`` names what was being written.
+    """
+    reason = error.strerror or str(error) or type(error).__name__
+    folder = Path(path) if description else Path(path).parent
+    return ScalableViTError(f'cannot write {description or path}: {reason} ({free_space(folder)} free there)')
 
 
 def _umask() -> int:

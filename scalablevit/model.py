@@ -537,10 +537,22 @@ def matching_variants(state_dict: StateDict) -> List[str]:
     return matches
 
 
+def _check_finite(state_dict: StateDict, path: Path) -> None:
+    """Refuse a checkpoint with NaN/Inf values, naming the first such tensor: such weights pass export and
+    calibration only to fail deep inside modelopt ("Too many bins") or to give NaN logits."""
+    for key, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(f'{path}: tensor {key!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}; '
+                                      'refusing weights that cannot give finite outputs')
+
+
 def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
     """Load a checkpoint strictly into ``model``; only a different classifier size is tolerated (re-initialised)."""
     path = Path(path)
     raw = read_state_dict(path)
+    _check_finite(raw, path)
     state_dict = checkpoint_filter_fn(raw, model)
     own = model.state_dict()
     missing, unexpected, shapes = _problems(state_dict, own)

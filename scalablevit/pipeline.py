@@ -2,8 +2,9 @@
 
 Each stage is keyed by a hash of everything it depends on (input file hashes, settings, tool versions) and
 recorded in the bundle's manifest (``scalablevit.bundle``), so a rerun with identical inputs reuses the
-finished stages, an interrupted run resumes after the last finished one, and ``force=True`` rebuilds
-everything. All files are written atomically.
+finished stages, an interrupted run resumes after the last finished one, and ``force=True`` starts the bundle
+clean. All files are written atomically; the run holds the bundle's lock and keeps its temporary files in the
+bundle's own temp folder, removed however the run ends.
 """
 import dataclasses
 import functools
@@ -16,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from . import __version__
-from .bundle import Bundle, check_precision, stage_key
+from .bundle import HASH_CACHE, Bundle, check_precision, stage_key
 from .errors import ScalableViTError
 from .fileio import sha256_file
 from .report import make_report, peak_rss_mb, tool_versions, write_report
@@ -68,10 +69,8 @@ class HostOptions:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None and self.input_size < 1:
             raise ScalableViTError(f'--input-size must be positive, got {self.input_size}')
-        bundled = PACKAGE_DIR / 'weights' / f'{self.model}.safetensors'
-        if self.weights is None and bundled.is_file():
-            logger.info('using the weights shipped with the package: %s', bundled)
-            self.weights = bundled
+        if self.weights is None:
+            self.weights = shipped_weights(self.model)
         if self.weights is not None and not Path(self.weights).is_file():
             raise ScalableViTError(f'{self.weights}: weights file not found')
         if self.out is None:
@@ -79,15 +78,34 @@ class HostOptions:
         return self
 
 
+def shipped_weights(model: str) -> Optional[Path]:
+    """The trained weights shipped in the package for ``model`` (scalablevit/weights/<model>.safetensors), if any."""
+    shipped = PACKAGE_DIR / 'weights' / f'{model}.safetensors'
+    if not shipped.is_file():
+        return None
+    logger.info('using the weights shipped with the package: %s', shipped)
+    return shipped
+
+
 class HostPipeline:
-    """Runs the host stages for one model and precision into one bundle directory."""
+    """Runs the host stages for one model and precision into one bundle directory (locked while it exists;
+    ``run`` releases it)."""
 
     def __init__(self, options: HostOptions):
+        from . import data
         self.opt = options.validate()
-        self.data_source = self._data_source()  # checks the image folders before anything is written
-        self.bundle = Bundle.create(options.out, force=options.force)
+        for folder in (options.calib_dir, options.val_dir):  # bad image folders fail before anything is written
+            if folder is not None:
+                data.find_images(folder)
+        self.bundle = Bundle.create(options.out, force=options.force, identity={
+            'model': options.model, 'precision': options.precision, 'input_size': self.input_size})
         self._model = None
         self.untrained = options.weights is None
+        try:
+            self.data_source = self._data_source()
+        except BaseException:
+            self.bundle.close()
+            raise
 
     # ----------------------------------------------------------------------------------- model
     @property
@@ -134,7 +152,7 @@ class HostPipeline:
         opt = self.opt
         if opt.calib_dir is None and opt.val_dir is None and data_config(opt.model).get('labels') == 'fashion-mnist':
             return 'fashion-mnist'
-        return data.source_signature(opt.calib_dir, opt.val_dir)
+        return data.source_signature(opt.calib_dir, opt.val_dir, hash_cache=self.bundle.file(HASH_CACHE))
 
     @functools.cached_property
     def weights_id(self) -> str:
@@ -143,14 +161,16 @@ class HostPipeline:
 
     # ----------------------------------------------------------------------------------- stages
     def run(self) -> Dict[str, Any]:
+        """All stages, inside the bundle's work folder; the bundle's lock is released at the end, however it ends."""
         start = time.perf_counter()
-        self._describe()
-        self._export()
-        self._data()
-        deploy = self._quantize()
-        report = self._validate(deploy)
-        report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
-        write_report(self.bundle.path, report)
+        with self.bundle, self.bundle.work_dir():
+            self._describe()
+            self._export()
+            self._data()
+            deploy = self._quantize()
+            report = self._validate(deploy)
+            report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
+            write_report(self.bundle.path, report)
         return report
 
     def _describe(self) -> None:

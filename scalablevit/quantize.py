@@ -187,6 +187,10 @@ def _modelopt_session() -> Iterator[Path]:
 
     stdout stays for results (CLIs print JSON there). modelopt binds its own stdout handlers at import; they are
     detached for the session, so each record is printed once, by the root logger's handler.
+    The directory is made in ``tempfile``'s default folder (the host pipeline points it at the bundle's own
+    temp folder) and is itself that default while open, so the files modelopt and onnxruntime make with
+    ``tempfile`` (modelopt's intermediate INT8 model, ORT's ``ort.quant.*``) land in it and go with it, even
+    when a run fails or is interrupted before they clean up.
     """
     level = logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
     loggers = [logging.getLogger(name) for name in ('modelopt.onnx', 'modelopt.onnx.autocast')]
@@ -201,7 +205,11 @@ def _modelopt_session() -> Iterator[Path]:
     try:
         with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, \
                 contextlib.redirect_stdout(_StderrWithoutNoise()):
-            yield Path(work)
+            default_dir, tempfile.tempdir = tempfile.tempdir, work
+            try:
+                yield Path(work)
+            finally:
+                tempfile.tempdir = default_dir
     finally:
         for lg, old_level, propagate, handlers in saved:
             lg.setLevel(old_level)

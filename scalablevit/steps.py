@@ -7,12 +7,15 @@
 One line each (``export: started`` / ``export: done in 11.2 s, peak RSS 2.1 GB, saved model.fp32.onnx (122.4 MB)``),
 so a pipeline log shows every stage exactly once. A step that fails logs nothing more: its error is what the user sees.
 
-The peak resident memory of each step is the kernel's own high-water mark (``VmHWM``), reset when the step starts
-(``/proc/self/clear_refs`` = 5, Linux >= 4.0): the step's true peak, native allocations (onnxruntime, torch)
-included, at no cost. Where that is unavailable (not Linux) the step records None.
+The peak resident memory of each step comes from sampling the process's RSS (``/proc/self/statm``, every 20 ms,
+native allocations of onnxruntime and torch included) in a small thread while the step runs. The kernel's
+high-water mark is not reset for it: that would also change what ``/usr/bin/time`` and ``getrusage`` report for the
+whole run. Off Linux the step records None.
 """
 import contextlib
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
@@ -34,11 +37,13 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
     log = log or logger
     step: Dict[str, Any] = {'name': name, 'detail': detail}
     log.info('%s: started', name)
-    _reset_peak_rss()
+    sampler = _RssSampler()
     start = time.perf_counter()
-    yield step
+    try:
+        yield step
+    finally:
+        step['peak_rss_mb'] = sampler.stop()
     step['seconds'] = time.perf_counter() - start
-    step['peak_rss_mb'] = peak_rss_mb()
     saved = ', '.join(f'{Path(p).name} ({human_size(Path(p).stat().st_size)})' for p in outputs if Path(p).is_file())
     memory = [f"peak RSS {human_size(step['peak_rss_mb'] * 2 ** 20)}"] if step['peak_rss_mb'] else []
     parts = [f'done in {step["seconds"]:.1f} s'] + memory + ([f'saved {saved}'] if saved else []) + \
@@ -46,19 +51,35 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
     log.info('%s: %s', name, ', '.join(parts))
 
 
-def _reset_peak_rss() -> None:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:  # not Linux, or a kernel before 4.0: peak_rss_mb then reports the process's lifetime peak
-        pass
+_PAGE_MB = os.sysconf('SC_PAGE_SIZE') / 2 ** 20 if hasattr(os, 'sysconf') else None
 
 
-def peak_rss_mb() -> Optional[float]:
-    """The process's resident high-water mark in MiB since the last reset (``VmHWM``); None off Linux."""
+def rss_mb() -> Optional[float]:
+    """The process's resident memory now, in MiB (None off Linux)."""
     try:
-        with open('/proc/self/status') as f:
-            line = next(line for line in f if line.startswith('VmHWM:'))
-    except (OSError, StopIteration):
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    except (OSError, IndexError, ValueError, TypeError):
         return None
-    return round(int(line.split()[1]) / 1024, 1)
+
+
+class _RssSampler:
+    """The largest RSS seen every ``interval_s`` from construction to ``stop()``, in a daemon thread."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.peak = rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+        if self.peak is not None:
+            self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._done.wait(interval_s):
+            self.peak = max(self.peak, rss_mb() or 0.0)
+
+    def stop(self) -> Optional[float]:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        now = rss_mb()
+        return None if self.peak is None else round(max(self.peak, now or 0.0), 1)

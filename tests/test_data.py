@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scalablevit.data import (SAMPLE_PHOTOS, ImageSet, calibration_and_validation, calibration_set, find_images,
-                              load_folder, load_labelled_folder, load_npz, load_sample_photo, photo_crops,
-                              preprocess, source_signature, split_files, split_photos)
+from scalablevit import data
+from scalablevit.data import (SAMPLE_PHOTOS, FileHashes, ImageSet, calibration_and_validation, calibration_set,
+                              find_images, load_folder, load_image, load_labelled_folder, load_npz, load_sample_photo,
+                              photo_crops, preprocess, resize_crop, source_signature, split_files, split_photos)
 from scalablevit.errors import ScalableViTError
 from scalablevit.model import data_config
 
@@ -87,6 +88,85 @@ def test_unreadable_folder_is_named(tmp_path):
             find_images(locked)
     finally:
         os.chmod(locked, 0o755)
+
+
+def test_find_images_visits_every_directory_and_file_once(tmp_path, caplog):
+    """Link loops end, a link back to a parent or a hard link adds nothing, dangling links are counted."""
+    folder = tmp_path / 'imgs'
+    (folder / 'sub').mkdir(parents=True)
+    for name in ('a.png', 'b.png', 'sub/c.png'):
+        Image.new('RGB', (8, 8)).save(folder / name)
+    (folder / 'self').symlink_to('.')
+    (folder / 'sub' / 'loop').symlink_to('..')
+    (folder / 'sub2').mkdir()
+    (folder / 'sub2' / 'loop2').symlink_to('../sub')  # a second loop, through another folder
+    (folder / 'dangling.png').symlink_to('missing.png')
+    (folder / 'knot.png').symlink_to('knot.png')  # a link to itself: ELOOP on stat
+    os.link(folder / 'a.png', folder / 'hard.png')
+    (folder / 'alias.png').symlink_to('b.png')
+    rel = [p.relative_to(folder).as_posix() for p in find_images(folder)]
+    assert rel == ['a.png', 'alias.png', 'sub/c.png']  # the first path of each file in a sorted walk
+    assert 'skipped 2 dangling symbolic link(s)' in caplog.text
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+    wide = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    Image.fromarray(wide).save(tmp_path / 'g16.png')
+    assert Image.open(tmp_path / 'g16.png').mode == 'I;16'
+    pixels = np.asarray(load_image(tmp_path / 'g16.png'))
+    expected = (wide.astype(np.int64) * 255 + 32767) // 65535
+    np.testing.assert_array_equal(pixels[..., 0], expected)
+    assert (pixels == 255).mean() < 0.01  # PIL's convert('RGB') clipped 99.6 % of this gradient to 255
+
+
+def test_oversized_images_are_refused_before_decoding(tmp_path):
+    Image.new('L', (10000, 9000)).save(tmp_path / 'bomb.png')  # 90 MP, 87 KB on disk
+    with pytest.raises(ScalableViTError, match=r'bomb.png: 10000 x 9000 = 90,000,000 pixels, beyond the '
+                                               r'89,478,485-pixel cap'):
+        load_image(tmp_path / 'bomb.png')
+
+
+def test_extreme_aspect_ratio_resamples_only_the_crop_window(monkeypatch):
+    """A 20000 x 1 strip would resize to 5,120,000 x 256; beyond MAX_RESIZE_SIDE only the crop is resampled,
+    and on an ordinary image that path agrees with the full resize within one grey level."""
+    strip = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), 79)[:20000][None].repeat(1, 0))
+    out = resize_crop(strip.convert('RGB'), IMAGENET)
+    assert out.size == (224, 224)
+    photo = load_sample_photo('chelsea')
+    full = np.asarray(resize_crop(photo, IMAGENET), dtype=np.int16)
+    monkeypatch.setattr(data, 'MAX_RESIZE_SIDE', 100)
+    boxed = np.asarray(resize_crop(photo, IMAGENET), dtype=np.int16)
+    assert np.abs(full - boxed).max() <= 1 and (full != boxed).mean() < 0.01
+
+
+def test_file_hashes_key_on_content_and_cache_only_accelerates(tmp_path):
+    image = tmp_path / 'a.bmp'
+    Image.new('RGB', (16, 16), (1, 2, 3)).save(image)
+    cache = tmp_path / 'cache.json'
+    first = FileHashes(cache)
+    digest = first.sha256(image)
+    first.save()
+    before = image.stat()
+    with open(image, 'r+b') as f:  # same inode, same size, mtime restored: only ctime and content differ
+        f.seek(-3, os.SEEK_END)
+        f.write(b'\x09\x08\x07')
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = image.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert FileHashes(cache).sha256(image) != digest
+    (tmp_path / 'garbage.json').write_text('[not json')
+    assert FileHashes(tmp_path / 'garbage.json').sha256(image) == FileHashes().sha256(image)
+
+
+def test_counts_beyond_the_source_are_capped_with_a_warning(caplog, monkeypatch):
+    monkeypatch.setattr(data, 'CROPS_PER_PHOTO', 2)
+    crops = photo_crops(['astronaut', 'coffee'], 10 ** 9, FMNIST)
+    assert len(crops) == 4 and '1000000000 images asked for, capped to 4' in caplog.text
+    monkeypatch.setattr(data, 'MAX_SET_BYTES', 3 * (3 * 64 * 64 * 4))
+    calib, val = calibration_and_validation(FMNIST, calib_size=100, val_size=100)
+    assert len(calib) == 3 and len(val) == 3 and 'of memory' in caplog.text
+    # the real limits: the bundled photos never exceed ~1 GB at 224, no set exceeds MAX_SET_BYTES
+    assert 2 * len(SAMPLE_PHOTOS) * data.CROPS_PER_PHOTO * 3 * 224 * 224 * 4 < 2 ** 30 * 2
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -11,10 +11,9 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, NoReturn, Optional, Sequence, Tuple
 
 # Before torch starts OpenMP: on shared cores, spinning worker threads made a 2-thread step 3x slower.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -22,7 +21,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from scalablevit.checkpoint import save_weights  # noqa: E402
-from scalablevit.errors import ScalableViTError  # noqa: E402
+from scalablevit.cli import ArgumentParser, run_cli  # noqa: E402
 from scalablevit.fileio import human_size  # noqa: E402
 from scalablevit.fmnist import load_fashion_mnist, resize_images, to_model_input  # noqa: E402
 from scalablevit.model import ScalableViT, create_model  # noqa: E402
@@ -31,8 +30,8 @@ MODEL = 'scalable_vit_fmnist'
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / 'scalablevit' / 'weights' / f'{MODEL}.safetensors'
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--batch-size', type=int, default=128)
     p.add_argument('--lr', type=float, default=1.5e-3)
@@ -48,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--out', type=Path, default=DEFAULT_OUT)
     p.add_argument('--ckpt-dir', type=Path, default=Path('out/fmnist-checkpoints'),
                    help='per-epoch checkpoints fmnist_epoch{N}.safetensors go here')
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def augment(batch: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -161,14 +160,14 @@ def train(args: argparse.Namespace) -> float:
     return top1
 
 
-def main() -> int:
-    try:
-        train(parse_args())
-    except ScalableViTError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    train(parse_args(argv))
     return 0
 
 
+def run() -> NoReturn:
+    run_cli(main)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    run()

@@ -4,12 +4,15 @@ Each tool is a module here with ``main(argv)`` (returns an exit code) and ``run(
 pyproject.toml); the scripts under deploy/, calib/ and bench/ call the same ``run``.
 
 ``run_cli(main)`` sets up logging, runs ``main(argv)`` and turns the project's errors into one line on
-stderr: ``error: <message>`` with exit code 1 (bad command-line arguments included); Ctrl-C exits with
-130 (128 + SIGINT) and no traceback. Any other exception is a bug and keeps its traceback.
+stderr: ``error: <message>`` with exit code 1 (bad command-line arguments included, through
+``ArgumentParser``); Ctrl-C exits with 130 (128 + SIGINT) and SIGTERM with 143 (128 + SIGTERM), each after
+the ``finally`` blocks and context managers on the way out have removed temporary files and released locks,
+with one line and no traceback. Any other exception is a bug and keeps its traceback.
 """
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
@@ -51,9 +54,23 @@ def one_line(message: object) -> str:
     return ' '.join(str(message).split())
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that cleanup runs on the way out.
+
+    A BaseException, so no ``except Exception`` in a library swallows it.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> NoReturn:
-    """Run ``main(argv)`` and exit: its return code (None -> 0), 1 on ScalableViTError, 130 on Ctrl-C."""
+    """Run ``main(argv)`` and exit: its return code (None -> 0), 1 on ScalableViTError, 130 on Ctrl-C,
+    143 on SIGTERM. A signal that arrives inside a long native call (onnxruntime, modelopt) is acted on when
+    that call returns to Python."""
     setup_logging()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = main(argv) or 0
     except ScalableViTError as e:
@@ -62,4 +79,9 @@ def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> NoReturn:
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
         code = 130
+    except Terminated:
+        print('error: terminated (SIGTERM)', file=sys.stderr)
+        code = 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

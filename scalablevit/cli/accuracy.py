@@ -5,14 +5,17 @@
 
 The folder has one subfolder per class (sorted names = class indices, torchvision's ImageFolder rule), or is
 flat with --labels-file ("filename label" lines). Every image gets the model's eval preprocessing. The
-reference is PyTorch FP32 (--model/--weights) unless --reference names an ONNX file or engine. Candidates are
+reference is PyTorch FP32 (--model/--weights; without --weights the weights shipped in the package for that
+model, else random weights with seed 0, like the pipeline's, a warning and every report marked "untrained
+weights") unless --reference names an ONNX file or engine. Candidates are
 ONNX files or TensorRT engines (precision from their metadata or engine manifest). Images stream through in chunks, so a 50k-image
 ImageNet val never sits in memory. Writes <out>/accuracy.json (one report-contract entry per candidate) and
 accuracy.md. ScalableViT-S with the official weights should give about 83.1 % (the paper's number).
 """
 import argparse
+import logging
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,10 +26,12 @@ from scalablevit.data import labelled_files, load_files, progress_bar
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import write_json, write_text
 from scalablevit.model import data_config, resolve_model_name
+from scalablevit.pipeline import UNTRAINED_SEED, shipped_weights
 from scalablevit.report import make_report
 from scalablevit.runners import run_batches
 
 CHUNK = 256  # images decoded at a time
+logger = logging.getLogger('bench.accuracy')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -34,7 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--val', type=Path, required=True, help='labelled image folder')
     p.add_argument('--labels-file', type=Path, help='"filename label" lines for a flat folder')
     p.add_argument('--model', default='scalable_vit_small', help='model name (preprocessing, PyTorch reference)')
-    p.add_argument('--weights', type=Path, help='weights of the PyTorch reference')
+    p.add_argument('--weights', type=Path, help='weights of the PyTorch reference (default: the shipped ones, '
+                                                'else random: reports marked untrained)')
     p.add_argument('--reference', type=Path, help='ONNX file or engine as the reference instead of PyTorch FP32')
     p.add_argument('--candidate', type=Path, action='append', default=[], help='ONNX file or engine (repeatable)')
     p.add_argument('--limit', type=int, help='seeded random subset of N images')
@@ -53,12 +59,33 @@ def spec_for(path: Path) -> RunnerSpec:
     return RunnerSpec(backend, file_precision(path), path=path, name=f'{backend}:{path}')
 
 
-def evaluate(specs: List[RunnerSpec], files: List[Path], labels: List[int], dcfg: Dict, batch: int) -> Dict:
-    """Logits of every runner over the images, decoded chunk by chunk; unreadable images are skipped for all."""
+def reference_spec(args: argparse.Namespace, model: str) -> Tuple[RunnerSpec, bool]:
+    """The reference runner and whether it has random weights: --reference, else PyTorch with --weights, the
+    package's shipped weights, or (warned, reports marked) random weights seeded like the pipeline's."""
+    if args.reference:
+        return spec_for(args.reference), False
+    weights = args.weights or shipped_weights(model)
+    if weights is None:
+        logger.warning('no --weights given and none shipped for %s: the PyTorch reference uses RANDOM weights '
+                       '(seed %d, as the pipeline\'s untrained bundles); every report is marked "untrained weights"',
+                       model, UNTRAINED_SEED)
+    return RunnerSpec('torch', 'fp32', model=model, weights=weights, name='pytorch-fp32'), weights is None
+
+
+def reference_weights(reference: RunnerSpec, untrained: bool) -> Optional[str]:
+    if reference.backend != 'torch':
+        return None
+    return f'untrained-seed{UNTRAINED_SEED}' if untrained else str(reference.weights)
+
+
+def evaluate(specs: List[RunnerSpec], files: List[Path], labels: List[int], dcfg: Dict, batch: int,
+             seed: Optional[int] = None) -> Dict:
+    """Logits of every runner over the images, decoded chunk by chunk; unreadable images are skipped for all.
+    ``seed`` seeds the random weights of a PyTorch runner without weights."""
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ScalableViTError(f'two runners would share a name ({", ".join(names)}): rename the files')
-    runners = [make_runner(spec).activate() for spec in specs]
+    runners = [make_runner(spec, seed=seed).activate() for spec in specs]
     logits: Dict[str, List[np.ndarray]] = {spec.name: [] for spec in specs}
     kept: List[np.ndarray] = []
     advance = progress_bar(len(files), 'accuracy')
@@ -84,23 +111,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ScalableViTError(f'--batch must be positive, got {args.batch}')
     model = resolve_model_name(args.model)
     dcfg = data_config(model)
-    reference = spec_for(args.reference) if args.reference else RunnerSpec(
-        'torch', 'fp32', model=model, weights=args.weights, name='pytorch-fp32')
+    reference, untrained = reference_spec(args, model)
     candidates = [spec_for(path) for path in args.candidate]
     files, labels, _ = labelled_files(args.val, dcfg, limit=args.limit, labels_file=args.labels_file)
-    results = evaluate([reference] + candidates, files, labels, dcfg, args.batch)
+    results = evaluate([reference] + candidates, files, labels, dcfg, args.batch, seed=UNTRAINED_SEED)
     reports = []
     rows = ['| runner | precision | top-1 % | drop (pt) | agreement % | cosine mean | cosine min |', '|---|---|---|---|---|---|---|']
     for spec in candidates:
         metrics = accuracy_metrics(results[reference.name], results[spec.name], results['labels'], reference.name)
-        reports.append(make_report(model, spec.precision, spec.backend, metrics, None, untrained=False,
-                                   candidate=str(spec.path), images=str(args.val)))
+        reports.append(make_report(model, spec.precision, spec.backend, metrics, None, untrained=untrained,
+                                   candidate=str(spec.path), images=str(args.val),
+                                   reference_weights=reference_weights(reference, untrained)))
         rows.append(f"| {spec.name} | {spec.precision} | {metrics['top1_candidate']:.2f} | "
                     f"{metrics['top1_reference'] - metrics['top1_candidate']:+.2f} | {metrics['top1_agreement'] * 100:.2f} | "
                     f"{metrics['cosine_mean']:.5f} | {metrics['cosine_min']:.5f} |")
     top1_ref = reports[0]['accuracy']['top1_reference']
+    marked = ' (UNTRAINED: random weights, seed 0)' if untrained else ''
     markdown = '\n'.join([f'# Accuracy of {model} on {args.val} ({len(results["labels"])} images)', '',
-                          f'Reference {reference.name}: top-1 {top1_ref:.2f} %', ''] + rows) + '\n'
+                          f'Reference {reference.name}{marked}: top-1 {top1_ref:.2f} %', ''] + rows) + '\n'
     write_json(args.out / 'accuracy.json', reports)
     write_text(args.out / 'accuracy.md', markdown)
     print(markdown)

@@ -45,7 +45,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
     p.add_argument('--bundle', type=Path, help='device mode: build the engine from this existing bundle only')
     p.add_argument('--require-engine', action='store_true', help='fail when TensorRT or a GPU is missing')
-    p.add_argument('--force', action='store_true', help='rebuild every stage even when its inputs are unchanged')
+    p.add_argument('--force', action='store_true', help='start the bundle clean and rebuild every stage (device '
+                   'mode: rebuild the engine)')
     return p.parse_args(argv)
 
 
@@ -89,19 +90,24 @@ def device_command(bundle: Path, args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from scalablevit.bundle import Bundle
     from scalablevit.trt_env import probe_tensorrt
     args = parse_args(argv)
+    # Device mode verifies the bundle (manifest schema, every sha256) before anything else: a modified or
+    # foreign bundle is refused here, not reported complete because TensorRT happens to be missing.
+    given = Bundle.open(args.bundle) if args.bundle else None
     target = resolve_target(args)
     env, reason = probe_tensorrt()  # once per run; the device stage gets the result
     if env is None and args.require_engine:  # say so before minutes of host work, not after
         raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')
-    bundle = args.bundle if args.bundle else host(args)
+    bundle = given or Bundle.open(host(args))
     if env is None:
-        print(f'TensorRT stage skipped: {reason}. The host bundle is complete; on the target run: '
-              f'{device_command(bundle, args)}')
+        print(f'TensorRT stage skipped: {reason}. The host bundle is complete and verified; on the target run: '
+              f'{device_command(bundle.path, args)}')
         return 0
     from scalablevit.device import build_bundle_engine
-    engine = build_bundle_engine(bundle, target, force=args.force, env=env)
+    with bundle.lock():  # one writer of engines/ at a time
+        engine = build_bundle_engine(bundle, target, force=args.force, env=env)
     print(f'engine: {engine}')
     return 0
 

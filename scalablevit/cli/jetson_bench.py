@@ -76,11 +76,11 @@ def _gpu_clock(info: Dict[str, Any]) -> Any:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     config = BenchConfig.from_args(args)
+    bundle = Bundle.open(args.bundle) if args.bundle else None  # verified before anything else
     info = jetson_info(strict_emc=args.strict_clocks)
     notes = describe_jetson(info)
     for line in notes:
         logger.info('%s', line)
-    bundle = Bundle.open(args.bundle) if args.bundle else None
     specs = collect_specs(args, bundle)
     size = args.input_size
     default_shape = (3, size, size) if size else (bundle.input_shape if bundle else None)
