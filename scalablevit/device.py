@@ -2,8 +2,8 @@
 
 Runs where the engine will run (a Jetson, a GPU server) and imports only numpy, tensorrt and a CUDA binding.
 The bundle is verified first (manifest, sha256 of the deployed ONNX and of reference.npz); the engine lands
-in ``<bundle>/engines/`` and is reused when its cache key (ONNX, target, precision, TensorRT, GPU, build flags)
-matches; validation runs the reference images through the engine and enforces the precision's accuracy budget.
+in ``<bundle>/engines/`` and is reused when its cache key (ONNX, target, precision, TensorRT, GPU identity, build
+flags) matches; validation runs the reference images through the engine and enforces the precision's accuracy budget.
 """
 import logging
 from pathlib import Path
@@ -60,8 +60,7 @@ def build_bundle_engine(bundle: Union[PathLike, Bundle], target: Union[str, Targ
     target = load_target(target)
     env = open_tensorrt(env)
     flags = build_flags(target, bundle.precision, env.version)
-    key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu['name'],
-                           env.gpu['compute_capability'], flags)
+    key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu, flags)
     engine_path = bundle.path / 'engines' / f'{onnx_path.stem}.{target.name}.{key[:12]}.engine'
     reused = not force and cached_engine_ok(engine_path, key)
     if reused:
