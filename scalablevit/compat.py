@@ -9,8 +9,17 @@ Facts (with their sources in the comments), not policy:
 * Typing: TensorRT 8.6 has no strongly typed networks (precision from builder flags); 10.x has them behind
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11.x types every network strongly (the flag is deprecated and
   ignored, the FP16/INT8 builder flags are gone).
-* DLA: absent from TensorRT 11.0 through 11.4.0 on Jetson, back in 11.4.1 (JetPack 7.2.2).
+* DLA: TensorRT 8.6 and 10.x build DLA networks weakly typed with the FP16 (+ INT8) builder flags, as trtexec
+  does (``samples/common/sampleEngines.cpp``, the ``--useDLACore`` block, release/8.6 through 10.16); strongly typed
+  DLA is documented from 11.4.1 only ("DLA builds on NVIDIA Jetson AGX Orin use strongly typed networks", 11.4.1
+  release notes). No DLA on Orin with TensorRT 10.16 (JetPack 7.2; 10.16.1 release notes: "Orin DLA is not
+  supported at this time") nor on Jetson with 11.0-11.4.0 (11.4.1 "Working with DLA").
+* Hardware compatibility: ``AMPERE_PLUS`` from 8.6, ``SAME_COMPUTE_CAPABILITY`` from 10.9 (``NvInfer.h``: absent in
+  release/10.8, present in release/10.9; 10.9.0 release notes).
 * Version-compatible engines run on a newer runtime of the same major, or across the 8 -> 10 and 10 -> 11 hops.
+* CUDA bindings: cuda-python 13.x needs a CUDA 13 driver (it links the CUDA 13 runtime statically and dropped
+  ``cuda.cudart``; cuda-bindings 13.0.0 notes); from 12.9.0 the 12.x bindings link the 12.9 runtime statically.
+  ``BINDING_EXTRAS`` pins one per platform; pyproject.toml's extras are checked against it by the tests.
 
 numpy-free and import-free: the device path, the host pipeline and the tests all read it.
 """
@@ -19,9 +28,10 @@ from typing import Optional, Tuple
 
 from .errors import ScalableViTError
 
-__all__ = ['MIN_TENSORRT', 'OPSETS', 'DEFAULT_OPSET', 'INT8_MIN_TENSORRT', 'HARDWARE_COMPAT', 'version',
-           'same_version', 'max_opset', 'typing_mode', 'check_opset', 'check_onnx_opset', 'in_dla_gap',
-           'version_compatible']
+__all__ = ['MIN_TENSORRT', 'OPSETS', 'DEFAULT_OPSET', 'INT8_MIN_TENSORRT', 'HARDWARE_COMPAT', 'BINDING_EXTRAS',
+           'version', 'same_version', 'max_opset', 'typing_mode', 'network_typing', 'check_opset', 'onnx_opset_problem',
+           'check_onnx_opset', 'dla_problem', 'hardware_compat_problem', 'version_compatible', 'cuda_version',
+           'binding_extra', 'binding_problem']
 
 MIN_TENSORRT = (8, 6)
 # opset -> oldest TensorRT whose ONNX parser reads it
@@ -30,11 +40,29 @@ DEFAULT_OPSET = 17
 INT8_MIN_TENSORRT = '10.0'
 # TensorRT major -> how a network gets its precision: 'weak' (builder flags), 'flag' (STRONGLY_TYPED), 'always'
 _TYPING = {8: 'weak', 10: 'flag'}
-DLA_GAP = ((11, 0, 0), (11, 4, 1))
+# [first, end) TensorRT releases without DLA on Jetson, and the reason a DLA target is refused there
+NO_DLA = (
+    ((10, 16), (10, 17), 'TensorRT 10.16 (JetPack 7.2) has no DLA on Orin ("Orin DLA is not supported at this '
+                         'time", 10.16.1 release notes); DLA needs TensorRT 10.3 (JetPack 6.1/6.2) or 11.4.1 with '
+                         'JetPack >= 7.2.2'),
+    ((11, 0, 0), (11, 4, 1), 'TensorRT 11.0-11.4.0 have no DLA support on Jetson (back in 11.4.1 for AGX Orin with '
+                             'JetPack >= 7.2.2)'),
+)
 VERSION_COMPAT_HOPS = {(8, 10), (10, 11)}
 # target value -> (tensorrt.HardwareCompatibilityLevel member, trtexec --hardwareCompatibilityLevel value)
 HARDWARE_COMPAT = {'none': ('NONE', None), 'ampere_plus': ('AMPERE_PLUS', 'ampere+'),
                    'same_compute_capability': ('SAME_COMPUTE_CAPABILITY', 'sameComputeCapability')}
+HARDWARE_COMPAT_MIN_TENSORRT = {'ampere_plus': '8.6', 'same_compute_capability': '10.9'}
+# pyproject extra -> (the platform it is for, the CUDA major of that platform's driver, the pip requirement).
+# JetPack 6.1/6.2 ship CUDA 12.6: cuda-python 12.6.2.post1 is that CUDA's release (cp310 aarch64 wheel on PyPI);
+# 12.9 and later link the 12.9 runtime statically, newer than the board's driver. JetPack 7.0/7.1 ship CUDA 13.0 and
+# 7.2 CUDA 13.2: a 13.0 runtime runs on both drivers.
+BINDING_EXTRAS = {
+    'jetpack6': ('Jetson with JetPack 6.1/6.2 (CUDA 12.6)', 12, 'cuda-python==12.6.2.post1'),
+    'jetpack7': ('Jetson with JetPack 7.x (CUDA 13.0/13.2)', 13, 'cuda-python~=13.0.3'),
+    'cuda12': ('x86_64/SBSA GPU with a CUDA 12 driver (R525-R575)', 12, 'cuda-python>=12.6.1,<13'),
+    'cuda13': ('x86_64/SBSA GPU with a CUDA 13 driver (R580 or newer)', 13, 'cuda-python>=13.0,<14'),
+}
 
 
 def version(text: str) -> Tuple[int, ...]:
@@ -67,6 +95,14 @@ def typing_mode(trt_version: str) -> str:
     return _TYPING.get(version(trt_version)[0], 'always')
 
 
+def network_typing(trt_version: str, dla: bool) -> str:
+    """How a network for this build gets its precision: ``typing_mode``, except that DLA builds before 11.x are weakly
+    typed with precision builder flags (trtexec's ``--useDLACore`` sets FP16, which a strongly typed 10.x network
+    rejects; strongly typed DLA is documented from 11.4.1)."""
+    mode = typing_mode(trt_version)
+    return 'weak' if dla and mode == 'flag' else mode
+
+
 def check_opset(opset: int) -> int:
     """The opset if the exporter supports it, else a ScalableViTError naming the range and TensorRT versions."""
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
@@ -76,21 +112,43 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def check_onnx_opset(opset: Optional[int], precision: str, trt_version: str) -> None:
-    """Refuse ONNX files the TensorRT parser cannot read (INT8 Q/DQ from modelopt is opset >= 19)."""
+def onnx_opset_problem(opset: Optional[int], precision: str, trt_version: str) -> Optional[str]:
+    """Why this TensorRT's parser cannot read the ONNX (INT8 Q/DQ from modelopt is opset >= 19), or None."""
     if precision == 'int8' and version(trt_version) < version(INT8_MIN_TENSORRT):
-        raise ScalableViTError(f'INT8 bundles need TensorRT >= {version(INT8_MIN_TENSORRT)[0]} (JetPack >= 6.1): '
-                               f'modelopt writes Q/DQ models at opset >= 19 and TensorRT {trt_version} parses opset '
-                               f'<= {max_opset(trt_version)}')
+        return (f'INT8 bundles need TensorRT >= {version(INT8_MIN_TENSORRT)[0]} (JetPack >= 6.1): modelopt writes '
+                f'Q/DQ models at opset >= 19 and TensorRT {trt_version} parses opset <= {max_opset(trt_version)}')
     newest = max_opset(trt_version)
     if opset is not None and opset > newest:
-        raise ScalableViTError(f'the ONNX has opset {opset} but TensorRT {trt_version} parses opset <= {newest}: '
-                               f'export at opset {newest} or use TensorRT >= {OPSETS[opset]}')
+        return (f'the ONNX has opset {opset} but TensorRT {trt_version} parses opset <= {newest}: '
+                f'export at opset {newest} or use TensorRT >= {OPSETS[opset]}')
+    return None
 
 
-def in_dla_gap(trt_version: str) -> bool:
-    """True for the TensorRT releases that have no DLA support on Jetson."""
-    return DLA_GAP[0] <= version(trt_version)[:3] < DLA_GAP[1]
+def check_onnx_opset(opset: Optional[int], precision: str, trt_version: str) -> None:
+    """Refuse ONNX files the TensorRT parser cannot read, before the parse."""
+    problem = onnx_opset_problem(opset, precision, trt_version)
+    if problem:
+        raise ScalableViTError(problem)
+
+
+def _in_range(trt_version: str, first: Tuple[int, ...], end: Tuple[int, ...]) -> bool:
+    """first <= version < end, comparing as many fields as ``first`` has ('10.16.1.11' is in [(10, 16), (10, 17)))."""
+    n = len(first)
+    return first <= (version(trt_version) + (0,) * n)[:n] < end
+
+
+def dla_problem(trt_version: str) -> Optional[str]:
+    """Why this TensorRT release has no DLA on Jetson (10.16 on Orin, 11.0-11.4.0), or None."""
+    return next((why for first, end, why in NO_DLA if _in_range(trt_version, first, end)), None)
+
+
+def hardware_compat_problem(level: str, trt_version: str) -> Optional[str]:
+    """Why this TensorRT cannot build engines of hardware compatibility ``level``, or None."""
+    oldest = HARDWARE_COMPAT_MIN_TENSORRT.get(level)
+    if oldest and version(trt_version) < version(oldest):
+        return (f"hardware compatibility '{level}' needs TensorRT >= {oldest} (HardwareCompatibilityLevel."
+                f"{HARDWARE_COMPAT[level][0]}), this is TensorRT {trt_version}")
+    return None
 
 
 def version_compatible(built: str, running: str, opted_in: bool) -> bool:
@@ -101,3 +159,36 @@ def version_compatible(built: str, running: str, opted_in: bool) -> bool:
     if not opted_in or b < MIN_TENSORRT or r < b:
         return False
     return r[0] == b[0] or (b[0], r[0]) in VERSION_COMPAT_HOPS
+
+
+# ------------------------------------------------------------------------------------------ CUDA bindings
+def cuda_version(encoded: Optional[int]) -> Optional[str]:
+    """CUDA's integer version (12060) as text ('12.6'); None for 0 or None (no driver)."""
+    return f'{encoded // 1000}.{encoded % 1000 // 10}' if encoded else None
+
+
+def binding_extra(driver: Optional[int], jetson: bool) -> Optional[str]:
+    """The pyproject extra whose CUDA binding fits this driver (``cudaDriverGetVersion``), None when none does.
+
+    JetPack 6.0 (CUDA 12.2) has none: cuda-python 12.6 is newer than its CUDA.
+    """
+    if not driver:
+        return None
+    major, minor = driver // 1000, driver % 1000 // 10
+    if jetson:
+        return {12: 'jetpack6' if minor >= 6 else None, 13: 'jetpack7'}.get(major)
+    return {12: 'cuda12', 13: 'cuda13'}.get(major)
+
+
+def binding_problem(runtime: Optional[int], driver: Optional[int], jetson: bool = False) -> Optional[str]:
+    """Why the CUDA binding's runtime (``cudaRuntimeGetVersion``) cannot work with this driver, or None.
+
+    A runtime of a newer CUDA major than the driver fails every call with cudaErrorInsufficientDriver.
+    """
+    if not runtime or not driver or runtime // 1000 <= driver // 1000:
+        return None
+    extra = binding_extra(driver, jetson)
+    fix = (f"pip install -e '.[{extra}]' ({BINDING_EXTRAS[extra][2]})" if extra else
+           'install a CUDA binding built for this CUDA (JetPack 6.0: cuda-python==12.2.1, or pycuda)')
+    return (f'the CUDA binding is built for CUDA {cuda_version(runtime)} but the driver supports CUDA '
+            f'{cuda_version(driver)}: {fix}')

@@ -9,21 +9,27 @@ The binding is chosen once, on first use: pycuda when it is importable (JetPack 
 it), otherwise cuda-python (``cuda.bindings.runtime``, what TensorRT's samples use). The environment
 variable ``SCALABLEVIT_CUDA_BINDING=pycuda|cuda-python`` overrides the choice. Only numpy is imported
 at module import time. Everything runs on CUDA device 0: select another GPU with CUDA_VISIBLE_DEVICES.
+
+Stream handles go to TensorRT as integers through ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings
+12.9.1 / 13.0.0 deprecate ``int(cudaStream_t)``), with ``int()`` on older cuda-python.
 """
 import ctypes
+import importlib.metadata
 import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .compat import binding_problem, cuda_version
 from .errors import ScalableViTError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['CudaError', 'binding_name', 'api', 'check', 'device_count', 'device_info', 'cuda_status',
-           'DeviceBuffer', 'PinnedHostBuffer', 'Stream', 'EventTimer', 'CudaGraph']
+__all__ = ['CudaError', 'binding_name', 'api', 'check', 'device_count', 'device_info', 'cuda_versions', 'cuda_status',
+           'native_handle', 'DeviceBuffer', 'PinnedHostBuffer', 'Stream', 'EventTimer', 'CudaGraph']
 
 BINDINGS = ('pycuda', 'cuda-python')
 BINDING_ENV = 'SCALABLEVIT_CUDA_BINDING'
@@ -79,6 +85,15 @@ def _cudart() -> Any:
         return cudart
 
 
+def native_handle(obj: Any) -> int:
+    """The address of a cuda-python object (a ``cudaStream_t``) as an int, the way the binding wants it read."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle  # noqa: PLC0415 (cuda-bindings >= 12.9.1)
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
+
+
 def _error_text(cudart: Any, err: Any) -> str:
     name = getattr(err, 'name', str(err))
     status, text = cudart.cudaGetErrorString(err)
@@ -91,8 +106,38 @@ def device_count() -> int:
 
 
 def device_info(device: int = 0) -> Dict[str, Any]:
-    """``{'name', 'compute_capability' ("8.7"), 'integrated' (True on Jetson), 'total_memory_mib'}``."""
+    """``{'name', 'compute_capability' ("8.7"), 'sm_count', 'total_memory_mib', 'integrated' (True on Jetson)}``."""
     return api().device_info(device)
+
+
+def cuda_versions() -> Dict[str, Any]:
+    """The binding (name and package version), the CUDA version the driver supports and the binding's runtime.
+
+    Versions are CUDA's integers (12060 = 12.6; ``*_text`` as '12.6'); the driver's is 0 without a driver.
+    """
+    a = api()
+    driver, runtime = a.driver_version(), a.runtime_version()
+    return {'binding': a.name, 'binding_version': _package_version(a.packages), 'driver': driver,
+            'driver_text': cuda_version(driver), 'runtime': runtime, 'runtime_text': cuda_version(runtime)}
+
+
+def _package_version(names: Sequence[str]) -> Optional[str]:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _binding_hint() -> str:
+    """'; <how to fix it>' when the binding's CUDA runtime is too new for the driver, else ''."""
+    try:
+        v = cuda_versions()
+    except CudaError:
+        return ''
+    hint = binding_problem(v['runtime'], v['driver'], jetson=Path('/etc/nv_tegra_release').is_file())
+    return f'; {hint}' if hint else ''
 
 
 def cuda_status() -> Tuple[bool, str]:
@@ -102,7 +147,7 @@ def cuda_status() -> Tuple[bool, str]:
     except ImportError as e:
         return False, f'no CUDA binding ({e}): install cuda-python or pycuda'
     except CudaError as e:
-        return False, f'no CUDA device ({e})'
+        return False, f'no CUDA device ({e})' + _binding_hint()
     if count < 1:
         return False, 'no CUDA device (cudaGetDeviceCount returned 0)'
     info = device_info(0)
@@ -256,6 +301,7 @@ class _CudaPython(_Api):
     """cuda-python runtime API (``cuda.bindings.runtime``; ``cuda.cudart`` on cuda-python < 12.6)."""
 
     name = 'cuda-python'
+    packages = ('cuda-python', 'cuda-bindings')
 
     def __init__(self):
         self.rt = _cudart()
@@ -263,11 +309,18 @@ class _CudaPython(_Api):
     def device_count(self) -> int:
         return check('cudaGetDeviceCount', self.rt.cudaGetDeviceCount())
 
+    def driver_version(self) -> int:
+        return int(check('cudaDriverGetVersion', self.rt.cudaDriverGetVersion()))
+
+    def runtime_version(self) -> int:
+        return int(check('cudaRuntimeGetVersion', self.rt.cudaRuntimeGetVersion()))
+
     def device_info(self, device: int) -> Dict[str, Any]:
         prop = check('cudaGetDeviceProperties', self.rt.cudaGetDeviceProperties(device))
         name = prop.name.decode(errors='replace') if isinstance(prop.name, bytes) else str(prop.name)
         return {'name': name.split('\x00')[0].strip(), 'compute_capability': f'{prop.major}.{prop.minor}',
-                'integrated': bool(prop.integrated), 'total_memory_mib': int(prop.totalGlobalMem) // (1 << 20)}
+                'sm_count': int(prop.multiProcessorCount), 'total_memory_mib': int(prop.totalGlobalMem) // (1 << 20),
+                'integrated': bool(prop.integrated)}
 
     def malloc(self, nbytes: int) -> int:
         return int(check('cudaMalloc', self.rt.cudaMalloc(nbytes)))
@@ -299,7 +352,7 @@ class _CudaPython(_Api):
         return check('cudaStreamCreate', self.rt.cudaStreamCreate())
 
     def stream_handle(self, stream: Any) -> int:
-        return int(stream)
+        return native_handle(stream)
 
     def stream_synchronize(self, stream: Any) -> None:
         check('cudaStreamSynchronize', self.rt.cudaStreamSynchronize(stream))
@@ -346,6 +399,7 @@ class _PyCuda(_Api):
     """pycuda driver API on the device's primary context (the one TensorRT's runtime API uses)."""
 
     name = 'pycuda'
+    packages = ('pycuda',)
 
     def __init__(self):
         import pycuda.driver as drv  # noqa: PLC0415
@@ -372,13 +426,22 @@ class _PyCuda(_Api):
         self._call('cuInit', self.drv.init)
         return self._call('cuDeviceGetCount', self.drv.Device.count)
 
+    def driver_version(self) -> int:
+        return int(self._call('cuDriverGetVersion', self.drv.get_driver_version))
+
+    def runtime_version(self) -> int:
+        major, minor = self.drv.get_version()[:2]  # the CUDA pycuda was built against
+        return major * 1000 + minor * 10
+
     def device_info(self, device: int) -> Dict[str, Any]:
         self._call('cuInit', self.drv.init)
         dev = self._call('cuDeviceGet', self.drv.Device, device)
         major, minor = dev.compute_capability()
-        integrated = dev.get_attribute(self.drv.device_attribute.INTEGRATED)
-        return {'name': dev.name(), 'compute_capability': f'{major}.{minor}', 'integrated': bool(integrated),
-                'total_memory_mib': int(dev.total_memory()) // (1 << 20)}
+        attr = self.drv.device_attribute
+        return {'name': dev.name(), 'compute_capability': f'{major}.{minor}',
+                'sm_count': int(dev.get_attribute(attr.MULTIPROCESSOR_COUNT)),
+                'total_memory_mib': int(dev.total_memory()) // (1 << 20),
+                'integrated': bool(dev.get_attribute(attr.INTEGRATED))}
 
     def malloc(self, nbytes: int) -> Any:
         self._ensure_context()
@@ -399,10 +462,12 @@ class _PyCuda(_Api):
         self._call('cuMemFreeHost', handle.free)
 
     def memcpy_htod_async(self, dst: int, src: np.ndarray, nbytes: int, stream: Any) -> None:
-        self._call('cuMemcpyHtoDAsync', self.drv.memcpy_htod_async, dst, src.reshape(-1).view(np.uint8)[:nbytes], stream)
+        data = src.reshape(-1).view(np.uint8)[:nbytes]
+        self._call('cuMemcpyHtoDAsync', self.drv.memcpy_htod_async, dst, data, stream)
 
     def memcpy_dtoh_async(self, dst: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
-        self._call('cuMemcpyDtoHAsync', self.drv.memcpy_dtoh_async, dst.reshape(-1).view(np.uint8)[:nbytes], src, stream)
+        data = dst.reshape(-1).view(np.uint8)[:nbytes]
+        self._call('cuMemcpyDtoHAsync', self.drv.memcpy_dtoh_async, data, src, stream)
 
     def stream_create(self) -> Any:
         self._ensure_context()

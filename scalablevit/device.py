@@ -2,8 +2,8 @@
 
 Runs where the engine will run (a Jetson, a GPU server) and imports only numpy, tensorrt and a CUDA binding.
 The bundle is verified first (manifest, sha256 of the deployed ONNX and of reference.npz); the engine lands
-in ``<bundle>/engines/`` and is reused when its cache key (ONNX, target, precision, TensorRT, GPU, build flags)
-matches; validation runs the reference images through the engine and enforces the precision's accuracy budget.
+in ``<bundle>/engines/`` and is reused when its cache key (ONNX, target, precision, TensorRT, GPU identity, build
+flags) matches; validation runs the reference images through the engine and enforces the precision's accuracy budget.
 """
 import logging
 from pathlib import Path
@@ -18,6 +18,7 @@ from .engine import (build_engine, build_flags, cached_engine_ok, engine_cache_k
                      read_engine_manifest)
 from .errors import ScalableViTError
 from .fileio import PathLike
+from .inspector import precision_mismatches
 from .report import make_report, write_report
 from .runners import INPUT_NAME, OUTPUT_NAME, Runner
 from .steps import timed_step
@@ -60,8 +61,7 @@ def build_bundle_engine(bundle: Union[PathLike, Bundle], target: Union[str, Targ
     target = load_target(target)
     env = open_tensorrt(env)
     flags = build_flags(target, bundle.precision, env.version)
-    key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu['name'],
-                           env.gpu['compute_capability'], flags)
+    key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu, flags)
     engine_path = bundle.path / 'engines' / f'{onnx_path.stem}.{target.name}.{key[:12]}.engine'
     reused = not force and cached_engine_ok(engine_path, key)
     if reused:
@@ -88,6 +88,7 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
                           f"max |diff| {metrics['max_abs_diff']:.4g}")
     violations = budget_violations(metrics, precision)
     engine_manifest = read_engine_manifest(engine_path)
+    engine_precision = _engine_precision(engine_manifest, bundle)
     report = make_report(
         bundle.model, precision, 'tensorrt', metrics, None, untrained,
         environment_extra={'tensorrt': env.version, 'gpu': engine_manifest['gpu'], 'target': target.name,
@@ -97,7 +98,8 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
                 'sha256': engine_manifest['engine_sha256'], 'cache_key': engine_manifest['cache_key'],
                 'reused': reused, 'layers': engine_manifest.get('layers'),
                 'build_time_s': engine_manifest.get('build_time_s'), 'trtexec': engine_manifest.get('trtexec')},
-        status=gate_status(violations, untrained))
+        census={k: v for k, v in (bundle.manifest.get('census') or {}).items() if k != 'node_dtypes'} or None,
+        engine_precision=engine_precision, status=gate_status(violations, untrained))
     report_path = write_report(engine_path.parent, report, stem=f'{engine_path.stem}.report')
     if violations and untrained:
         logger.warning('engine %s exceeds the %s budget (%s), allowed because the bundle is marked untrained',
@@ -107,3 +109,18 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
         manifest_path(engine_path).unlink(missing_ok=True)
         check_budget(metrics, precision, f'TensorRT engine {engine_path.name} (report: {report_path})')
     return report
+
+
+def _engine_precision(engine_manifest: Dict[str, Any], bundle: Bundle) -> Dict[str, Any]:
+    """TensorRT's own per-layer precision (engine inspector) against the bundle's census: every layer that runs an
+    ONNX node at a higher precision than the ONNX gave it is flagged (a warning: it costs speed, not accuracy)."""
+    layers = (engine_manifest.get('layers') or {}).get('per_layer') or []
+    node_dtypes = (bundle.manifest.get('census') or {}).get('node_dtypes') or {}
+    flagged = precision_mismatches(layers, node_dtypes)
+    for item in flagged:
+        logger.warning('TensorRT runs %s (%s) in %s where the ONNX asked %s for %s', item['layer'], item['type'],
+                       item['engine_precision'].upper(), item['onnx_dtype'].upper(), item['onnx_node'])
+    counts: Dict[str, int] = {}
+    for layer in layers:
+        counts[layer['precision'] or 'unknown'] = counts.get(layer['precision'] or 'unknown', 0) + 1
+    return {'layers': counts, 'higher_than_onnx': flagged, 'compared': bool(layers and node_dtypes)}

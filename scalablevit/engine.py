@@ -1,16 +1,20 @@
 """TensorRT engines: build (profile, workspace, timing cache, DLA), engine manifest, cache key and load checks.
 
-Precision comes from the ONNX (modelopt Q/DQ for INT8, AutoCast for FP16): on TensorRT 10.x the
+Precision comes from the ONNX (modelopt Q/DQ for INT8, AutoCast for FP16): on TensorRT 10.x a GPU
 network is created strongly typed (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``); on 11.x every
-network is strongly typed and that flag is deprecated and ignored, so none is passed; TensorRT 8.6
-(JetPack 6.0) has no strong typing and gets the FP16/INT8 builder flags instead (best effort, logged).
-No calibrators, no precision flags or constraints on >= 10. What each release supports is ``compat``'s
-table; the targets are ``targets``; the bundle -> engine -> validation pipeline is ``device``.
+network is strongly typed and that flag is deprecated and ignored, so none is passed. Weakly typed, with
+the FP16 (+ INT8 for a Q/DQ model) builder flags, are TensorRT 8.6 (JetPack 6.0, no strong typing) and DLA
+builds before 11.x, exactly as trtexec builds them (its ``--useDLACore`` sets FP16 and
+PREFER_PRECISION_CONSTRAINTS, plus GPU_FALLBACK or DIRECT_IO). One flag list (``build_flags``) drives both
+the builder config and the printed ``trtexec`` command, so the two cannot drift apart. What each release
+supports is ``compat``'s table; the targets are ``targets``; the bundle -> engine -> validation pipeline is
+``device``.
 
-Every engine gets a manifest beside it (``<engine>.json``): TensorRT version, GPU and compute
-capability, target settings, precision, ONNX sha256, profile shapes, build flags, the equivalent
-``trtexec`` command line and the cache key. Loading an engine checks that manifest against the running
-TensorRT and GPU first (pure functions below, tested on CPU) and refuses a mismatch with a clear error.
+Every engine gets a manifest beside it (``<engine>.json``): TensorRT version, the GPU identity (name,
+compute capability, SM count, memory, board model, CPU architecture, OS), target settings, precision, ONNX
+sha256, profile shapes, build flags, layers per device, the equivalent ``trtexec`` command line and the
+cache key. Loading an engine checks that manifest against the running TensorRT and GPU first (pure
+functions below, tested on CPU) and refuses a mismatch, naming what differs.
 
 Only the standard library is imported here; tensorrt and the CUDA binding are imported by ``probe_tensorrt``.
 """
@@ -26,9 +30,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import compat, cuda
+from .engine_rules import (MANIFEST_FORMAT, check_engine_compatible, check_target_platform, describe_gpu, identity,
+                           require)
 from .errors import ScalableViTError
 from .fileio import PathLike, atomic_path, human_size, read_json, sha256_file, write_json
-from .inspector import count_layer_devices
+from .inspector import count_layer_devices, layer_placement, layer_precisions
 from .report import utc_now
 from .runners import INPUT_NAME
 from .targets import Target, load_target
@@ -36,18 +42,18 @@ from .trt_env import TensorRT, open_tensorrt, trt_logger
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['profile_shapes', 'build_flags', 'trtexec_command', 'engine_cache_key', 'engine_compatibility_problem',
-           'check_engine_compatible', 'check_target_platform', 'build_engine', 'load_engine', 'LoadedEngine',
-           'read_engine_manifest', 'cached_engine_ok', 'manifest_path', 'timing_cache_path']
+__all__ = ['profile_shapes', 'build_flags', 'builder_flag_names', 'trtexec_command', 'engine_cache_key',
+           'build_engine', 'load_engine', 'LoadedEngine', 'read_engine_manifest', 'cached_engine_ok', 'manifest_path',
+           'timing_cache_path']
 
-MANIFEST_FORMAT = 'scalablevit-engine/1'
+# Our build flag -> the tensorrt.BuilderFlag it sets. Flags not here set none: network creation (typing), TF32
+# (cleared), profiling verbosity, DLA core and hardware compatibility are config properties.
+_BUILDER_FLAGS = {'fp16': 'FP16', 'int8': 'INT8', 'gpu_fallback': 'GPU_FALLBACK',
+                  'prefer_precision_constraints': 'PREFER_PRECISION_CONSTRAINTS', 'direct_io': 'DIRECT_IO',
+                  'version_compatible': 'VERSION_COMPATIBLE'}
 
 
 # ============================================================================================ pure rules
-def _cc(text: str) -> Tuple[int, ...]:
-    return compat.version(text)
-
-
 def profile_shapes(target: Target, chw: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
     """min/opt/max input shapes (N, C, H, W) of the target's batch range."""
     c, h, w = (int(x) for x in chw)
@@ -56,19 +62,23 @@ def profile_shapes(target: Target, chw: Sequence[int]) -> Dict[str, Tuple[int, .
 
 
 def build_flags(target: Target, precision: str, trt_version: str) -> List[str]:
-    """The build options that shape an engine, as short strings (manifest, cache key, logs).
+    """The build options that shape an engine, as short strings: the one list the builder config, the trtexec
+    command, the manifest and the cache key are all derived from.
 
-    ``precision`` is a bundle's (validated when the bundle is read); it matters only without strong typing.
+    ``precision`` is a bundle's (validated when the bundle is read); it matters only without strong typing,
+    where FP16 (and INT8 for a Q/DQ model) become builder flags.
     """
-    typed = compat.typing_mode(trt_version) != 'weak'
-    flags = ['strongly_typed'] if typed else ['weakly_typed', *_weak_precision(precision)]
+    dla = target.dla_core is not None
+    typing = compat.network_typing(trt_version, dla)
+    flags = ['strongly_typed'] if typing != 'weak' else ['weakly_typed', *_weak_precision(precision)]
     if not target.tf32:
         flags.append('no_tf32')
     flags.append('profiling_verbosity=detailed')
-    if target.dla_core is not None:
+    if dla:
         flags.append(f'dla_core={target.dla_core}')
-        if target.gpu_fallback:
-            flags.append('gpu_fallback')
+        if typing == 'weak':  # trtexec's --useDLACore block sets it before 11.x
+            flags.append('prefer_precision_constraints')
+        flags.append('gpu_fallback' if target.gpu_fallback else 'direct_io')
     if target.version_compatible:
         flags.append('version_compatible')
     if target.hardware_compatibility_level != 'none':
@@ -77,8 +87,13 @@ def build_flags(target: Target, precision: str, trt_version: str) -> List[str]:
 
 
 def _weak_precision(precision: str) -> List[str]:
-    """TensorRT 8.6 builder precision flags standing in for strong typing."""
+    """Builder precision flags standing in for strong typing (INT8 comes from the ONNX's Q/DQ scales)."""
     return {'fp32': [], 'fp16': ['fp16'], 'int8': ['int8', 'fp16']}[precision]
+
+
+def builder_flag_names(flags: Sequence[str]) -> List[str]:
+    """The ``tensorrt.BuilderFlag`` members a build with ``flags`` sets, in order."""
+    return [_BUILDER_FLAGS[name] for name in (f.partition('=')[0] for f in flags) if name in _BUILDER_FLAGS]
 
 
 def _trtexec_option(flag: str, trt_major: int) -> Optional[str]:
@@ -88,9 +103,12 @@ def _trtexec_option(flag: str, trt_major: int) -> Optional[str]:
         return '--stronglyTyped' if trt_major == 10 else None  # 11.x: always on, the option is not needed
     if name == 'hardware_compatibility':
         return f'--hardwareCompatibilityLevel={compat.HARDWARE_COMPAT[value][1]}'
+    # prefer_precision_constraints and direct_io: trtexec's --useDLACore sets them itself (the first before 11.x,
+    # the second without --allowGPUFallback); --precisionConstraints=prefer would only add a warning.
     options = {'weakly_typed': None, 'fp16': '--fp16', 'int8': '--int8', 'no_tf32': '--noTF32',
                'profiling_verbosity': f'--profilingVerbosity={value}', 'dla_core': f'--useDLACore={value}',
-               'gpu_fallback': '--allowGPUFallback', 'version_compatible': '--versionCompatible'}
+               'gpu_fallback': '--allowGPUFallback', 'prefer_precision_constraints': None, 'direct_io': None,
+               'version_compatible': '--versionCompatible'}
     return options[name]
 
 
@@ -116,77 +134,15 @@ def trtexec_command(onnx: PathLike, engine: PathLike, target: Target, precision:
 
 
 def engine_cache_key(onnx_sha256: str, target: Union[Target, Dict[str, Any]], precision: str, trt_version: str,
-                     gpu: str, cc: str, build_flags: Sequence[str]) -> str:
-    """16 hex digits naming one engine: an engine is reused only when every input here matches."""
+                     gpu: Dict[str, Any], build_flags: Sequence[str]) -> str:
+    """16 hex digits naming one engine: an engine is reused only when every input here matches.
+
+    ``gpu`` is ``trt_env.gpuidentity()``: every field of ``IDENTITY_FIELDS`` counts.
+    """
     settings = target.settings() if isinstance(target, Target) else target
     payload = {'format': MANIFEST_FORMAT, 'onnx_sha256': onnx_sha256, 'target': settings, 'precision': precision,
-               'tensorrt': trt_version, 'gpu': gpu, 'compute_capability': cc, 'build_flags': sorted(build_flags)}
+               'tensorrt': trt_version, 'gpu': identity(gpu), 'build_flags': sorted(build_flags)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def engine_compatibility_problem(manifest: Dict[str, Any], trt_version: str, gpu: str, cc: str) -> Optional[str]:
-    """Why the engine of ``manifest`` cannot run on this TensorRT and GPU, or None when it can.
-
-    Honours the version-compatible and hardware-compatibility opt-ins recorded in the manifest.
-    """
-    _require(manifest, ('engine', 'tensorrt_version', 'gpu', 'compatibility'), 'engine manifest')
-    built_trt, built_gpu = manifest['tensorrt_version'], manifest['gpu']
-    opt_ins = manifest['compatibility']
-    reasons = []
-    if not compat.version_compatible(built_trt, trt_version, bool(opt_ins.get('version_compatible'))):
-        reasons.append('TensorRT versions differ' + ('' if opt_ins.get('version_compatible')
-                                                     else ' and it is not version-compatible'))
-    level = opt_ins.get('hardware_compatibility_level', 'none')
-    if not _hardware_compatible(built_gpu['name'], built_gpu['compute_capability'], gpu, cc, level):
-        reasons.append(f"the GPU differs (hardware compatibility '{level}')")
-    if not reasons:
-        return None
-    return (f"engine {manifest['engine']} was built with TensorRT {built_trt} on {built_gpu['name']} "
-            f"(sm_{built_gpu['compute_capability'].replace('.', '')}); this is TensorRT {trt_version} on {gpu} "
-            f"(sm_{cc.replace('.', '')}): rebuild it ({'; '.join(reasons)})")
-
-
-def check_engine_compatible(manifest: Dict[str, Any], trt_version: str, gpu: str, cc: str) -> None:
-    problem = engine_compatibility_problem(manifest, trt_version, gpu, cc)
-    if problem:
-        raise ScalableViTError(problem)
-
-
-def _hardware_compatible(built_gpu: str, built_cc: str, gpu: str, cc: str, level: str) -> bool:
-    if level == 'ampere_plus':
-        return _cc(built_cc) >= (8, 0) and _cc(cc) >= (8, 0)
-    same_cc = _cc(built_cc) == _cc(cc)
-    return same_cc if level == 'same_compute_capability' else same_cc and built_gpu == gpu
-
-
-def check_target_platform(target: Target, precision: str, trt_version: str, gpu: Dict[str, Any],
-                          num_dla_cores: int) -> None:
-    """Refuse a target this TensorRT and GPU cannot build, before spending minutes on it."""
-    if compat.version(trt_version) < compat.MIN_TENSORRT:
-        raise ScalableViTError(f'TensorRT {trt_version} is too old: this toolchain needs TensorRT >= 8.6')
-    where = f"{gpu['name']} (sm_{gpu['compute_capability'].replace('.', '')})"
-    if target.dla_core is not None:
-        if precision == 'fp32':
-            raise ScalableViTError(f"target {target.name} uses DLA, which runs FP16 and INT8 only: "
-                                   'build an fp16 or int8 bundle, or use a GPU-only target')
-        if target.dla_core >= num_dla_cores:
-            gap = ' (TensorRT 11.0-11.4.0 have no DLA support on Jetson)' if compat.in_dla_gap(trt_version) else ''
-            have = f'has only {num_dla_cores} DLA core(s)' if num_dla_cores else 'has no DLA'
-            raise ScalableViTError(f'target {target.name} asks for DLA core {target.dla_core} but {where} with '
-                                   f'TensorRT {trt_version} {have}{gap}')
-    if target.hardware_compatibility_level != 'none':
-        if gpu.get('integrated'):
-            raise ScalableViTError(f'target {target.name}: hardware compatibility is not supported on Jetson '
-                                   f'({where})')
-        if target.hardware_compatibility_level == 'ampere_plus' and _cc(gpu['compute_capability']) < (8, 0):
-            raise ScalableViTError(f"target {target.name}: hardware compatibility 'ampere_plus' needs an Ampere "
-                                   f'or newer GPU to build on, this is {where}')
-
-
-def _require(mapping: Dict[str, Any], keys: Sequence[str], what: str) -> None:
-    missing = [k for k in keys if k not in mapping]
-    if missing:
-        raise ScalableViTError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
 
 
 # ============================================================================================ files
@@ -200,21 +156,24 @@ def default_cache_dir() -> Path:
     return Path(root) / 'scalablevit' / 'tensorrt'
 
 
-def timing_cache_path(cache_dir: PathLike, gpu: str, cc: str, trt_version: str) -> Path:
-    """One timing cache per (GPU name, compute capability, TensorRT version), shared by every build."""
-    slug = re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-').lower() or 'gpu'
-    return Path(cache_dir) / f"{slug}-sm{cc.replace('.', '')}-trt{trt_version}.timing"
+def timing_cache_path(cache_dir: PathLike, gpu: Dict[str, Any], trt_version: str) -> Path:
+    """One timing cache per GPU identity (``IDENTITY_FIELDS``) and TensorRT version, shared by every build.
+
+    The name reads '<gpu>-sm<cc>-trt<version>-<8 hex digits of the full identity>.timing'.
+    """
+    slug = re.sub(r'[^A-Za-z0-9]+', '-', str(gpu['name'])).strip('-').lower() or 'gpu'
+    ident = hashlib.sha256(json.dumps(identity(gpu), sort_keys=True).encode()).hexdigest()[:8]
+    cc = str(gpu['compute_capability']).replace('.', '')
+    return Path(cache_dir) / f'{slug}-sm{cc}-trt{trt_version}-{ident}.timing'
 
 
 # ============================================================================================ build
-def _create_network(trt: Any, builder: Any, typing: str) -> Any:
-    if typing == 'always':
-        flags = 0  # strongly typed always; STRONGLY_TYPED is deprecated and ignored
-    elif typing == 'flag':
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    else:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+def _create_network(trt: Any, builder: Any, flags: Sequence[str], trt_major: int) -> Any:
+    if 'strongly_typed' in flags:  # 11.x: always strongly typed, STRONGLY_TYPED is deprecated and ignored
+        creation = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if trt_major == 10 else 0
+    else:  # weakly typed: 8.6 needs EXPLICIT_BATCH, 10.x networks are explicit-batch by default
+        creation = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if trt_major < 10 else 0
+    network = builder.create_network(creation)
     if network is None:
         raise ScalableViTError(f'TensorRT could not create a network: {trt_logger(trt).pop_errors()}')
     return network
@@ -257,26 +216,35 @@ def _network_input(network: Any, input_name: str, chw: Optional[Sequence[int]], 
     return tuple(int(c) for c in chw) if chw is not None else tuple(shape[1:])
 
 
-def _configure(trt: Any, builder: Any, network: Any, config: Any, target: Target, precision: str,
-               input_name: str, shapes: Dict[str, Tuple[int, ...]], typing: str) -> Dict[str, Any]:
-    """Apply the target to the builder config; return DLA eligibility when DLA is asked for."""
+def _check_qdq(trt: Any, network: Any, onnx: Path) -> None:
+    """A weakly typed INT8 build takes its scales from the ONNX's Q/DQ nodes: refuse a model without them (trtexec
+    would invent random dynamic ranges instead)."""
+    kinds = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
+    if not any(network.get_layer(i).type in kinds for i in range(network.num_layers)):
+        raise ScalableViTError(f'{onnx}: an INT8 build needs Q/DQ nodes (modelopt INT8), this ONNX has none')
+
+
+def _configure(trt: Any, builder: Any, network: Any, config: Any, target: Target, flags: Sequence[str],
+               input_name: str, shapes: Dict[str, Tuple[int, ...]], onnx: Path) -> Dict[str, Any]:
+    """Apply the target and ``flags`` to the builder config; return DLA eligibility when DLA is asked for."""
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
     config.builder_optimization_level = target.builder_optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if not target.tf32 and hasattr(trt.BuilderFlag, 'TF32'):
+    if 'no_tf32' in flags and hasattr(trt.BuilderFlag, 'TF32'):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, shapes['min'], shapes['opt'], shapes['max'])
     if config.add_optimization_profile(profile) < 0:
         raise ScalableViTError(f'TensorRT rejected the profile {shapes}: {trt_logger(trt).pop_errors()}')
-    if typing == 'weak':
-        for flag in _weak_precision(precision):
-            config.set_flag(getattr(trt.BuilderFlag, flag.upper()))
-        if precision != 'fp32':
-            logger.warning('TensorRT %s has no strongly typed networks: building with BuilderFlag %s; TensorRT may '
-                           'run any layer at that precision', trt.__version__, '+'.join(_weak_precision(precision)))
-    if target.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    for name in builder_flag_names(flags):
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if 'int8' in flags:
+        _check_qdq(trt, network, onnx)
+    weak = [f for f in flags if f in ('fp16', 'int8')]
+    if weak:
+        logger.warning('weakly typed build (TensorRT %s%s) with BuilderFlag %s: TensorRT may run any layer at that '
+                       'precision, not only where the ONNX says', trt.__version__,
+                       ', DLA' if target.dla_core is not None else '', '+'.join(weak))
     if target.hardware_compatibility_level != 'none':
         member = compat.HARDWARE_COMPAT[target.hardware_compatibility_level][0]
         if not hasattr(trt.HardwareCompatibilityLevel, member):
@@ -286,8 +254,6 @@ def _configure(trt: Any, builder: Any, network: Any, config: Any, target: Target
         return {}
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = target.dla_core
-    if target.gpu_fallback:
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     eligible = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
     logger.info('DLA core %d: %d of %d network layers can run on DLA', target.dla_core, eligible, network.num_layers)
     return {'dla_eligible_network_layers': eligible, 'network_layers': network.num_layers}
@@ -311,8 +277,13 @@ def _save_timing_cache(config: Any, path: Path) -> None:
         tmp.write_bytes(memoryview(cache.serialize()))
 
 
-def _inspect_layers(trt: Any, plan: Any, target: Target) -> Dict[str, int]:
-    """Deserialize the fresh plan (proving it loads) and count its layers per device."""
+def _inspect_layers(trt: Any, plan: Any, target: Target, placement: Dict[str, List[str]]) -> Dict[str, Any]:
+    """Deserialize the fresh plan (proving it loads), count its layers per device, read each layer's precision.
+
+    ``placement`` is the build log's layer list (``inspector.layer_placement``): its DLA layer names are kept in
+    the manifest (``dla_layers``) and identify the DLA layers of the inspector's JSON. ``per_layer`` is what
+    TensorRT runs each layer in (``inspector.layer_precisions``), held against the ONNX by the device pipeline.
+    """
     runtime = trt.Runtime(trt_logger(trt))
     if target.version_compatible:
         runtime.engine_host_code_allowed = True
@@ -322,7 +293,10 @@ def _inspect_layers(trt: Any, plan: Any, target: Target) -> Dict[str, int]:
     if engine is None:
         raise ScalableViTError(f'the engine TensorRT just built does not deserialize: {trt_logger(trt).pop_errors()}')
     inspector = engine.create_engine_inspector()
-    return count_layer_devices(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    information = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    counts = count_layer_devices(information, placement['dla'])
+    return {**counts, 'dla_layers': placement['dla'], 'build_log_gpu_layers': len(placement['gpu']),
+            'per_layer': layer_precisions(information)}
 
 
 def build_engine(onnx_path: PathLike, engine_path: PathLike, target: Union[str, Target], precision: str, *,
@@ -342,48 +316,49 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, target: Union[str, 
     log = trt_logger(trt)
     builder = trt.Builder(log)
     check_target_platform(target, precision, version, gpu, int(getattr(builder, 'num_DLA_cores', 0)))
-    typing = compat.typing_mode(version)
-    network = _create_network(trt, builder, typing)
+    network = _create_network(trt, builder, flags, env.major)
     parser = _parse_onnx(trt, network, onnx_path)  # noqa: F841 (the parser must outlive the network's use)
     chw = _network_input(network, input_name, chw, onnx_path)
     shapes = profile_shapes(target, chw)
     config = builder.create_builder_config()
-    dla = _configure(trt, builder, network, config, target, precision, input_name, shapes, typing)
-    cache_file = timing_cache_path(timing_cache_dir or default_cache_dir(), gpu['name'], gpu['compute_capability'],
-                                   version)
+    dla = _configure(trt, builder, network, config, target, flags, input_name, shapes, onnx_path)
+    cache_file = timing_cache_path(timing_cache_dir or default_cache_dir(), gpu, version)
     _load_timing_cache(trt, config, cache_file)
     command = trtexec_command(onnx_path, engine_path, target, precision, version, input_name, chw, cache_file, flags)
     logger.info('building %s engine for target %s with TensorRT %s on %s; equivalent: %s', precision, target.name,
-                version, gpu['name'], command)
+                version, describe_gpu(gpu), command)
     start = time.perf_counter()
+    log.placement = []
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ScalableViTError(f'TensorRT {version} failed to build {onnx_path} for target {target.name}: '
                                f'{log.pop_errors()}')
     build_time = time.perf_counter() - start
+    placement = layer_placement(log.placement)
     _save_timing_cache(config, cache_file)
     del parser, network, config, builder  # free the build's memory before the plan is deserialized (Orin Nano)
-    layers = {**_inspect_layers(trt, plan, target), **dla}  # also proves the plan loads before it is written
+    layers = {**_inspect_layers(trt, plan, target, placement), **dla}  # also proves the plan loads
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(memoryview(plan))
     onnx_sha256 = onnx_sha256 or sha256_file(onnx_path)
     manifest = {
         'format': MANIFEST_FORMAT, 'engine': engine_path.name, 'engine_sha256': sha256_file(engine_path),
         'engine_bytes': engine_path.stat().st_size,
-        'cache_key': engine_cache_key(onnx_sha256, target, precision, version, gpu['name'],
-                                      gpu['compute_capability'], flags),
+        'cache_key': engine_cache_key(onnx_sha256, target, precision, version, gpu, flags),
         'tensorrt_version': version, 'cuda_binding': cuda.api().name,
-        'gpu': {k: gpu[k] for k in ('name', 'compute_capability', 'integrated')},
+        'gpu': {**identity(gpu), 'integrated': gpu.get('integrated')},
         'target': {**target.settings(), 'notes': target.notes},
         'compatibility': {'version_compatible': target.version_compatible,
                           'hardware_compatibility_level': target.hardware_compatibility_level},
         'precision': precision, 'onnx': {'file': onnx_path.name, 'sha256': onnx_sha256, 'opset': onnx_opset},
         'input': {'name': input_name, 'profile': {k: list(v) for k, v in shapes.items()}},
-        'build_flags': flags, 'layers': layers, 'build_time_s': round(build_time, 2), 'trtexec': command,
+        'build_flags': flags, 'builder_flags': builder_flag_names(flags), 'layers': layers,
+        'build_time_s': round(build_time, 2), 'trtexec': command, 'timing_cache': cache_file.name,
         'created_at': utc_now(),
     }
     write_json(manifest_path(engine_path), manifest)
-    logger.info('engine: %s (%s), layers %s', engine_path, human_size(manifest['engine_bytes']), layers)
+    logger.info('engine: %s (%s), layers: %d total, %d on DLA', engine_path, human_size(manifest['engine_bytes']),
+                layers['total'], layers['dla'])
     return manifest
 
 
@@ -404,7 +379,7 @@ def read_engine_manifest(engine_path: PathLike) -> Dict[str, Any]:
         raise ScalableViTError(f'no manifest {path.name} beside engine {engine_path}: rebuild the engine with '
                                'deploy/build_engine.py (or load it with check_manifest=False)')
     manifest = read_json(path)
-    _require(manifest, ('engine', 'engine_sha256', 'tensorrt_version', 'gpu', 'compatibility', 'target'),
+    require(manifest, ('engine', 'engine_sha256', 'tensorrt_version', 'gpu', 'compatibility', 'target'),
              f'engine manifest {path}')
     return manifest
 
@@ -418,7 +393,7 @@ def load_engine(engine_path: PathLike, check_manifest: bool = True, env: Optiona
         raise ScalableViTError(f'engine {path} not found')
     manifest = read_engine_manifest(path) if check_manifest else None
     if manifest is not None:
-        check_engine_compatible(manifest, env.version, env.gpu['name'], env.gpu['compute_capability'])
+        check_engine_compatible(manifest, env.version, env.gpu)
         if sha256_file(path) != manifest['engine_sha256']:
             raise ScalableViTError(f'engine {path} does not match the sha256 in its manifest: rebuild it')
     runtime = trt.Runtime(trt_logger(trt))

@@ -106,6 +106,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                   f"| {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['mean']:.2f} ms |"]
     lines += _census_markdown(report.get('census'), report['precision'])
     lines += _estimate_markdown(report.get('cost_estimate'))
+    lines += _engine_precision_markdown(report.get('engine_precision'))
     stages = report.get('stages')
     if stages:
         lines += ['', '## Stages', '', '| stage | seconds | peak RSS | reused |', '|---|---:|---:|---|']
@@ -164,6 +165,25 @@ def _estimate_markdown(estimate: Optional[Dict[str, Any]]) -> List[str]:
              '|---|---:|---:|---:|---:|---:|']
     lines += [f"| {r['device_name']} | {r['batch']} | {r['latency_ms']:.3f} | {r['compute_ms']:.3f} | "
               f"{r['memory_ms']:.3f} | {r['compute_bound_layers']}/{r['layers']} |" for r in estimate['rows']]
+    return lines
+
+
+def _engine_precision_markdown(engine: Optional[Dict[str, Any]]) -> List[str]:
+    """TensorRT's per-layer precision (engine inspector) and the layers it runs above the ONNX precision."""
+    if not engine:
+        return []
+    counts = ', '.join(f'{n} {p.upper()}' for p, n in sorted(engine['layers'].items()))
+    lines = ['', '## Precision TensorRT runs (engine inspector)', '', f'Engine layers: {counts or "none read"}.']
+    flagged = engine['higher_than_onnx']
+    if not engine['compared']:
+        lines += ['', 'Not compared with the ONNX: the engine or the bundle carries no per-layer precision.']
+    elif flagged:
+        lines += ['', f'**{len(flagged)} layer(s) run at a higher precision than the ONNX asked for:**', '',
+                  '| engine layer | type | ONNX node | ONNX | engine |', '|---|---|---|---|---|']
+        lines += [f"| `{f['layer']}` | {f['type']} | `{f['onnx_node']}` | {f['onnx_dtype'].upper()} | "
+                  f"{f['engine_precision'].upper()} |" for f in flagged[:40]]
+    else:
+        lines += ['', 'No layer runs at a higher precision than the ONNX asked for.']
     return lines
 
 

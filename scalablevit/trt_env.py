@@ -1,25 +1,27 @@
 """The TensorRT this process can use, probed once per run, and the one TensorRT logger.
 
 ``probe_tensorrt`` imports tensorrt and asks the CUDA binding for a device; the resulting ``TensorRT`` (module,
-version, GPU facts) is passed inward by the caller, so one device run imports and probes once. The logger
-forwards TensorRT's messages to Python logging and keeps the last errors for the one-line failure messages.
-Only the standard library at import time.
+version, GPU identity) is passed inward by the caller, so one device run imports and probes once. The logger
+forwards TensorRT's messages to Python logging, keeps the last errors for the one-line failure messages and the
+build's per-device layer list. Only the standard library at import time.
 """
 import dataclasses
 import logging
+import platform
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import compat, cuda
 from .errors import ScalableViTError
+from .jetson import board_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['TensorRT', 'probe_tensorrt', 'trt_status', 'open_tensorrt', 'trt_logger']
+__all__ = ['TensorRT', 'probe_tensorrt', 'gpu_identity', 'trt_status', 'open_tensorrt', 'trt_logger']
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorRT:
-    """The TensorRT this process can use: the module, its version and GPU 0. Probed once per run, passed inward."""
+    """The TensorRT this process can use: the module, its version and GPU 0's identity (``gpu_identity``)."""
 
     trt: Any
     version: str
@@ -39,7 +41,18 @@ def probe_tensorrt() -> Tuple[Optional[TensorRT], str]:
     ok, reason = cuda.cuda_status()
     if not ok:
         return None, reason
-    return TensorRT(trt, trt.__version__, cuda.device_info(0)), f'TensorRT {trt.__version__}, {reason}'
+    return TensorRT(trt, trt.__version__, gpu_identity(0)), f'TensorRT {trt.__version__}, {reason}'
+
+
+def gpu_identity(device: int = 0) -> Dict[str, Any]:
+    """What an engine and a timing cache are tied to: the GPU (name, compute capability, SM count, memory) and the
+    machine around it (device-tree board model on Jetson, CPU architecture, OS).
+
+    Jetson AGX Orin, Orin NX and Orin Nano all report "Orin" and sm_87; SM count, memory and the board model tell
+    them apart.
+    """
+    return {**cuda.device_info(device), 'board': board_model(), 'cpu_arch': platform.machine(),
+            'os': platform.system()}
 
 
 def trt_status() -> Tuple[bool, str]:
@@ -73,11 +86,14 @@ def trt_logger(trt: Any) -> Any:
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.errors: List[str] = []
+                self.placement: List[str] = []  # "[DlaLayer] ..." / "[GpuLayer] ..." of the last build
 
             def log(self, severity: Any, msg: str) -> None:
                 level = levels.get(severity, logging.DEBUG)
                 if level >= logging.ERROR:
                     self.errors = (self.errors + [msg])[-5:]
+                if '[DlaLayer]' in msg or '[GpuLayer]' in msg:  # INFO or VERBOSE, depending on the release
+                    self.placement.append(msg)
                 logger.log(level, 'TensorRT: %s', msg)
 
             def pop_errors(self) -> str:

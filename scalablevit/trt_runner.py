@@ -21,9 +21,21 @@ from .runners import Feed, IOMeta, Runner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['TrtRunner']
+__all__ = ['TrtRunner', 'numpy_dtype']
 
 EngineSource = Union[str, Path, LoadedEngine, Callable[[], Any], Any]
+
+
+def numpy_dtype(trt: Any, dtype: Any, tensor: str) -> np.dtype:
+    """The numpy dtype of an IO tensor; a clear error naming the tensor where numpy has none.
+
+    ``tensorrt.nptype`` raises a bare TypeError for BF16, FP8, INT4 and FP4 (they have no numpy type).
+    """
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError as e:
+        raise ScalableViTError(f"engine tensor '{tensor}' has TensorRT type {dtype}, which numpy cannot hold: "
+                               'export the model with float32 or float16 inputs and outputs') from e
 
 
 class TrtRunner(Runner):
@@ -92,7 +104,7 @@ class TrtRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._dtypes = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), n) for n in names}
         self._profile = {n: tuple(tuple(s) for s in engine.get_tensor_profile_shape(n, 0)) for n in self._inputs}
         self._meta: IOMeta = {n: (self._dtypes[n], tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(n)))
                               for n in self._inputs}

@@ -4,6 +4,7 @@ Everything here runs without tensorrt and without a GPU; the GPU half is tests/t
 """
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import compat, cuda, device, engine, inspector, targets, trt_env
+from scalablevit import compat, cuda, device, engine, engine_rules, inspector, jetson, targets, trt_env
 from scalablevit.bundle import check_precision
 from scalablevit.targets import Target
 from scalablevit.errors import ScalableViTError
@@ -96,23 +97,57 @@ def test_target_comments_are_ignored(tmp_path):
     assert targets.load_target(_write_target(tmp_path, _doc='why these numbers')).name == 'mine'
 
 
-# ------------------------------------------------------------------------------------------ compatibility
-def _manifest(trt='10.3.0.30', gpu='Orin', cc='8.7', vc=False, hw='none'):
-    return {'engine': 'model.engine', 'tensorrt_version': trt, 'gpu': {'name': gpu, 'compute_capability': cc},
+# ------------------------------------------------------------------------------------------ GPU identity
+# Real figures: deviceQuery on an AGX Orin 64GB (JetPack 6, 16 SMs, 65893089280 bytes) and an Orin NX 16GB (8 SMs,
+# 16136011776 bytes), each quoted in public setup notes; the boards' /proc/device-tree/model strings (AGX: quoted
+# with `cat /proc/device-tree/model`; Orin NX: see tests/data/jetson/README.md; Nano Super: the captured file).
+AGX_ORIN = {'name': 'Orin', 'compute_capability': '8.7', 'sm_count': 16, 'total_memory_mib': 65893089280 >> 20,
+            'board': 'NVIDIA Jetson AGX Orin Developer Kit', 'cpu_arch': 'aarch64', 'os': 'Linux', 'integrated': True}
+ORIN_NX = {**AGX_ORIN, 'sm_count': 8, 'total_memory_mib': 16136011776 >> 20,
+           'board': 'NVIDIA Jetson Orin NX Engineering Reference Developer Kit Super'}
+H100 = {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0', 'sm_count': 132, 'total_memory_mib': 81079,
+        'board': None, 'cpu_arch': 'x86_64', 'os': 'Linux', 'integrated': False}
+
+
+def _manifest(trt='10.3.0.30', gpu=AGX_ORIN, vc=False, hw='none', fmt=engine_rules.MANIFEST_FORMAT):
+    return {'format': fmt, 'engine': 'model.engine', 'tensorrt_version': trt, 'gpu': gpu,
             'compatibility': {'version_compatible': vc, 'hardware_compatibility_level': hw}}
 
 
-def test_same_tensorrt_and_gpu_is_compatible():
-    assert engine.engine_compatibility_problem(_manifest(), '10.3.0.30', 'Orin', '8.7') is None
+def test_nano_super_board_model_is_read_from_the_device_tree():
+    model = jetson.board_model(str(REPO / 'tests/data/jetson/device_tree_model_orin_nano_super.bin'))
+    assert model == 'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super'
+
+
+def test_same_tensorrt_and_gpu_identity_is_compatible():
+    assert engine_rules.engine_compatibility_problem(_manifest(), '10.3.0.30', dict(AGX_ORIN)) is None
+
+
+def test_an_engine_of_another_orin_board_is_refused_naming_what_differs():
+    problem = engine_rules.engine_compatibility_problem(_manifest(), '10.3.0.30', ORIN_NX)
+    assert problem.startswith('engine model.engine was built with TensorRT 10.3.0.30 on Orin (sm_87, 16 SMs, '
+                              '62840 MiB, NVIDIA Jetson AGX Orin Developer Kit, aarch64 Linux); this is TensorRT '
+                              '10.3.0.30 on Orin (sm_87, 8 SMs, 15388 MiB, NVIDIA Jetson Orin NX Engineering '
+                              'Reference Developer Kit Super, aarch64 Linux): rebuild it')
+    assert ("the GPU differs (hardware compatibility 'none'): SM count 16 != 8, total memory (MiB) 62840 != 15388, "
+            "board 'NVIDIA Jetson AGX Orin Developer Kit' != 'NVIDIA Jetson Orin NX Engineering Reference Developer "
+            "Kit Super'") in problem
+    assert 'TensorRT versions differ' not in problem and 'compute capability' not in problem
 
 
 def test_other_tensorrt_version_is_refused_with_the_full_story():
-    problem = engine.engine_compatibility_problem(_manifest(), '10.7.0.23', 'NVIDIA H100 80GB HBM3', '9.0')
-    assert problem.startswith('engine model.engine was built with TensorRT 10.3.0.30 on Orin (sm_87); this is '
-                              'TensorRT 10.7.0.23 on NVIDIA H100 80GB HBM3 (sm_90): rebuild it')
-    assert 'not version-compatible' in problem and 'GPU differs' in problem
+    problem = engine_rules.engine_compatibility_problem(_manifest(), '10.7.0.23', H100)
+    assert 'this is TensorRT 10.7.0.23 on NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 81079 MiB, x86_64 Linux)' in problem
+    assert 'not version-compatible' in problem and "GPU 'Orin' != 'NVIDIA H100 80GB HBM3'" in problem
+    assert "CPU architecture 'aarch64' != 'x86_64'" in problem
     with pytest.raises(ScalableViTError, match='rebuild it'):
-        engine.check_engine_compatible(_manifest(), '10.3.0.31', 'Orin', '8.7')
+        engine_rules.check_engine_compatible(_manifest(), '10.3.0.31', AGX_ORIN)
+
+
+def test_a_manifest_without_the_full_identity_is_refused():
+    old = {**_manifest(fmt='scalablevit-engine/1'), 'gpu': {'name': 'Orin', 'compute_capability': '8.7'}}
+    problem = engine_rules.engine_compatibility_problem(old, '10.3.0.30', AGX_ORIN)
+    assert "format 'scalablevit-engine/1'" in problem and problem.endswith('rebuild it')
 
 
 @pytest.mark.parametrize('built, running, ok', [
@@ -124,32 +159,37 @@ def test_other_tensorrt_version_is_refused_with_the_full_story():
     ('8.5.2.2', '8.6.2.3', False),        # version compatibility starts at 8.6
 ])
 def test_version_compatible_opt_in(built, running, ok):
-    problem = engine.engine_compatibility_problem(_manifest(trt=built, vc=True), running, 'Orin', '8.7')
+    problem = engine_rules.engine_compatibility_problem(_manifest(trt=built, vc=True), running, AGX_ORIN)
     assert (problem is None) == ok
 
 
 def test_version_strings_of_different_length_compare_equal():
-    assert engine.engine_compatibility_problem(_manifest(trt='10.3.0'), '10.3.0.0', 'Orin', '8.7') is None
+    assert engine_rules.engine_compatibility_problem(_manifest(trt='10.3.0'), '10.3.0.0', AGX_ORIN) is None
 
 
-@pytest.mark.parametrize('level, gpu, cc, ok', [
-    ('none', 'NVIDIA A10', '8.7', False),              # same cc, other GPU model
-    ('none', 'Orin', '8.6', False),
-    ('same_compute_capability', 'NVIDIA A10', '8.7', True),
-    ('same_compute_capability', 'Orin', '8.9', False),
-    ('ampere_plus', 'NVIDIA H100', '9.0', True),
-    ('ampere_plus', 'Tesla T4', '7.5', False),
+A10 = {**H100, 'name': 'NVIDIA A10', 'compute_capability': '8.6', 'sm_count': 72, 'total_memory_mib': 22731}
+L40S = {**H100, 'name': 'NVIDIA L40S', 'compute_capability': '8.9', 'sm_count': 142, 'total_memory_mib': 45589}
+T4 = {**H100, 'name': 'Tesla T4', 'compute_capability': '7.5', 'sm_count': 40, 'total_memory_mib': 15095}
+
+
+@pytest.mark.parametrize('level, built, here, ok, named', [
+    ('none', A10, {**A10, 'sm_count': 84}, False, 'SM count 72 != 84'),    # same name and cc, another SKU
+    ('same_compute_capability', A10, {**A10, 'name': 'NVIDIA A40', 'sm_count': 84}, True, ''),
+    ('same_compute_capability', A10, L40S, False, "compute capability '8.6' != '8.9'"),
+    ('same_compute_capability', A10, {**A10, 'cpu_arch': 'aarch64'}, False, "CPU architecture 'x86_64' != 'aarch64'"),
+    ('ampere_plus', A10, H100, True, ''),
+    ('ampere_plus', A10, T4, False, 'compute capability 7.5 is older than Ampere'),
 ])
-def test_hardware_compatibility_levels(level, gpu, cc, ok):
-    problem = engine.engine_compatibility_problem(_manifest(hw=level), '10.3.0.30', gpu, cc)
+def test_hardware_compatibility_levels(level, built, here, ok, named):
+    problem = engine_rules.engine_compatibility_problem(_manifest('10.9.0.34', built, hw=level), '10.9.0.34', here)
     assert (problem is None) == ok
     if not ok:
-        assert f"hardware compatibility '{level}'" in problem
+        assert f"hardware compatibility '{level}'): " in problem and named in problem
 
 
 def test_incomplete_manifest_is_named():
     with pytest.raises(ScalableViTError, match="engine manifest is missing 'compatibility'"):
-        engine.engine_compatibility_problem({'engine': 'e', 'tensorrt_version': '10.0', 'gpu': {}}, '10.0', 'g', '8.0')
+        engine_rules.engine_compatibility_problem({'engine': 'e', 'tensorrt_version': '10.0', 'gpu': {}}, '10.0', H100)
 
 
 def test_loading_refuses_an_engine_without_manifest(tmp_path):
@@ -159,40 +199,50 @@ def test_loading_refuses_an_engine_without_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ platform checks
-GPU_H100 = {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0', 'integrated': False}
-GPU_ORIN = {'name': 'Orin', 'compute_capability': '8.7', 'integrated': True}
+GPU_H100 = H100
+GPU_ORIN = AGX_ORIN
 
 
 def test_dla_target_on_a_gpu_without_dla_is_refused():
     with pytest.raises(ScalableViTError, match=r'asks for DLA core 0 but NVIDIA H100 80GB HBM3 \(sm_90\) with '
                                                r'TensorRT 10.7.0 has no DLA'):
-        engine.check_target_platform(targets.load_target('jetson-agx-orin-dla'), 'int8', '10.7.0', GPU_H100, 0)
+        engine_rules.check_target_platform(targets.load_target('jetson-agx-orin-dla'), 'int8', '10.7.0', GPU_H100, 0)
 
 
-def test_dla_core_out_of_range_and_trt11_gap_are_explained():
+def test_dla_core_out_of_range_and_releases_without_dla_are_explained():
     dla1 = _target(dla_core=1, batch_opt=1, batch_max=1)
     with pytest.raises(ScalableViTError, match=r'has only 1 DLA core\(s\)'):
-        engine.check_target_platform(dla1, 'fp16', '10.3.0', GPU_ORIN, 1)
-    for version in ('11.2.0', '11.4.0'):
+        engine_rules.check_target_platform(dla1, 'fp16', '10.3.0.30', GPU_ORIN, 1)
+    for version in ('11.0.0.114', '11.2.0', '11.4.0'):  # refused even where the builder would report cores
         with pytest.raises(ScalableViTError, match=r'TensorRT 11.0-11.4.0 have no DLA support on Jetson'):
-            engine.check_target_platform(dla1, 'fp16', version, GPU_ORIN, 0)
-    with pytest.raises(ScalableViTError) as err:  # 11.4.1 has DLA again: the plain reason, no gap hint
-        engine.check_target_platform(dla1, 'fp16', '11.4.1', GPU_ORIN, 0)
+            engine_rules.check_target_platform(dla1, 'fp16', version, GPU_ORIN, 2)
+    for version in ('10.16.0.72', '10.16.1'):  # JetPack 7.2
+        with pytest.raises(ScalableViTError, match=r'TensorRT 10.16 \(JetPack 7.2\) has no DLA on Orin .*'
+                                                   r'Orin DLA is not supported at this time'):
+            engine_rules.check_target_platform(dla1, 'int8', version, GPU_ORIN, 2)
+    with pytest.raises(ScalableViTError) as err:  # 11.4.1 has DLA again: the plain reason
+        engine_rules.check_target_platform(dla1, 'fp16', '11.4.1', GPU_ORIN, 0)
     assert 'has no DLA' in str(err.value) and '11.0-11.4.0' not in str(err.value)
-    engine.check_target_platform(dla1, 'fp16', '10.3.0', GPU_ORIN, 2)  # AGX Orin: two cores
+    for version in ('8.6.2.3', '10.3.0.30', '10.15.1', '10.17.0', '11.4.1'):
+        assert engine_rules.target_platform_problem(dla1, 'fp16', version, GPU_ORIN, 2) is None  # AGX Orin: two cores
 
 
-def test_dla_refuses_fp32_and_hardware_compat_refuses_jetson_and_old_gpus():
+def test_dla_refuses_fp32_and_hardware_compat_refuses_jetson_old_gpus_and_old_tensorrt():
     with pytest.raises(ScalableViTError, match='DLA, which runs FP16 and INT8 only'):
-        engine.check_target_platform(_target(dla_core=0, batch_opt=1, batch_max=1), 'fp32', '10.3.0', GPU_ORIN, 2)
+        engine_rules.check_target_platform(_target(dla_core=0, batch_opt=1, batch_max=1), 'fp32', '10.3.0', GPU_ORIN, 2)
     with pytest.raises(ScalableViTError, match='hardware compatibility is not supported on Jetson'):
-        engine.check_target_platform(_target(hardware_compatibility_level='ampere_plus'), 'fp16', '10.3.0',
+        engine_rules.check_target_platform(_target(hardware_compatibility_level='ampere_plus'), 'fp16', '10.3.0',
                                      GPU_ORIN, 2)
     with pytest.raises(ScalableViTError, match="'ampere_plus' needs an Ampere"):
-        engine.check_target_platform(_target(hardware_compatibility_level='ampere_plus'), 'fp16', '10.3.0',
-                                     {'name': 'Tesla T4', 'compute_capability': '7.5', 'integrated': False}, 0)
+        engine_rules.check_target_platform(_target(hardware_compatibility_level='ampere_plus'), 'fp16', '10.3.0', T4, 0)
+    same_cc = _target(hardware_compatibility_level='same_compute_capability')
+    with pytest.raises(ScalableViTError, match=r"'same_compute_capability' needs TensorRT >= 10.9 "
+                                               r'\(HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY\), this is '
+                                               r'TensorRT 10.8.0.43'):
+        engine_rules.check_target_platform(same_cc, 'fp16', '10.8.0.43', GPU_H100, 0)
+    assert engine_rules.target_platform_problem(same_cc, 'fp16', '10.9.0.34', GPU_H100, 0) is None
     with pytest.raises(ScalableViTError, match='too old'):
-        engine.check_target_platform(_target(), 'fp32', '8.5.2', GPU_H100, 0)
+        engine_rules.check_target_platform(_target(), 'fp32', '8.5.2', GPU_H100, 0)
 
 
 def test_int8_and_high_opsets_need_tensorrt_10():
@@ -202,19 +252,66 @@ def test_int8_and_high_opsets_need_tensorrt_10():
         compat.check_onnx_opset(18, 'fp16', '8.6.2.3')
     compat.check_onnx_opset(17, 'fp16', '8.6.2.3')
     compat.check_onnx_opset(19, 'int8', '10.3.0.30')
+    assert compat.onnx_opset_problem(19, 'int8', '10.3.0.30') is None
 
 
 # ------------------------------------------------------------------------------------------ flags, trtexec, keys
 def test_build_flags_follow_the_tensorrt_generation():
-    assert engine.build_flags(_target(), 'int8', '10.3.0')[:2] == ['strongly_typed', 'no_tf32']
+    assert engine.build_flags(_target(), 'int8', '10.3.0') == ['strongly_typed', 'no_tf32',
+                                                                'profiling_verbosity=detailed']
     assert engine.build_flags(_target(), 'int8', '11.4.1')[0] == 'strongly_typed'
     assert engine.build_flags(_target(), 'int8', '8.6.2')[:3] == ['weakly_typed', 'int8', 'fp16']
-    flags = engine.build_flags(_target(dla_core=1, batch_opt=1, batch_max=1, version_compatible=True, tf32=True),
-                               'fp16', '10.3.0')
-    assert flags == ['strongly_typed', 'profiling_verbosity=detailed', 'dla_core=1', 'gpu_fallback',
-                     'version_compatible']
+    dla = _target(dla_core=1, batch_opt=1, batch_max=1, version_compatible=True, tf32=True)
+    assert engine.build_flags(dla, 'fp16', '10.3.0') == ['weakly_typed', 'fp16', 'profiling_verbosity=detailed',
+                                                         'dla_core=1', 'prefer_precision_constraints', 'gpu_fallback',
+                                                         'version_compatible']
+    assert engine.build_flags(dla, 'int8', '11.4.1.1') == ['strongly_typed', 'profiling_verbosity=detailed',
+                                                           'dla_core=1', 'gpu_fallback', 'version_compatible']
+    no_fallback = _target(dla_core=0, batch_opt=1, batch_max=1, gpu_fallback=False)
+    assert engine.build_flags(no_fallback, 'int8', '10.3.0')[-1] == 'direct_io'
+    assert engine.builder_flag_names(engine.build_flags(dla, 'int8', '10.3.0')) == [
+        'INT8', 'FP16', 'PREFER_PRECISION_CONSTRAINTS', 'GPU_FALLBACK', 'VERSION_COMPATIBLE']
     with pytest.raises(ScalableViTError, match="unknown precision 'bf16'"):  # checked where a bundle is read
         check_precision('bf16')
+
+
+def _trtexec_sets(command: str, trt_major: int) -> set:
+    """The BuilderFlags trtexec sets for ``command``: a transcription of NVIDIA/TensorRT samples/common,
+    release/8.6, 10.3, 10.7, 10.16 (sampleOptions.cpp: --stronglyTyped disables --fp16/--int8; sampleEngines.cpp:
+    precision flags, then the --useDLACore block: PREFER_PRECISION_CONSTRAINTS, GPU_FALLBACK or DIRECT_IO, and
+    FP16 unless --int8) and release/11.1 (the DLA block sets only GPU_FALLBACK or DIRECT_IO). Raises where the
+    TensorRT 10.x builder rejects FP16 on a strongly typed network (NVIDIA/TensorRT issues 4228, 4253)."""
+    args = set(shlex.split(command))
+    strong = '--stronglyTyped' in args
+    sets = {name for opt, name in (('--fp16', 'FP16'), ('--int8', 'INT8')) if opt in args and not strong}
+    sets |= {'VERSION_COMPATIBLE'} if '--versionCompatible' in args else set()
+    if any(a.startswith('--useDLACore=') for a in args):
+        sets.add('GPU_FALLBACK' if '--allowGPUFallback' in args else 'DIRECT_IO')
+        if trt_major < 11:
+            sets.add('PREFER_PRECISION_CONSTRAINTS')
+            if '--int8' not in args or strong:
+                sets.add('FP16')
+    if strong and 'FP16' in sets and trt_major == 10:
+        raise ValueError('Parameter check failed, condition: !config.getFlag(BuilderFlag::kFP16)')
+    return sets
+
+
+def test_the_old_strongly_typed_dla_command_is_what_tensorrt_10_rejects():
+    with pytest.raises(ValueError, match='kFP16'):
+        _trtexec_sets('trtexec --onnx=m.onnx --stronglyTyped --useDLACore=0 --allowGPUFallback', 10)
+
+
+@pytest.mark.parametrize('version', ['8.6.2.3', '10.3.0.30', '10.16.0.72', '11.4.1.1'])
+def test_the_printed_trtexec_command_sets_what_the_build_sets(version):
+    major = compat.version(version)[0]
+    variants = [targets.load_target(n) for n in targets.list_targets()] + [
+        _target(dla_core=1, batch_opt=1, batch_max=1, gpu_fallback=False), _target(version_compatible=True)]
+    for target in variants:
+        for precision in ('fp16', 'int8') if target.dla_core is not None else ('fp32', 'fp16', 'int8'):
+            flags = engine.build_flags(target, precision, version)  # (FP32 on DLA is refused before any build)
+            command = engine.trtexec_command('m.onnx', 'm.engine', target, precision, version, flags=flags)
+            assert _trtexec_sets(command, major) == set(engine.builder_flag_names(flags)), (target.name, precision)
+            assert ('--noTF32' in command) == ('no_tf32' in flags)
 
 
 def test_trtexec_command_for_tensorrt_10(tmp_path):
@@ -237,23 +334,37 @@ def test_trtexec_command_for_tensorrt_11_8_6_and_dla():
                                                'fp16', '8.6.2.3'))
     assert '--fp16' in cmd86 and '--stronglyTyped' not in cmd86
     dla = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', targets.load_target('jetson-agx-orin-dla'), 'int8',
-                                             '10.3.0', chw=(3, 448, 448)))
-    assert {'--useDLACore=0', '--allowGPUFallback', '--optShapes=input:1x3x448x448'} <= set(dla)
+                                             '10.3.0.30', chw=(3, 448, 448)))
+    assert {'--useDLACore=0', '--allowGPUFallback', '--int8', '--fp16', '--optShapes=input:1x3x448x448'} <= set(dla)
+    assert '--stronglyTyped' not in dla  # TensorRT 10.x DLA: weakly typed, as trtexec builds it
+    dla11 = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', targets.load_target('jetson-agx-orin-dla'),
+                                               'int8', '11.4.1.1'))
+    assert {'--useDLACore=0', '--allowGPUFallback'} <= set(dla11) and not {'--int8', '--fp16'} & set(dla11)
     fleet = _target(version_compatible=True, hardware_compatibility_level='same_compute_capability')
-    fleet_args = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', fleet, 'fp32', '10.7.0'))
+    fleet_args = shlex.split(engine.trtexec_command('m.onnx', 'm.engine', fleet, 'fp32', '10.9.0.34'))
     assert {'--versionCompatible', '--hardwareCompatibilityLevel=sameComputeCapability'} <= set(fleet_args)
 
 
+def test_network_typing_per_release_and_device():
+    cases = {('8.6.2.3', False): 'weak', ('8.6.2.3', True): 'weak', ('10.3.0.30', False): 'flag',
+             ('10.3.0.30', True): 'weak', ('11.1.0.106', False): 'always', ('11.4.1.1', True): 'always'}
+    assert {k: compat.network_typing(*k) for k in cases} == cases
+
+
 def test_cache_key_changes_with_every_field():
-    args = dict(onnx_sha256='a' * 64, target=_target(), precision='int8', trt_version='10.3.0.30', gpu='Orin',
-                cc='8.7', build_flags=['strongly_typed', 'no_tf32'])
+    args = dict(onnx_sha256='a' * 64, target=_target(), precision='int8', trt_version='10.3.0.30', gpu=AGX_ORIN,
+                build_flags=['strongly_typed', 'no_tf32'])
     key = engine.engine_cache_key(**args)
     assert len(key) == 16 and key == engine.engine_cache_key(**args)
     assert key == engine.engine_cache_key(**{**args, 'build_flags': ['no_tf32', 'strongly_typed']})
     assert key == engine.engine_cache_key(**{**args, 'target': _target(notes='only a comment')})
-    variants = {'onnx_sha256': 'b' * 64, 'precision': 'fp16', 'trt_version': '10.3.0.31', 'gpu': 'Orin (nvgpu)',
-                'cc': '8.6', 'build_flags': ['strongly_typed']}
+    assert key == engine.engine_cache_key(**{**args, 'gpu': {**AGX_ORIN, 'integrated': None}})  # not identity
+    variants = {'onnx_sha256': 'b' * 64, 'precision': 'fp16', 'trt_version': '10.3.0.31', 'gpu': ORIN_NX,
+                'build_flags': ['strongly_typed']}
     keys = {name: engine.engine_cache_key(**{**args, name: value}) for name, value in variants.items()}
+    for field, value in (('name', 'Orin (nvgpu)'), ('compute_capability', '8.6'), ('sm_count', 8),
+                         ('total_memory_mib', 62841), ('board', None), ('cpu_arch', 'x86_64'), ('os', 'Windows')):
+        keys[f'gpu.{field}'] = engine.engine_cache_key(**{**args, 'gpu': {**AGX_ORIN, field: value}})
     target_changes = dict(name='u', workspace_mib=2048, batch_min=2, batch_opt=8, batch_max=16,
                           builder_optimization_level=5, dla_core=0, gpu_fallback=False, tf32=True,
                           version_compatible=True, hardware_compatibility_level='ampere_plus')
@@ -262,20 +373,48 @@ def test_cache_key_changes_with_every_field():
     assert key not in keys.values() and len(set(keys.values())) == len(keys)
 
 
-def test_timing_cache_file_is_per_gpu_cc_and_version(tmp_path):
-    a = engine.timing_cache_path(tmp_path, 'NVIDIA H100 80GB HBM3', '9.0', '10.7.0.23')
-    assert a.parent == tmp_path and a.name == 'nvidia-h100-80gb-hbm3-sm90-trt10.7.0.23.timing'
-    assert a != engine.timing_cache_path(tmp_path, 'NVIDIA H100 80GB HBM3', '9.0', '10.8.0.43')
-    assert a != engine.timing_cache_path(tmp_path, 'Orin', '8.7', '10.7.0.23')
+def test_timing_cache_file_is_per_gpu_identity_and_version(tmp_path):
+    a = engine.timing_cache_path(tmp_path, H100, '10.7.0.23')
+    assert a.parent == tmp_path and re.fullmatch(r'nvidia-h100-80gb-hbm3-sm90-trt10\.7\.0\.23-[0-9a-f]{8}\.timing', a.name)
+    assert a == engine.timing_cache_path(tmp_path, {**H100, 'integrated': True}, '10.7.0.23')
+    assert a != engine.timing_cache_path(tmp_path, H100, '10.8.0.43')
+    agx, nx = (engine.timing_cache_path(tmp_path, g, '10.3.0.30') for g in (AGX_ORIN, ORIN_NX))
+    assert agx != nx and agx.name.startswith('orin-sm87-trt10.3.0.30-') and nx.name.startswith('orin-sm87-trt10.3.0.30-')
 
 
-def test_profile_shapes_and_layer_device_counts():
+# Real build-log messages: NVIDIA's sampleCudla README (release/10.16), a TensorRT 8.5 trtexec log on Orin
+# (jetson_dla_tutorial write-up, model_bn.log) and a TensorRT 8.2 build (no layer type before the name).
+BUILD_LOG = """[I] [TRT] --------------- Layers running on DLA:
+[I] [TRT] [DlaLayer] {ForeignNode[(Unnamed Layer* 0) [ElementWise]]},
+[I] [TRT] --------------- Layers running on GPU:
+[08/31/2023-07:07:49] [I] [TRT] ---------- Layers Running on DLA ----------
+[08/31/2023-07:07:49] [I] [TRT] [DlaLayer] {ForeignNode[/cnn/cnn.0/Conv.../cnn/cnn.11/Relu]}
+[08/31/2023-07:07:49] [I] [TRT] [DlaLayer] {ForeignNode[/linear/Gemm]}
+[08/31/2023-07:07:49] [I] [TRT] ---------- Layers Running on GPU ----------
+[08/31/2023-07:07:49] [I] [TRT] [GpuLayer] POOLING: /pool/GlobalAveragePool
+[08/31/2023-07:07:49] [I] [TRT] [GpuLayer] SHUFFLE: reshape_after_/linear/Gemm
+[09/23/2025-01:35:17] [TRT] [I] [GpuLayer] PWN(PWN(Sigmoid_1), Mul_2)"""
+
+
+def test_layer_placement_from_the_build_log_and_layer_device_counts():
+    placed = inspector.layer_placement(BUILD_LOG.splitlines())
+    assert placed == {'dla': ['{ForeignNode[(Unnamed Layer* 0) [ElementWise]]}',
+                              '{ForeignNode[/cnn/cnn.0/Conv.../cnn/cnn.11/Relu]}', '{ForeignNode[/linear/Gemm]}'],
+                      'gpu': ['POOLING: /pool/GlobalAveragePool', 'SHUFFLE: reshape_after_/linear/Gemm',
+                              'PWN(PWN(Sigmoid_1), Mul_2)']}
+    assert inspector.layer_placement(['[DlaLayer] {ForeignNode[a]}']) == {'dla': ['{ForeignNode[a]}'], 'gpu': []}
+    info = {'Layers': [{'Name': '{ForeignNode[/cnn/cnn.0/Conv.../cnn/cnn.11/Relu]}', 'LayerType': 'kgen'},
+                       {'Name': 'attn', 'LayerType': 'Myelin'}, {'Name': 'head', 'LayerType': 'CaskGemm'}]}
+    assert inspector.count_layer_devices(json.dumps(info)) == {'total': 3, 'dla': 0, 'gpu': 3}
+    assert inspector.count_layer_devices(info, placed['dla']) == {'total': 3, 'dla': 1, 'gpu': 2}
+    assert inspector.count_layer_devices({'Layers': [{'Name': 'x', 'LayerType': 'DLA'}]}) == {'total': 1, 'dla': 1,
+                                                                                             'gpu': 0}
+    assert inspector.count_layer_devices({'Layers': ['names only']}) == {'total': 1, 'dla': 0, 'gpu': 1}
+
+
+def test_profile_shapes():
     assert engine.profile_shapes(_target(), (3, 224, 224)) == {'min': (1, 3, 224, 224), 'opt': (4, 3, 224, 224),
                                                                'max': (8, 3, 224, 224)}
-    info = {'Layers': [{'Name': '{ForeignNode[/blocks...]}', 'LayerType': 'DLA'},
-                       {'Name': 'attn', 'LayerType': 'Myelin'}, {'Name': 'head', 'LayerType': 'CaskGemm'}]}
-    assert inspector.count_layer_devices(json.dumps(info)) == {'total': 3, 'dla': 1, 'gpu': 2}
-    assert inspector.count_layer_devices({'Layers': ['names only']}) == {'total': 1, 'dla': 0, 'gpu': 1}
 
 
 # ------------------------------------------------------------------------------------------ bundles (before TensorRT)

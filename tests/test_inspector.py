@@ -49,3 +49,22 @@ def test_layers_run_above_the_onnx_precision_are_flagged():
 def test_layer_names_only_output_has_no_precisions():
     info = json.dumps({'Layers': ['{ForeignNode[/Conv...]}', 'Reformat'], 'Bindings': ['input', 'logits']})
     assert [la['precision'] for la in layer_precisions(info)] == [None, None]
+
+
+def test_engine_report_flags_layers_above_the_onnx_precision(tmp_path):
+    """The device pipeline's check on a real TensorRT 10.4 engine description and a census asking INT8 for one conv."""
+    from scalablevit.bundle import Bundle
+    from scalablevit.device import _engine_precision
+    from scalablevit.report import render_markdown
+    engine_manifest = {'layers': {'per_layer': _layers('resnet18_fp16_trt10.4_rtx3060.graph.json')}}
+    bundle = Bundle(tmp_path, {'census': {'node_dtypes': {'/conv1/Conv': 'int8', '/fc/Gemm': 'fp16'}}})
+    checked = _engine_precision(engine_manifest, bundle)
+    assert checked['compared'] and checked['layers'] == {'fp16': 25, 'unknown': 1}
+    assert [f['onnx_node'] for f in checked['higher_than_onnx']] == ['/conv1/Conv']
+    report = {'model': 'resnet18', 'precision': 'int8', 'backend': 'tensorrt', 'environment': {},
+              'accuracy': {'reference': 'torch-fp32', 'samples': 1, 'top1_agreement': 1.0, 'cosine_mean': 1.0,
+                           'cosine_min': 1.0, 'max_abs_diff': 0.0}, 'engine_precision': checked}
+    text = render_markdown(report)
+    assert '1 layer(s) run at a higher precision than the ONNX asked for' in text
+    assert '| `/conv1/Conv + /relu/Relu` | CaskConvolution | `/conv1/Conv` | INT8 | FP16 |' in text
+    assert not _engine_precision({'layers': {}}, bundle)['compared']

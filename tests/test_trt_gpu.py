@@ -1,9 +1,12 @@
-"""TensorRT on a real GPU: build FP32/FP16/INT8 engines of scalable_vit_test, run them against onnxruntime,
-engine-cache reuse, manifest refusal, the bundle build and its accuracy gate.
+"""TensorRT on a real GPU, from the fixtures shipped in the package (no torch, onnx or modelopt needed).
 
-Skipped with the reason (``trt_env.trt_status()``) where tensorrt or a CUDA device is missing. Needs on the
-GPU machine: tensorrt, cuda-python (or pycuda), torch, onnx, onnxruntime and, for FP16/INT8, modelopt.
+FP32/FP16/INT8 engines of the trained Fashion-MNIST model against the fixtures' onnxruntime logits (same ONNX) and
+PyTorch logits (accuracy budgets), dynamic batch, CUDA graphs, the engine manifest and its refusals, the bundle
+build with its cache and budget gate, DLA. Skipped with the reason (``trt_env.trt_status()``) where tensorrt or a
+CUDA device is missing; ``SCALABLEVIT_REQUIRE_GPU=1`` turns those skips into failures. Needs on the GPU machine:
+numpy, tensorrt and cuda-python (or pycuda: then the CUDA-graph test skips with the reason).
 """
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,24 +14,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import device, engine, targets, trt_env
+from scalablevit import compat, cuda, device, engine, engine_rules, trt_env
+from scalablevit.bundle import Bundle
 from scalablevit.compare import accuracy_metrics, check_budget
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import sha256_file, write_json
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeRunner, run_batches
+from scalablevit.runners import INPUT_NAME, OUTPUT_NAME
+from scalablevit.selftest import extract_fixture, same_graph_violations
+from scalablevit.targets import load_target
 
 TRT_OK, TRT_REASON = trt_env.trt_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not TRT_OK, reason=TRT_REASON)]
 
-MODEL = 'scalable_vit_test'
-CHW = (3, 224, 224)
-SAMPLES = 6
+BATCH = {'min': 1, 'opt': 2, 'max': 8}
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope='module')
+def env() -> trt_env.TensorRT:
+    return trt_env.open_tensorrt()
+
+
+@pytest.fixture(scope='module')
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp('trt')
+
+
+@pytest.fixture(scope='module')
+def bundles(work) -> dict:
+    return extract_fixture(work / 'fixtures')
+
+
+@pytest.fixture(scope='module')
+def reference(bundles) -> dict:
+    return Bundle.open(bundles['fp32']).reference()
 
 
 @pytest.fixture(scope='module')
@@ -38,208 +57,211 @@ def cache_dir(work) -> Path:
 
 @pytest.fixture(scope='module')
 def target_file(work) -> Path:
-    """A small, quick-to-build target (batch 1..4, optimization level 1), also exercising user target files."""
+    """A small, quick-to-build target (batch 1..8, optimization level 1), also exercising user target files."""
     path = work / 'gpu-test.json'
-    write_json(path, {'name': 'gpu-test', 'workspace_mib': 1024, 'batch': {'min': 1, 'opt': 2, 'max': 4},
-                      'builder_optimization_level': 1})
+    write_json(path, {'name': 'gpu-test', 'workspace_mib': 1024, 'batch': BATCH, 'builder_optimization_level': 1})
     return path
 
 
-@pytest.fixture(scope='module')
-def model():
-    torch = pytest.importorskip('torch')
-    from scalablevit.model import create_model
-    torch.manual_seed(0)
-    return create_model(MODEL).eval()
+def _build(bundles, precision, target, work, cache_dir, env, name=None) -> tuple:
+    bundle = Bundle.open(bundles[precision])
+    onnx, entry = bundle.deploy_onnx()
+    path = work / (name or f'model.{precision}.engine')
+    manifest = engine.build_engine(onnx, path, target, precision, chw=bundle.input_shape, onnx_opset=entry['opset'],
+                                   timing_cache_dir=cache_dir, onnx_sha256=entry['sha256'], env=env)
+    return path, manifest
 
 
-@pytest.fixture(scope='module')
-def images() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((SAMPLES, *CHW), dtype=np.float32)
-
-
-@pytest.fixture(scope='module')
-def fp32_onnx(work, model) -> dict:
-    pytest.importorskip('onnx')
-    from scalablevit.export import export_onnx
-    return export_onnx(model, work / 'model.fp32.onnx', opset=17)
-
-
-@pytest.fixture(scope='module')
-def fp32_engine(work, fp32_onnx, target_file, cache_dir) -> Path:
-    path = work / 'model.fp32.engine'
-    engine.build_engine(fp32_onnx['path'], path, target_file, 'fp32', chw=CHW, onnx_opset=fp32_onnx['opset'],
-                        timing_cache_dir=cache_dir)
-    return path
-
-
-def _onnxruntime(onnx_path, images) -> np.ndarray:
-    pytest.importorskip('onnxruntime')
-    with OnnxRuntimeRunner(str(onnx_path)) as runner:
-        return run_batches(runner, images, 2)
-
-
-def _tensorrt(engine_path, images, **kwargs) -> np.ndarray:
+def _tensorrt(engine_path, images, batch=(1, 8), **kwargs) -> np.ndarray:
     from scalablevit.trt_runner import TrtRunner
     with TrtRunner(engine_path, **kwargs) as runner:
-        return device.run_padded(runner, images, 1, 4)
+        return device.run_padded(runner, images, *batch)
 
 
-# ------------------------------------------------------------------------------------------ builds vs onnxruntime
-def test_fp32_engine_matches_onnxruntime(fp32_engine, fp32_onnx, images, cache_dir):
-    import tensorrt as trt
+def _compare(precision, logits, reference, weakly_typed) -> None:
+    """Against onnxruntime on the same ONNX (tight) and against PyTorch FP32 (the precision's budget)."""
+    same = accuracy_metrics(reference[f'onnxruntime_{precision}'], logits, reference_name=f'onnxruntime-{precision}')
+    vs_torch = accuracy_metrics(reference['logits'], logits, reference['labels'], reference_name='pytorch-fp32')
+    print(f'{precision} engine vs onnxruntime: {same}\nvs PyTorch: {vs_torch}')
+    assert same_graph_violations(same, precision, weakly_typed) == []
+    check_budget(vs_torch, precision, f'TensorRT {precision} engine vs PyTorch FP32')
+
+
+@pytest.fixture(scope='module')
+def fp32_engine(bundles, target_file, work, cache_dir, env) -> Path:
+    return _build(bundles, 'fp32', target_file, work, cache_dir, env)[0]
+
+
+# ------------------------------------------------------------------------------------------ builds vs references
+def test_fp32_engine_matches_onnxruntime_and_pytorch(fp32_engine, reference, cache_dir, env):
     manifest = json.loads(engine.manifest_path(fp32_engine).read_text())
-    assert manifest['tensorrt_version'] == trt.__version__ and manifest['precision'] == 'fp32'
+    assert manifest['tensorrt_version'] == env.version and manifest['precision'] == 'fp32'
     assert manifest['engine_sha256'] == sha256_file(fp32_engine)
-    assert manifest['input']['profile'] == {'min': [1, *CHW], 'opt': [2, *CHW], 'max': [4, *CHW]}
-    assert manifest['layers']['total'] > 0 and manifest['layers']['dla'] == 0
+    assert manifest['input']['profile'] == {k: [b, 3, 64, 64] for k, b in BATCH.items()}
+    assert {k: manifest['gpu'][k] for k in engine_rules.IDENTITY_FIELDS} == {k: env.gpu[k] for k in engine_rules.IDENTITY_FIELDS}
+    assert manifest['layers']['total'] > 0 and manifest['layers']['dla'] == 0 and manifest['layers']['dla_layers'] == []
     assert manifest['trtexec'].startswith('trtexec --onnx=') and '--noTF32' in manifest['trtexec']
-    timing = engine.timing_cache_path(cache_dir, manifest['gpu']['name'], manifest['gpu']['compute_capability'],
-                                      trt.__version__)
-    assert timing.is_file() and timing.stat().st_size > 0
-    metrics = accuracy_metrics(_onnxruntime(fp32_onnx['path'], images), _tensorrt(fp32_engine, images),
-                               reference_name='onnxruntime-fp32')
-    check_budget(metrics, 'fp32', 'TensorRT FP32 engine vs onnxruntime')
+    assert manifest['builder_flags'] == []  # FP32: no precision flag, strongly typed or not
+    timing = engine.timing_cache_path(cache_dir, env.gpu, env.version)
+    assert timing.name == manifest['timing_cache'] and timing.stat().st_size > 0
+    _compare('fp32', _tensorrt(fp32_engine, reference['input']), reference, weakly_typed=False)  # no FP16 flag
 
 
-def test_dynamic_batch_gpu_time_and_profile_limit(fp32_engine, images):
+def test_dynamic_batch_gpu_time_and_profile_limit(fp32_engine, reference):
     from scalablevit.trt_runner import TrtRunner
+    images = reference['input']
     with TrtRunner(fp32_engine) as runner:
-        assert runner.input_metadata() == {INPUT_NAME: (np.dtype(np.float32), (None, *CHW))}
-        for n in (1, 3, 4):
+        assert runner.input_metadata() == {INPUT_NAME: (np.dtype(np.float32), (None, 3, 64, 64))}
+        for n in (1, 3, 8):
             out = runner.infer({INPUT_NAME: images[:n]})[OUTPUT_NAME]
             assert out.shape == (n, 10) and np.isfinite(out).all()
             assert 0 < runner.last_gpu_time_s <= runner.last_inference_time_s
         with pytest.raises(ScalableViTError, match='outside the engine profile'):
-            runner.infer({INPUT_NAME: np.zeros((5, *CHW), np.float32)})
+            runner.infer({INPUT_NAME: images[:9]})
 
 
-def test_cuda_graph_replay_matches_plain_enqueue(fp32_engine, images):
-    pytest.importorskip('cuda.bindings.runtime', reason='CUDA graphs need cuda-python')
+def test_cuda_graph_replay_matches_plain_enqueue(fp32_engine, reference):
     from scalablevit.trt_runner import TrtRunner
-    plain = _tensorrt(fp32_engine, images)
+    if cuda.api().name != 'cuda-python':
+        with pytest.raises(ScalableViTError, match='CUDA graphs need the cuda-python binding'):
+            TrtRunner(fp32_engine, cuda_graph=True).activate()
+        pytest.skip(f'CUDA-graph replay needs cuda-python; this process uses {cuda.api().name} '
+                    f'(set {cuda.BINDING_ENV}=cuda-python with cuda-python installed)')
+    images = reference['input']
+    plain = _tensorrt(fp32_engine, images[:8])
     with TrtRunner(fp32_engine, cuda_graph=True) as runner:
         for n in (2, 2, 3, 2):  # replay, new shape (re-capture), back again
             out = runner.infer({INPUT_NAME: images[:n]})[OUTPUT_NAME]
             np.testing.assert_allclose(out, plain[:n], rtol=1e-5, atol=1e-5)
 
 
-def test_fp16_engine_matches_onnxruntime(work, fp32_onnx, images, target_file, cache_dir):
-    pytest.importorskip('modelopt')
-    from scalablevit.quantize import convert_fp16
-    fp16 = convert_fp16(fp32_onnx['path'], work / 'model.fp16.onnx')
-    path = work / 'model.fp16.engine'
-    manifest = engine.build_engine(fp16['path'], path, target_file, 'fp16', chw=CHW, onnx_opset=fp16['opset'],
-                                   timing_cache_dir=cache_dir)
-    assert 'strongly_typed' in manifest['build_flags']
-    trt_out = _tensorrt(path, images)
-    same_graph = accuracy_metrics(_onnxruntime(fp16['path'], images), trt_out, reference_name='onnxruntime-fp16')
-    vs_fp32 = accuracy_metrics(_onnxruntime(fp32_onnx['path'], images), trt_out, reference_name='onnxruntime-fp32')
-    print('fp16 engine vs onnxruntime fp16:', same_graph, '\nvs onnxruntime fp32:', vs_fp32)
-    assert same_graph['cosine_min'] > 0.999 and vs_fp32['cosine_min'] > 0.99
+def test_fp16_engine_weakly_typed_on_8_6_strongly_typed_after(bundles, reference, target_file, work, cache_dir, env):
+    path, manifest = _build(bundles, 'fp16', target_file, work, cache_dir, env)
+    weak = env.major < 10  # TensorRT 8.6 (JetPack 6.0) has no strong typing
+    assert manifest['build_flags'][0] == ('weakly_typed' if weak else 'strongly_typed')
+    assert manifest['builder_flags'] == (['FP16'] if weak else [])
+    assert ('--fp16' in manifest['trtexec']) == weak and ('--stronglyTyped' in manifest['trtexec']) == (env.major == 10)
+    _compare('fp16', _tensorrt(path, reference['input']), reference, weakly_typed=weak)
 
 
-def test_int8_qdq_engine_builds_and_runs(work, fp32_onnx, images, target_file, cache_dir):
-    pytest.importorskip('modelopt')
-    from scalablevit.quantize import quantize_int8
-    calib = np.random.default_rng(1).standard_normal((16, *CHW), dtype=np.float32)
-    int8 = quantize_int8(fp32_onnx['path'], work / 'model.int8.onnx', calib, method='max')
-    path = work / 'model.int8.engine'
-    engine.build_engine(int8['path'], path, target_file, 'int8', chw=CHW, onnx_opset=int8['opset'],
-                        timing_cache_dir=cache_dir)
-    trt_out = _tensorrt(path, images)
-    metrics = accuracy_metrics(_onnxruntime(int8['path'], images), trt_out, reference_name='onnxruntime-int8')
-    print('int8 engine vs onnxruntime int8:', metrics)
-    assert np.isfinite(trt_out).all() and metrics['cosine_mean'] > 0.9
+def test_int8_engine_or_its_refusal_on_8_6(bundles, reference, target_file, work, cache_dir, env):
+    if env.major < 10:
+        with pytest.raises(ScalableViTError, match=r'INT8 bundles need TensorRT >= 10 \(JetPack >= 6.1\)'):
+            _build(bundles, 'int8', target_file, work, cache_dir, env)
+        return
+    path, manifest = _build(bundles, 'int8', target_file, work, cache_dir, env)
+    assert manifest['build_flags'][0] == 'strongly_typed' and manifest['builder_flags'] == []
+    _compare('int8', _tensorrt(path, reference['input']), reference, weakly_typed=False)
+
+
+def test_same_compute_capability_engine_or_its_refusal(bundles, reference, target_file, work, cache_dir, env):
+    fleet = dataclasses.replace(load_target(target_file), name='fleet',
+                                hardware_compatibility_level='same_compute_capability')
+    cores = env.trt.Builder(trt_env.trt_logger(env.trt)).num_DLA_cores
+    problem = engine_rules.target_platform_problem(fleet, 'fp32', env.version, env.gpu, cores)
+    if problem:  # TensorRT < 10.9, or a Jetson: refused before the ONNX is parsed
+        with pytest.raises(ScalableViTError, match='hardware compatibility'):
+            _build(bundles, 'fp32', fleet, work, cache_dir, env, name='fleet.engine')
+        return
+    path, manifest = _build(bundles, 'fp32', fleet, work, cache_dir, env, name='fleet.engine')
+    assert manifest['compatibility']['hardware_compatibility_level'] == 'same_compute_capability'
+    assert '--hardwareCompatibilityLevel=sameComputeCapability' in manifest['trtexec']
+    _compare('fp32', _tensorrt(path, reference['input']), reference, weakly_typed=False)
+
+
+def test_tensor_types_numpy_cannot_hold_are_named(env):
+    from scalablevit.trt_runner import numpy_dtype
+    trt = env.trt
+    assert numpy_dtype(trt, trt.float32, 'input') == np.float32
+    for name in ('bfloat16', 'fp8'):  # no numpy type: tensorrt.nptype raises a bare TypeError
+        if hasattr(trt, name):
+            with pytest.raises(ScalableViTError, match="engine tensor 'logits' has TensorRT type"):
+                numpy_dtype(trt, getattr(trt, name), 'logits')
 
 
 # ------------------------------------------------------------------------------------------ manifest checks
-def test_manifest_mismatch_is_refused(work, fp32_engine):
+def test_manifest_mismatch_is_refused_naming_what_differs(work, fp32_engine, env):
     from scalablevit.trt_runner import TrtRunner
     copy = work / 'edited' / fp32_engine.name
     copy.parent.mkdir()
     shutil.copy(fp32_engine, copy)
     manifest = json.loads(engine.manifest_path(fp32_engine).read_text())
-    write_json(engine.manifest_path(copy), {**manifest, 'tensorrt_version': '9.9.9'})
-    with pytest.raises(ScalableViTError, match=r'was built with TensorRT 9.9.9 on .*: rebuild it'):
-        engine.load_engine(copy)
+    cases = [({'tensorrt_version': '9.9.9'}, r'was built with TensorRT 9.9.9 on .*: rebuild it'),
+             ({'gpu': {**manifest['gpu'], 'sm_count': manifest['gpu']['sm_count'] + 1}}, r'SM count \d+ != \d+'),
+             ({'gpu': {**manifest['gpu'], 'board': 'NVIDIA Jetson AGX Orin Developer Kit'}},
+              r"board 'NVIDIA Jetson AGX Orin Developer Kit' != "),
+             ({'gpu': {**manifest['gpu'], 'total_memory_mib': 1}}, r'total memory \(MiB\) 1 != '),
+             ({'format': 'scalablevit-engine/1'}, r"format 'scalablevit-engine/1'.*rebuild it")]
+    for change, message in cases:
+        write_json(engine.manifest_path(copy), {**manifest, **change})
+        with pytest.raises(ScalableViTError, match=message):
+            engine.load_engine(copy, env=env)
     with pytest.raises(ScalableViTError, match='rebuild it'):
         TrtRunner(copy).activate()
-    write_json(engine.manifest_path(copy), {**manifest, 'gpu': {**manifest['gpu'], 'name': 'Orin'}})
-    with pytest.raises(ScalableViTError, match='the GPU differs'):
-        engine.load_engine(copy)
     write_json(engine.manifest_path(copy), manifest)
     copy.write_bytes(copy.read_bytes()[:-16] + bytes(16))
     with pytest.raises(ScalableViTError, match='does not match the sha256 in its manifest'):
-        engine.load_engine(copy)
+        engine.load_engine(copy, env=env)
     garbage = copy.with_name('garbage.engine')
     garbage.write_bytes(b'not a TensorRT plan' * 64)
     with pytest.raises(ScalableViTError, match='cannot deserialize'):
-        engine.load_engine(garbage, check_manifest=False)
+        engine.load_engine(garbage, check_manifest=False, env=env)
 
 
 # ------------------------------------------------------------------------------------------ bundles
-def _make_bundle(root: Path, fp32_onnx: dict, images: np.ndarray, logits: np.ndarray, untrained: bool) -> Path:
-    bundle = root / f"bundle-{'untrained' if untrained else 'trained'}"
-    bundle.mkdir()
-    shutil.copy(fp32_onnx['path'], bundle / 'model.fp32.onnx')
-    np.savez(bundle / 'reference.npz', input=images, logits=logits.astype(np.float32))
-    write_json(bundle / 'manifest.json', {
-        'model': MODEL, 'precision': 'fp32', 'deploy_onnx': 'model.fp32.onnx',
-        'onnx': {'fp32': {'file': 'model.fp32.onnx', 'sha256': sha256_file(bundle / 'model.fp32.onnx'),
-                          'opset': fp32_onnx['opset']}},
-        'input': {'name': INPUT_NAME, 'shape': [None, *CHW]}, 'output': {'name': OUTPUT_NAME, 'num_classes': 10},
-        'reference': {'file': 'reference.npz', 'sha256': sha256_file(bundle / 'reference.npz'),
-                      'samples': len(images)},
-        'untrained': untrained})
-    return bundle
-
-
-def _torch_logits(model, images) -> np.ndarray:
-    import torch
-    with torch.inference_mode():
-        return model(torch.from_numpy(images)).numpy()
-
-
-def test_bundle_engine_build_cache_and_force(work, model, fp32_onnx, images, target_file, cache_dir):
-    bundle = _make_bundle(work, fp32_onnx, images, _torch_logits(model, images), untrained=True)
-    first = device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
-    assert first.parent == bundle / 'engines' and first.name.startswith('model.fp32.gpu-test.')
+def test_bundle_engine_build_cache_and_force(bundles, target_file, cache_dir, env):
+    first = device.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
+    assert first.parent == bundles['fp32'] / 'engines' and first.name.startswith('model.fp32.gpu-test.')
     report_path = first.with_name(first.stem + '.report.json')
     report = json.loads(report_path.read_text())
     assert report['backend'] == 'tensorrt' and report['precision'] == 'fp32' and report['latency_ms'] is None
-    assert report['accuracy']['samples'] == SAMPLES and report['accuracy']['reference'] == 'torch-fp32'
-    assert report['accuracy']['cosine_min'] > 0.9999 and report['budget']['passed']
+    assert report['accuracy']['samples'] == 64 and report['accuracy']['reference'] == 'torch-fp32'
+    assert report['accuracy']['cosine_min'] > 0.9999 and report['budget']['passed'] and report['budget']['enforced']
     assert not report['engine']['reused']
     built_at = first.stat().st_mtime_ns
 
-    again = device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
+    again = device.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
     assert again == first and first.stat().st_mtime_ns == built_at
     assert json.loads(report_path.read_text())['engine']['reused']
 
-    forced = device.build_bundle_engine(bundle, target_file, force=True, timing_cache_dir=cache_dir)
+    forced = device.build_bundle_engine(bundles['fp32'], target_file, force=True, timing_cache_dir=cache_dir, env=env)
     assert forced == first and first.stat().st_mtime_ns > built_at
     assert not json.loads(report_path.read_text())['engine']['reused']
 
 
-def test_bundle_engine_over_budget_fails_and_is_not_kept(work, fp32_onnx, images, target_file, cache_dir):
-    wrong = np.random.default_rng(2).standard_normal((SAMPLES, 10), dtype=np.float32)  # not this model's outputs
-    bundle = _make_bundle(work, fp32_onnx, images, wrong, untrained=False)
+def test_bundle_engine_over_budget_fails_and_is_not_kept(bundles, work, target_file, cache_dir, env):
+    bundle = work / 'wrong-reference'
+    shutil.copytree(bundles['fp32'], bundle, ignore=shutil.ignore_patterns('engines'))
+    with np.load(bundle / 'reference.npz') as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays['logits'] = np.random.default_rng(2).standard_normal(arrays['logits'].shape).astype(np.float32)
+    np.savez(bundle / 'reference.npz', **arrays)  # not this model's outputs
+    manifest = json.loads((bundle / 'manifest.json').read_text())
+    manifest['reference']['sha256'] = sha256_file(bundle / 'reference.npz')
+    write_json(bundle / 'manifest.json', manifest)
     with pytest.raises(ScalableViTError, match='exceeds the fp32 accuracy budget'):
-        device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir)
+        device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir, env=env)
     assert not list((bundle / 'engines').glob('*.engine'))
     reports = list((bundle / 'engines').glob('*.report.json'))
     assert len(reports) == 1 and not json.loads(reports[0].read_text())['budget']['passed']
 
 
-def test_dla_build_reports_layer_devices(work, fp32_onnx, cache_dir):
-    import tensorrt as trt
-    if trt.Builder(trt_env.trt_logger(trt)).num_DLA_cores == 0:
-        pytest.skip('this GPU has no DLA (Jetson AGX Orin has two)')
-    pytest.importorskip('modelopt')
-    from scalablevit.quantize import convert_fp16
-    fp16 = convert_fp16(fp32_onnx['path'], work / 'model.dla.fp16.onnx')
-    manifest = engine.build_engine(fp16['path'], work / 'model.dla.engine', 'jetson-agx-orin-dla', 'fp16', chw=CHW,
-                                   timing_cache_dir=cache_dir)
-    layers = manifest['layers']
-    assert layers['total'] == layers['dla'] + layers['gpu'] and 'dla_eligible_network_layers' in layers
+# ------------------------------------------------------------------------------------------ DLA
+def test_dla_engines_run_layers_on_dla_or_are_refused(bundles, reference, work, cache_dir, env):
+    target = load_target('jetson-agx-orin-dla')
+    cores = env.trt.Builder(trt_env.trt_logger(env.trt)).num_DLA_cores
+    problem = engine_rules.target_platform_problem(target, 'fp16', env.version, env.gpu, cores)
+    if problem:  # no DLA here (a desktop GPU, Orin Nano, TensorRT 10.16 or 11.0-11.4.0): refused before the build
+        print('DLA refused:', problem)
+        with pytest.raises(ScalableViTError, match='DLA'):
+            _build(bundles, 'fp16', target, work, cache_dir, env, name='dla.fp16.engine')
+        return
+    weak = compat.network_typing(env.version, dla=True) == 'weak'
+    for precision in ('fp16', 'int8') if env.major >= 10 else ('fp16',):
+        path, manifest = _build(bundles, precision, target, work, cache_dir, env, name=f'dla.{precision}.engine')
+        layers = manifest['layers']
+        print(f'{precision} on DLA:', layers, manifest['trtexec'])
+        assert layers['dla'] >= 1 and layers['dla_layers'], 'no layer runs on DLA'
+        assert ('weakly_typed' in manifest['build_flags']) == weak and 'GPU_FALLBACK' in manifest['builder_flags']
+        assert ('FP16' in manifest['builder_flags']) == weak and '--useDLACore=0' in manifest['trtexec']
+        _compare(precision, _tensorrt(path, reference['input'], batch=(1, 1)), reference, weakly_typed=weak)
