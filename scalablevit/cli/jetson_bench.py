@@ -21,6 +21,7 @@ from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry
 from scalablevit.bundle import Bundle
 from scalablevit.errors import ScalableViTError
 from scalablevit.jetson import PowerMonitor, describe_jetson, jetson_info
+from scalablevit.census import bytes_per_image
 from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs
 
 logger = logging.getLogger('bench.jetson')
@@ -98,7 +99,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         power.stop()
     gmacs, gmacs_source = resolve_gmacs(args.gmacs, bundle.manifest if bundle else None, model, shape[-1])
-    add_roofline(entries, gmacs, device, _gpu_clock(info))
+    census = (bundle.manifest.get('census') if bundle else None) or None  # bytes for the memory ceiling, no onnx
+    add_roofline(entries, gmacs, device, _gpu_clock(info),
+                 bytes_per_image=(lambda b: bytes_per_image(census, b['batch'])) if census else None,
+                 emc_mhz=lambda b: (b.get('power') or {}).get('emc_mhz_mean'))
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs, or add gmacs to the bundle manifest)')
     notes += sorted({f"power: {b['power']['reason']}" for e in entries for b in e['sweep']

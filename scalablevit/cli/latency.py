@@ -82,12 +82,10 @@ def onnx_traffic(path: Optional[Path]) -> Optional[Callable[[Dict[str, Any]], fl
     for the roofline's memory ceiling; None without a file."""
     if path is None:
         return None
-    from scalablevit.census import layers_of
+    from scalablevit.census import bytes_per_image, census, layers_of
     from scalablevit.export import load_onnx
-    layers = layers_of(load_onnx(path))
-    weights = sum(la.weight_bytes for la in layers)
-    activations = sum(la.in_bytes + la.out_bytes for la in layers)
-    return lambda block: weights / block['batch'] + activations
+    summary = census(layers_of(load_onnx(path)))
+    return lambda block: bytes_per_image(summary, block['batch'])
 
 
 def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -> Optional[Tuple[int, int, int]]:
