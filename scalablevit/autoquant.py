@@ -169,7 +169,7 @@ class _Search:
 
 
 def _score(cand: _Candidate) -> Tuple[bool, float, float, int]:
-    """Better: within budget, then higher agreement, then worse-case cosine, then fewer layers moved."""
+    """Better: within budget, then higher agreement, then higher worst-image cosine, then fewer layers moved."""
     return (not cand.violations, cand.metrics['top1_agreement'], cand.metrics['cosine_min'], -len(cand.moved))
 
 

@@ -1,10 +1,10 @@
 """Where a candidate ONNX (INT8 or FP16) departs from its FP32 source: block by block and node by node.
 
 Both graphs run side by side on the same images with their intermediate tensors exposed as outputs (onnxruntime
-CPU running each graph as written, see ``_exposed_session``). Tensors are
-matched **by name**: modelopt's Q/DQ insertion and AutoCast keep every node and tensor name of the export and
-only add nodes (QuantizeLinear, DequantizeLinear, Cast) whose outputs have new names; what exists in both graphs
-is compared, the rest is skipped. Per matched tensor, over all images:
+CPU running each graph as written, see ``_exposed_session``). Tensors are matched **by name**: modelopt's Q/DQ
+insertion and AutoCast keep every node and tensor name of the export and only add nodes (QuantizeLinear,
+DequantizeLinear, Cast) whose outputs have new names; what exists in both graphs is compared, the rest is skipped.
+Per matched tensor, over all images:
 
 * cosine similarity and relative L2 error ``||cand - ref|| / ||ref||`` of the whole tensor, max |cand - ref|;
 * the range that explains them: FP32 max |x|, RMS and median |x|, and, where the candidate quantizes the tensor, its
@@ -18,12 +18,13 @@ A block is a top-level module of the export (``patch_embeds.1``, ``stages.2.1``,
 output is the last tensor it hands to the rest of the graph. The first block whose relative error crosses the
 threshold is where to look first.
 
-Memory: every float tensor of both graphs is exposed, about 0.6 GB per image for ScalableViT-S in FP32, so the
-images stream through in batches sized to ``MEMORY_BUDGET``. onnx, onnxruntime and matplotlib are imported lazily.
+Memory: every float tensor of both graphs is exposed, about 0.4 GB per image and graph for ScalableViT-S, so the
+images stream through in batches sized to ``MEMORY_BUDGET`` (one at a time for S). onnx, onnxruntime and
+matplotlib are imported lazily.
 """
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -285,7 +286,8 @@ def local_errors(found: Sequence[Probe], metrics: Dict[str, Dict[str, Any]]) -> 
 
 
 def _rows(found: Sequence[Probe], metrics: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One JSON row per probe; a quantized node also gets the INT8 step (over RMS) and clipping of what it reads."""
+    """One JSON row per probe; a quantized node also gets the INT8 step (over median |x|) and clipping of what it
+    reads."""
     rows = []
     for p in found:
         m = metrics[p.tensor]
@@ -371,7 +373,7 @@ def render_markdown(report: Dict[str, Any], top: int = 12) -> str:
         lines += ['', f'## INT8 nodes adding the most error (top {len(ranked)} of {len(report["quantized_nodes"])})',
                   '', 'Local error: the node\'s output error minus the largest error of what it reads. The ranges are '
                   'those of its output; the INT8 step and clipping are those of the quantized tensor it reads (the '
-                  'largest step over median |x| when it reads several; weights are quantized per channel and not shown).',
+                  'largest step over median |x| when it reads several; weights are quantized per channel, not shown).',
                   '', '| node | op | local error | rel. L2 error | FP32 max abs | FP32 RMS | input INT8 step / median '
                   '|x| | input clipped |', '|---|---|---:|---:|---:|---:|---:|---:|']
         for q in ranked:
@@ -417,13 +419,24 @@ def plot_divergence(report: Dict[str, Any], path: PathLike, title: Optional[str]
         ax.set_yscale('log')
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc='upper left')
-    ax_rng.set_xticks(depth, [b['block'] for b in blocks], rotation=60, ha='right', fontsize=7)
+    ax_rng.set_xticks(depth, _spaced_labels(blocks), rotation=60, ha='right', fontsize=7)
     ax_rng.set_xlabel('depth (FP32 graph order; ticks at block outputs)')
     fig.suptitle(title or f"Divergence from FP32 on {report['images']} images")
     try:
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def _spaced_labels(blocks: Sequence[Dict[str, Any]], slots: int = 60) -> List[str]:
+    """Block names for the x ticks, leaving out a name that would overlap the one before (S has 40 blocks)."""
+    gap = (blocks[-1]['depth'] - blocks[0]['depth']) / slots if blocks else 0
+    labels, last = [], None
+    for b in blocks:
+        keep = last is None or b['depth'] - last >= gap
+        labels.append(b['block'] if keep else '')
+        last = b['depth'] if keep else last
+    return labels
 
 
 def write_divergence(report: Dict[str, Any], out_dir: PathLike, stem: str = 'divergence') -> Dict[str, str]:
