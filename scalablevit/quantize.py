@@ -8,7 +8,9 @@
   range check on the calibration images flags.
 
 Which nodes stay out of INT8 is a small policy table (``INT8_POLICIES``), chosen by measurement on the
-trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README). Node
+trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README); the ``auto``
+policies start from one of them and let ``scalablevit.autoquant`` move the fewest layers out of INT8 that meet
+the accuracy budget, on the one calibrated graph (``moved_out_of_int8``). Node
 patterns are regexes searched in ONNX node names, which our TorchScript export takes from torch module
 paths, e.g. ``/stages.2.1/attn/proj/MatMul``.
 
