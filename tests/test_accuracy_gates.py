@@ -10,7 +10,6 @@ import json
 import pytest
 
 from scalablevit.compare import budget_violations, load_budgets
-from scalablevit.fmnist import DEFAULT_ROOT, INSTALL_HINT
 from scalablevit.pipeline import HostOptions, HostPipeline
 
 EVAL_IMAGES = 5000
@@ -18,10 +17,7 @@ EVAL_IMAGES = 5000
 # PyTorch FP32 91.96 %; see the README's accuracy table for the full-test-set numbers.
 
 
-@pytest.fixture(scope='module', autouse=True)
-def dataset_installed():
-    if not (DEFAULT_ROOT / 't10k-images-idx3-ubyte.gz').is_file():
-        pytest.fail(f'Fashion-MNIST not found in {DEFAULT_ROOT}: {INSTALL_HINT} (or run `make test` as root)')
+pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from scalablevit.errors import ScalableViTError
-from scalablevit.fmnist import DEFAULT_ROOT, INSTALL_HINT
 
 pytest.importorskip('modelopt.onnx.quantization')
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +23,7 @@ SMALL = dict(model='scalable_vit_fmnist', calib_size=256, val_size=1000)
 OUTLIER_READERS = {'/stages.2.0/attn/qkv/MatMul', '/stages.2.1/mlp/fc1/MatMul', '/stages.3.1/mlp/fc1/MatMul'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def dataset_installed():
-    if not (DEFAULT_ROOT / 't10k-images-idx3-ubyte.gz').is_file():
-        pytest.fail(f'Fashion-MNIST not found in {DEFAULT_ROOT}: {INSTALL_HINT} (or run `make test` as root)')
+pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,6 @@ import argparse
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

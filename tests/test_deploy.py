@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import data
 from scalablevit.deepstream import NETWORK_MODE, export_deepstream
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import sha256_file, write_json
-from scalablevit.fmnist import CLASSES, DEFAULT_ROOT, INSTALL_HINT, load_fashion_mnist, resize_images, to_model_input
+from scalablevit.fmnist import CLASSES, load_fashion_mnist, resize_images, to_model_input
 from scalablevit.pipeline import HostOptions, HostPipeline
 from scalablevit.predict import softmax
 from scalablevit.runners import OnnxRuntimeRunner
@@ -41,10 +40,7 @@ def _logits(onnx: Path, x: np.ndarray, output: str = 'logits') -> np.ndarray:
         return runner.infer({'input': np.ascontiguousarray(x, dtype=np.float32)})[output]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def dataset_installed():
-    if not (DEFAULT_ROOT / 't10k-images-idx3-ubyte.gz').is_file():
-        pytest.fail(f'Fashion-MNIST not found in {DEFAULT_ROOT}: {INSTALL_HINT} (or run `make test` as root)')
+pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from scalablevit.errors import ScalableViTError
-from scalablevit.fmnist import DEFAULT_ROOT, INSTALL_HINT
 
 pytest.importorskip('modelopt.onnx.quantization')
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +19,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 SMALL = dict(model='scalable_vit_fmnist', precision='int8', calib_size=128, val_size=64)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def dataset_installed():
-    if not (DEFAULT_ROOT / 't10k-images-idx3-ubyte.gz').is_file():
-        pytest.fail(f'Fashion-MNIST not found in {DEFAULT_ROOT}: {INSTALL_HINT} (or run `make test` as root)')
+pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 
 
 @pytest.fixture(scope='module')
