@@ -25,6 +25,7 @@ from .compat import DEFAULT_OPSET, check_opset
 from .errors import ScalableViTError
 from .fileio import PathLike, atomic_path, sha256_file
 from .runners import INPUT_NAME, OUTPUT_NAME
+from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -335,13 +336,16 @@ class ExportOnnx:
         logger.info('exporting %s (%dx%d, opset %d) with torch %s, onnx %s -> %s',
                     self.name, h, w, self.opset, v['torch'], v['onnx'], out_path)
         start = time.perf_counter()
-        model = self._trace()
-        self._check(model, 'traced graph')
+        with timed_step('trace'):
+            model = self._trace()
+            self._check(model, 'traced graph')
         if self.simplify:
-            model = self._simplify(model)
-            self._check(model, 'simplified graph')
+            with timed_step('simplify'):
+                model = self._simplify(model)
+                self._check(model, 'simplified graph')
         stamp_metadata(model, self._metadata(v))
-        info = self._save(model, out_path)
+        with timed_step('save', [out_path]):
+            info = self._save(model, out_path)
         info['export_s'] = time.perf_counter() - start
         return info
 

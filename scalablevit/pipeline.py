@@ -21,6 +21,7 @@ from .bundle import HASH_CACHE, Bundle, check_precision, stage_key
 from .errors import ScalableViTError
 from .fileio import sha256_file
 from .report import make_report, peak_rss_mb, tool_versions, write_report
+from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,9 @@ class HostPipeline:
                         tool_versions(('torch', 'onnx', 'onnxslim')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
-            info = export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
+            with timed_step('model'):
+                model = self.model
+            info = export_onnx(model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
                                weights_sha256=None if self.untrained else self.weights_id,
                                fold_normalization=opt.fold_normalization)
             return {'opset': info['opset'], 'normalize_in_model': opt.fold_normalization}
@@ -218,16 +221,17 @@ class HostPipeline:
             from . import fmnist
             from .fileio import atomic_path
             from .runners import TorchRunner, run_batches
-            if use_fmnist:
-                calib, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
-            else:
-                calib, val = data.calibration_and_validation(
-                    dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
-                    val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
-            calib.save_npz(self.bundle.file('calibration.npz'))
+            with timed_step('images', [self.bundle.file('calibration.npz')]):
+                if use_fmnist:
+                    calib, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
+                else:
+                    calib, val = data.calibration_and_validation(
+                        dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
+                        val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
+                calib.save_npz(self.bundle.file('calibration.npz'))
             # The reference is the unfolded PyTorch model on normalized pixels, so validation measures the fold too.
             torch_input = data.normalize(val.images, data_config(opt.model)) if opt.fold_normalization else val.images
-            with TorchRunner(self.model, name='torch-fp32') as runner:
+            with timed_step('reference logits'), TorchRunner(self.model, name='torch-fp32') as runner:
                 logits = run_batches(runner, torch_input, batch_size=8, progress=data.progress_bar(
                     len(val.images), 'reference (PyTorch FP32)'))
             arrays = {'input': val.images, 'logits': logits}
@@ -284,12 +288,13 @@ class HostPipeline:
         from .compare import accuracy_metrics, budget_violations, gate_status, load_budgets
         from .data import progress_bar
         from .runners import OnnxRuntimeRunner, run_batches
-        from .steps import timed_step
         self.bundle.save()
         ref = self.bundle.reference()
-        precision_plan = self._precision_plan(deploy)
         with timed_step('validate') as step:
-            with OnnxRuntimeRunner(str(self.bundle.file(deploy)), name=f'onnxruntime-{self.opt.precision}') as runner:
+            with timed_step('census'):
+                precision_plan = self._precision_plan(deploy)
+            onnx_path, runner_name = str(self.bundle.file(deploy)), f'onnxruntime-{self.opt.precision}'
+            with timed_step('onnxruntime'), OnnxRuntimeRunner(onnx_path, name=runner_name) as runner:
                 logits = run_batches(runner, ref['input'], batch_size=8, progress=progress_bar(
                     len(ref['input']), f'validation ({self.opt.precision} ONNX)'))
                 latency = _quick_latency(runner, ref['input'][:1])
@@ -297,7 +302,7 @@ class HostPipeline:
             step['detail'] = (f"top-1 agreement {metrics['top1_agreement'] * 100:.2f} %, worst cosine "
                               f"{metrics['cosine_min']:.5f}")
         self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False,
-                                           'peak_rss_mb': step['peak_rss_mb']}
+                                           'peak_rss_mb': step['peak_rss_mb'], 'parts': step['parts']}
         violations = budget_violations(metrics, self.opt.precision) + census_violations(
             precision_plan['census'], self.opt.precision, load_budgets()[self.opt.precision])
         status = gate_status(violations, self.untrained)

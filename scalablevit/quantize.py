@@ -33,6 +33,7 @@ from .compat import INT8_MIN_TENSORRT
 from .errors import ScalableViTError, unknown_choice
 from .fp16_rules import fp16_islands, with_qdq_feeds
 from .fileio import PathLike, atomic_path, sha256_bytes, sha256_file
+from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -474,13 +475,15 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarr
     """
     settings = settings or Int8Settings(**options)
     out_path = Path(out_path)
-    model, src = _load_checked(fp32_onnx, source_sha256)
-    images = _check_calibration(calibration, src)
+    with timed_step('load'):
+        model, src = _load_checked(fp32_onnx, source_sha256)
+        images = _check_calibration(calibration, src)
     ep = _check_device(settings.calibration_device)
     record = settings.record()
     excluded = _excluded_nodes(model, record)
     fp16 = settings.high_precision_dtype == 'fp16'
-    islands = fp16_islands(model, images) if fp16 else {}
+    with timed_step('fp16 ranges'):
+        islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
     batches = -(-len(images) // settings.batch_size)
     logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d) '
@@ -489,17 +492,20 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarr
                 settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype.upper())
     start = time.perf_counter()
     with _modelopt_session() as work:
-        quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size, work)
-        rerouted = _reroute_excluded(quantized, set(excluded))
+        with timed_step('int8 calibration'):
+            quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size, work)
+            rerouted = _reroute_excluded(quantized, set(excluded))
         if fp16:
-            quantized = _to_fp16(quantized, with_qdq_feeds(quantized, islands), work)
-            _check_fp16(quantized, list(islands), fp32_onnx)
+            with timed_step('fp16 autocast'):
+                quantized = _to_fp16(quantized, with_qdq_feeds(quantized, islands), work)
+                _check_fp16(quantized, list(islands), fp32_onnx)
     if not fp16:  # FP32 everywhere INT8 is not: by request, so each such compute node is named for the census
         done = set(quantized_nodes(quantized))
         islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None, 'note': 'int8 high precision fp32'}
                    for n in quantized.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in done}
     record['fp32_islands'] = islands
-    info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, settings, version, start)
+    with timed_step('check and save', [out_path]):
+        info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, settings, version, start)
     logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d',
                 info['qdq']['quantized_total'], info['qdq']['compute_total'], len(islands), info['opset'])
     return info
@@ -619,23 +625,26 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     facts for the manifest, the islands with their rules and values among them.
     """
     out_path = Path(out_path)
-    model, src = _load_checked(fp32_onnx, source_sha256)
-    images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
+    with timed_step('load'):
+        model, src = _load_checked(fp32_onnx, source_sha256)
+        images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
     requested = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
-    islands = fp16_islands(model, images, requested)
+    with timed_step('fp16 ranges'):
+        islands = fp16_islands(model, images, requested)
     version = _modelopt_version()
     logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d node(s) kept FP32 (%d requested)', fp32_onnx,
                 version, len(islands), len(requested))
     start = time.perf_counter()
-    with _modelopt_session() as work:
+    with _modelopt_session() as work, timed_step('fp16 autocast'):
         converted = _to_fp16(model, list(islands), work)
-    _check_fp16(converted, list(islands), fp32_onnx)
+        _check_fp16(converted, list(islands), fp32_onnx)
     info = {'precision': 'fp16', 'keep_fp32_op_types': list(keep_fp32_op_types),
             'keep_fp32_nodes': list(keep_fp32_nodes), 'fp32_islands': islands, 'modelopt_version': version,
             'opset': _opset(converted), 'fp32_nodes': len(fp32_compute_nodes(converted)),
             'nodes': len(converted.graph.node), 'source_sha256': src['sha256']}
-    _stamp(converted, src, info, ('modelopt_version',))
-    _save(converted, out_path)
+    with timed_step('check and save', [out_path]):
+        _stamp(converted, src, info, ('modelopt_version',))
+        _save(converted, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
                 path=str(out_path))
     logger.info('FP16: %d nodes still FP32, opset %d', info['fp32_nodes'], info['opset'])

@@ -7,12 +7,19 @@
 One line each (``export: started`` / ``export: done in 11.2 s, peak RSS 2.1 GB, saved model.fp32.onnx (122.4 MB)``),
 so a pipeline log shows every stage exactly once. A step that fails logs nothing more: its error is what the user sees.
 
+Steps nest: a ``timed_step`` opened while another runs (in the same thread or task) is a part of it, logged as
+``quantize > calibration: done in ...`` and recorded under the outer step's ``parts``
+(``{name: {'seconds', 'start_rss_mb', 'peak_rss_mb'}}``, in the order they ran; the RSS at its start
+tells what the part added from what it inherited), so a stage record says where its time and memory
+went (the FP16 range pass, modelopt's calibration, AutoCast, the save) without a second mechanism.
+
 The peak resident memory of each step comes from sampling the process's RSS (``/proc/self/statm``, every 20 ms,
 native allocations of onnxruntime and torch included) in a small thread while the step runs. The kernel's
 high-water mark is not reset for it: that would also change what ``/usr/bin/time`` and ``getrusage`` report for the
 whole run. Off Linux the step records None.
 """
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -24,7 +31,9 @@ from .fileio import human_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['timed_step']
+__all__ = ['timed_step', 'rss_mb']
+
+_OPEN: 'contextvars.ContextVar[Optional[Dict[str, Any]]]' = contextvars.ContextVar('scalablevit_step', default=None)
 
 
 @contextlib.contextmanager
@@ -32,23 +41,32 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
                detail: str = '') -> Iterator[Dict[str, Any]]:
     """Time the block and log it; ``outputs`` are listed with their sizes when the block succeeds.
 
-    The yielded dict gets ``seconds``; the block may set ``detail`` (a short summary appended to the done line).
+    The yielded dict gets ``seconds``, ``start_rss_mb`` and ``peak_rss_mb``, and ``parts`` when steps ran inside
+    it; the block may set ``detail`` (a short summary appended to the done line).
     """
     log = log or logger
-    step: Dict[str, Any] = {'name': name, 'detail': detail}
-    log.info('%s: started', name)
+    outer = _OPEN.get()
+    label = f"{outer['label']} > {name}" if outer else name
+    step: Dict[str, Any] = {'name': name, 'label': label, 'detail': detail}
+    log.info('%s: started', label)
     sampler = _RssSampler()
+    step['start_rss_mb'] = None if sampler.peak is None else round(sampler.peak, 1)
+    token = _OPEN.set(step)
     start = time.perf_counter()
     try:
         yield step
     finally:
         step['peak_rss_mb'] = sampler.stop()
+        _OPEN.reset(token)
     step['seconds'] = time.perf_counter() - start
+    if outer is not None:
+        outer.setdefault('parts', {})[name] = {'seconds': round(step['seconds'], 2), 'start_rss_mb':
+                                               step['start_rss_mb'], 'peak_rss_mb': step['peak_rss_mb']}
     saved = ', '.join(f'{Path(p).name} ({human_size(Path(p).stat().st_size)})' for p in outputs if Path(p).is_file())
     memory = [f"peak RSS {human_size(step['peak_rss_mb'] * 2 ** 20)}"] if step['peak_rss_mb'] else []
     parts = [f'done in {step["seconds"]:.1f} s'] + memory + ([f'saved {saved}'] if saved else []) + \
         ([step['detail']] if step['detail'] else [])
-    log.info('%s: %s', name, ', '.join(parts))
+    log.info('%s: %s', label, ', '.join(parts))
 
 
 _PAGE_MB = os.sysconf('SC_PAGE_SIZE') / 2 ** 20 if hasattr(os, 'sysconf') else None
