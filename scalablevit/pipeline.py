@@ -21,7 +21,7 @@ from .bundle import HASH_CACHE, Bundle, check_precision, stage_key
 from .errors import ScalableViTError
 from .fileio import sha256_file
 from .report import make_report, peak_rss_mb, tool_versions, write_report
-from .steps import timed_step
+from .steps import release_memory, timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class HostOptions:
     out: Optional[Path] = None
     calib_dir: Optional[Path] = None
     calib_size: int = 512
+    calib_batch: Optional[int] = None  # INT8 calibration batch; None: quantize.calibration_batch (model size)
     val_dir: Optional[Path] = None
     val_size: int = 100
     input_size: Optional[int] = None
@@ -65,7 +66,7 @@ class HostOptions:
             from .quantize import Int8Settings
             self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
                                      exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
-                                     high_precision_dtype=self.int8_high_precision)
+                                     high_precision_dtype=self.int8_high_precision, batch_size=self.calib_batch)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None and self.input_size < 1:
@@ -168,6 +169,8 @@ class HostPipeline:
             self._describe()
             self._export()
             self._data()
+            self._model = None  # the PyTorch model's last use is the reference logits
+            release_memory()
             deploy = self._quantize()
             report = self._validate(deploy)
             report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
@@ -223,9 +226,10 @@ class HostPipeline:
             from .runners import TorchRunner, run_batches
             with timed_step('images', [self.bundle.file('calibration.npz')]):
                 if use_fmnist:
-                    calib, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
-                else:
-                    calib, val = data.calibration_and_validation(
+                    calib_set, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
+                    calib = data.ImageStream.of(calib_set)
+                else:  # calibration images are written as they are made: memory holds one, not the set
+                    calib, val = data.calibration_stream_and_validation(
                         dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
                         val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
                 calib.save_npz(self.bundle.file('calibration.npz'))
@@ -240,7 +244,7 @@ class HostPipeline:
             with atomic_path(self.bundle.file('reference.npz')) as tmp:
                 with open(tmp, 'wb') as f:
                     np.savez(f, **arrays)
-            return {'calibration': {'file': 'calibration.npz', 'source': calib.source, 'count': len(calib.images),
+            return {'calibration': {'file': 'calibration.npz', 'source': calib.source, 'count': calib.count,
                                     'images_sha256': calib.sha256},
                     'reference': {'file': 'reference.npz', 'source': val.source, 'samples': len(val.images),
                                   'labelled': val.labels is not None}}
@@ -262,20 +266,20 @@ class HostPipeline:
             settings.update(dataclasses.asdict(opt.int8))
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
         behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.FP16_KEEP_FP32_OP_TYPES,
-                     fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES)
+                     fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
+                     *((quantize.DEFAULT_CALIB_BATCH, quantize.CALIB_BATCH_MEMORY) if opt.int8 else ()))
         key = stage_key('quantize', __version__, fp32_sha, self.bundle.manifest['calibration']['sha256'], settings,
                         behaviour, tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
 
         def work() -> Dict[str, Any]:
-            from .data import ImageSet
-            # INT8 calibrates on these images; FP16 measures on them which LayerNorms risk FP16 overflow.
-            calib = ImageSet.load_npz(calib_file)
+            from .data import StoredImages
+            # INT8 calibrates on these images; FP16 measures on them which nodes risk FP16 overflow. Both read
+            # them from the file a batch at a time, never the whole set.
+            calib = StoredImages(calib_file)
             if opt.precision == 'int8':
-                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib.images, opt.int8,
-                                              source_sha256=fp32_sha)
+                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib, opt.int8, source_sha256=fp32_sha)
             else:
-                info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib.images,
-                                             source_sha256=fp32_sha)
+                info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib, source_sha256=fp32_sha)
             return {**settings, **info}
         facts = self.bundle.run_stage('quantize', key, [name], work)
         self.bundle.manifest['quantization'] = facts

@@ -31,7 +31,7 @@ from .fileio import human_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['timed_step', 'rss_mb']
+__all__ = ['timed_step', 'rss_mb', 'release_memory']
 
 _OPEN: 'contextvars.ContextVar[Optional[Dict[str, Any]]]' = contextvars.ContextVar('scalablevit_step', default=None)
 
@@ -67,6 +67,20 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
     parts = [f'done in {step["seconds"]:.1f} s'] + memory + ([f'saved {saved}'] if saved else []) + \
         ([step['detail']] if step['detail'] else [])
     log.info('%s: %s', label, ', '.join(parts))
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere only the
+    collection), so the next step's peak does not stack on memory the last one freed but the allocator kept:
+    onnxruntime and protobuf free their buffers into malloc's heap, which otherwise shrinks only from its top."""
+    import ctypes
+    import ctypes.util
+    import gc
+    gc.collect()
+    libc = ctypes.util.find_library('c')
+    trim = getattr(ctypes.CDLL(libc), 'malloc_trim', None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 _PAGE_MB = os.sysconf('SC_PAGE_SIZE') / 2 ** 20 if hasattr(os, 'sysconf') else None
