@@ -105,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: List[Dict[str, Any]] = []
+    path = args.out / 'host_memory.json'
     for model in args.model:
         for precision in args.precision:
             runs = []
@@ -113,10 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runs.append(run_once(model, precision, bundle, args.extra))
                 if not args.keep:
                     shutil.rmtree(bundle)
-            results += runs
+                results.append(runs[-1])  # written after every run: a long series that fails keeps what it had
+                write_json(path, {'command': sys.argv, 'cpu_count': os.cpu_count(), 'runs': results})
             print(table(runs) + '\n', flush=True)
-    path = args.out / 'host_memory.json'
-    write_json(path, {'command': sys.argv, 'cpu_count': os.cpu_count(), 'runs': results})
     print(f'runs written to {path}')
     return 0
 

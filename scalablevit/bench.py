@@ -55,11 +55,24 @@ class BenchConfig:
     seed: int = 0
     log_every_s: float = 10.0
 
+    @staticmethod
+    def add_arguments(parser: Any, warmup: int = 10, warmup_s: float = 0.0, iters: int = 50,
+                      min_s: float = 0.0) -> None:
+        """The timing flags every benchmark CLI shares, with that CLI's defaults; ``from_args`` reads them."""
+        parser.add_argument('--warmup', type=int, default=warmup, help=f'warm-up runs per batch (default: {warmup})')
+        parser.add_argument('--warmup-s', type=float, default=warmup_s,
+                            help=f'and at least this many warm-up seconds (default: {warmup_s:g})')
+        parser.add_argument('--iters', type=int, default=iters, help=f'timed runs per batch (default: {iters})')
+        parser.add_argument('--min-seconds', type=float, default=min_s,
+                            help=f'and at least this many timed seconds (default: {min_s:g})')
+        parser.add_argument('--repeat', type=int, default=1,
+                            help='timed windows per batch size: the median p50 with min-max (default: 1)')
+
     @classmethod
     def from_args(cls, args: Any) -> 'BenchConfig':
         """From the bench CLIs' common flags (--warmup, --warmup-s, --iters, --min-seconds, --repeat), validated."""
         return cls(warmup=args.warmup, warmup_s=args.warmup_s, iters=args.iters, min_s=args.min_seconds,
-                   repeats=getattr(args, 'repeat', 1)).validate()
+                   repeats=args.repeat).validate()
 
     def validate(self) -> 'BenchConfig':
         if self.iters < 1 or self.repeats < 1:

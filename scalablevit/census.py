@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['Layer', 'DTYPES', 'COMPUTE_OPS', 'layers_of', 'census', 'census_violations']
+__all__ = ['Layer', 'DTYPES', 'COMPUTE_OPS', 'layers_of', 'census', 'census_violations', 'bytes_per_image']
 
 DTYPES = ('int8', 'fp16', 'fp32')
 COMPUTE_OPS = ('Conv', 'MatMul', 'Gemm')
@@ -172,12 +172,20 @@ def census(layers: List[Layer], islands: Optional[Dict[str, Dict[str, Any]]] = N
         'mac_share': {d: (macs[d] / total if total else 0.0) for d in DTYPES},
         'weight_bytes': {d: sum(la.weight_bytes for la in layers if la.dtype == d) for d in DTYPES},
         'activation_bytes': {d: sum(la.out_bytes for la in layers if la.dtype == d) for d in DTYPES},
+        # every layer's reads and writes (batch 1): with the weights, DRAM traffic for the roofline's memory ceiling
+        'traffic_bytes': sum(la.in_bytes + la.out_bytes for la in layers),
         'fp32_compute': [{'node': la.name, 'op_type': la.op_type, 'macs': la.macs,
                           'island': islands.get(la.name, {}).get('rule')} for la in fp32_compute],
         'fp32_macs_outside_islands': sum(la.macs for la in fp32_compute if la.name not in islands),
         'islands': islands,
         'batch': 1,
     }
+
+
+def bytes_per_image(summary: Dict[str, Any], batch: int) -> float:
+    """DRAM bytes per image at ``batch`` from a census: the weights once per batch, every layer's reads and writes
+    per image (no fusion: an upper bound). The roofline's memory ceiling uses it."""
+    return sum(summary['weight_bytes'].values()) / batch + summary['traffic_bytes']
 
 
 def census_violations(summary: Dict[str, Any], precision: str, budget: Dict[str, Any]) -> List[str]:

@@ -46,6 +46,7 @@ class HostOptions:
     int8_method: str = 'entropy'
     int8_policy: str = 'default'
     int8_high_precision: str = 'fp16'
+    int8_target: Optional[str] = None  # auto policies: 'agreement=99.5,drop=0.2' (tighter than the budget)
     exclude_op_types: Tuple[str, ...] = ()
     exclude_nodes: Tuple[str, ...] = ()
     seed: int = 0
@@ -66,7 +67,8 @@ class HostOptions:
             from .quantize import Int8Settings
             self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
                                      exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
-                                     high_precision_dtype=self.int8_high_precision, batch_size=self.calib_batch)
+                                     high_precision_dtype=self.int8_high_precision, target=self.int8_target,
+                                     batch_size=self.calib_batch)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None and self.input_size < 1:
@@ -268,6 +270,9 @@ class HostPipeline:
         behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.FP16_KEEP_FP32_OP_TYPES,
                      fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
                      *((quantize.DEFAULT_CALIB_BATCH, quantize.CALIB_BATCH_MEMORY) if opt.int8 else ()))
+        search = bool(opt.int8 and opt.int8.record()['search'])
+        if search:  # the search also depends on the reference set it evaluates on, the budgets and its bounds
+            behaviour += (self.bundle.manifest['reference']['sha256'], _auto_behaviour())
         key = stage_key('quantize', __version__, fp32_sha, self.bundle.manifest['calibration']['sha256'], settings,
                         behaviour, tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
 
@@ -277,7 +282,8 @@ class HostPipeline:
             # them from the file a batch at a time, never the whole set.
             calib = StoredImages(calib_file)
             if opt.precision == 'int8':
-                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib, opt.int8, source_sha256=fp32_sha)
+                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib, opt.int8, source_sha256=fp32_sha,
+                                              evaluation=self.bundle.reference() if search else None)
             else:
                 info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib, source_sha256=fp32_sha)
             return {**settings, **info}
@@ -307,8 +313,10 @@ class HostPipeline:
                               f"{metrics['cosine_min']:.5f}")
         self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False,
                                            'peak_rss_mb': step['peak_rss_mb'], 'parts': step['parts']}
-        violations = budget_violations(metrics, self.opt.precision) + census_violations(
-            precision_plan['census'], self.opt.precision, load_budgets()[self.opt.precision])
+        auto = (self.bundle.manifest.get('quantization') or {}).get('auto')  # its budget may be tighter (a target)
+        violations = budget_violations(metrics, self.opt.precision, budget=auto['budget'] if auto else None)
+        violations += census_violations(precision_plan['census'], self.opt.precision,
+                                        load_budgets()[self.opt.precision])
         status = gate_status(violations, self.untrained)
         recorded = {'model.fp32.onnx': self.bundle.output_sha256('export', 'model.fp32.onnx'),
                     'calibration.npz': self.bundle.manifest['calibration']['sha256'],
@@ -316,9 +324,10 @@ class HostPipeline:
                     deploy: self.bundle.manifest['onnx'][self.opt.precision]['sha256']}
         files = [{'file': f, 'bytes': self.bundle.file(f).stat().st_size, 'sha256': sha}
                  for f, sha in sorted(recorded.items())]
+        extra = {'int8_auto': auto} if auto else {}
         return make_report(self.opt.model, self.opt.precision, 'onnxruntime-cpu', metrics, latency, self.untrained,
                            status=status, stages=self.bundle.timings, files=files, bundle=str(self.bundle.path),
-                           **precision_plan)
+                           **precision_plan, **extra)
 
     def _precision_plan(self, deploy: str) -> Dict[str, Any]:
         """The deployed ONNX's precision census (also in the manifest) and the cost estimate for the target."""
@@ -337,6 +346,13 @@ class HostPipeline:
         devices = [target.reference_device] if target.reference_device else []
         return {'census': summary, 'cost_estimate': {'target': target.name, 'note': LIMITS_NOTE,
                                                      'rows': estimate_table(layers, devices)}}
+
+
+def _auto_behaviour() -> Tuple[Any, ...]:
+    """What an auto policy's result depends on beyond its settings: the budgets and the search's bounds."""
+    from . import autoquant
+    from .compare import load_budgets
+    return (load_budgets(), autoquant.MAX_STEPS, autoquant.TIME_LIMIT_S, autoquant.SENSITIVITY_IMAGES)
 
 
 def _quick_latency(runner: Any, one: np.ndarray, runs: int = 20) -> Dict[str, Any]:

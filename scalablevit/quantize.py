@@ -8,7 +8,9 @@
   range check on the calibration images flags.
 
 Which nodes stay out of INT8 is a small policy table (``INT8_POLICIES``), chosen by measurement on the
-trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README). Node
+trained Fashion-MNIST model (``bench/int8_sweep.py``; the table and the reasons are in the README); the ``auto``
+policies start from one of them and let ``scalablevit.autoquant`` move the fewest layers out of INT8 that meet
+the accuracy budget, on the one calibrated graph (``moved_out_of_int8``). Node
 patterns are regexes searched in ONNX node names, which our TorchScript export takes from torch module
 paths, e.g. ``/stages.2.1/attn/proj/MatMul``.
 
@@ -39,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
            'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'DEFAULT_CALIB_BATCH', 'CALIB_BATCH_MEMORY',
-           'calibration_batch', 'quantize_int8', 'convert_fp16', 'resolve_policy',
-           'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes']
+           'calibration_batch', 'quantize_int8', 'convert_fp16', 'resolve_policy', 'match_nodes', 'quantized_nodes',
+           'qdq_summary', 'check_zero_points', 'fp32_compute_nodes', 'moved_out_of_int8']
 
 CALIBRATION_METHODS = ('entropy', 'max')
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
@@ -80,6 +82,7 @@ class Int8Policy:
     exclude_op_types: Tuple[str, ...] = ()
     exclude_nodes: Tuple[str, ...] = ()
     disable_mha_qdq: bool = False
+    search: bool = False  # then autoquant moves the fewest layers out of INT8 that meet the accuracy budget
 
 
 # Chosen by measurement: bench/int8_sweep.py on the trained Fashion-MNIST model, 10k test images (README).
@@ -93,6 +96,13 @@ INT8_POLICIES: Dict[str, Int8Policy] = {
         'attention matmuls (disable_mha_qdq), residual adds and the stem conv kept out of INT8',
         exclude_nodes=(HAZARDS['residual_add'], HAZARDS['stem_conv']), disable_mha_qdq=True),
 }
+# auto: a start policy, then the measured search of scalablevit.autoquant (one calibration, graph rewrites).
+INT8_POLICIES.update({
+    'auto': Int8Policy('the default policy, then the fewest layers moved out of INT8 that meet the accuracy budget',
+                       exclude_nodes=INT8_POLICIES['default'].exclude_nodes, disable_mha_qdq=True, search=True),
+    'auto-none': Int8Policy('modelopt heuristics only, then the fewest layers moved out of INT8 that meet the '
+                            'accuracy budget', search=True),
+})
 
 # FP16: op types kept FP32 unless told otherwise. Empty by measurement (README): on the trained Fashion-MNIST model
 # every op runs FP16 at 100 % top-1 agreement. What would overflow FP16 stays FP32 node by node, by the measured
@@ -132,6 +142,7 @@ class Int8Settings:
     high_precision_dtype: str = INT8_HIGH_PRECISION
     calibration_device: str = 'cpu'
     batch_size: Optional[int] = None  # None: calibration_batch(model)
+    target: Optional[str] = None  # auto policies: a budget tighter than accuracy_budgets.json (autoquant.parse_target)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'exclude_op_types', tuple(self.exclude_op_types))
@@ -144,6 +155,12 @@ class Int8Settings:
             _compile(pattern)
         if self.batch_size is not None:
             _check_batch(self.batch_size)
+        from .autoquant import parse_target
+        object.__setattr__(self, 'target', parse_target(self.target))
+        if self.target and not resolve_policy(self.policy).search:
+            raise ScalableViTError(f"an INT8 target ('{self.target}') needs a searching policy: "
+                                   f"{' or '.join(repr(n) for n, p in INT8_POLICIES.items() if p.search)}, "
+                                   f"not '{self.policy}'")
 
     def record(self) -> Dict[str, Any]:
         """The settings as the manifest and the stage key record them, with what the policy name stands for."""
@@ -152,7 +169,7 @@ class Int8Settings:
                 'policy_exclude_nodes': list(pol.exclude_nodes), 'exclude_op_types': list(self.exclude_op_types),
                 'exclude_nodes': list(self.exclude_nodes),
                 'disable_mha_qdq': pol.disable_mha_qdq if self.disable_mha_qdq is None else bool(self.disable_mha_qdq),
-                'high_precision_dtype': self.high_precision_dtype}
+                'high_precision_dtype': self.high_precision_dtype, 'search': pol.search, 'target': self.target}
 
 
 def _opset(model: Any) -> int:
@@ -491,21 +508,25 @@ def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
 
 def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
                   settings: Optional[Int8Settings] = None, source_sha256: Optional[str] = None,
-                  **options: Any) -> Dict[str, Any]:
+                  evaluation: Optional[Dict[str, np.ndarray]] = None, **options: Any) -> Dict[str, Any]:
     """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32, an array or
     a ``data.StoredImages`` read a batch at a time).
 
     ``settings`` (or ``Int8Settings(**options)``): nodes kept out of INT8 are the policy's (see INT8_POLICIES)
     plus ``exclude_op_types`` and ``exclude_nodes`` (regexes searched in node names); calibration runs on
     ``calibration_device`` ('cpu' or 'cuda', never silently another). ``source_sha256`` is the FP32 file's hash
-    when the caller knows it. Returns the facts for the manifest: settings, opset, Q/DQ counts, calibration size
-    and hash, time, size, sha256.
+    when the caller knows it. A searching policy ('auto') also needs ``evaluation``, the held-out reference set
+    ('input', FP32 'logits', optional 'labels') its accuracy budget is measured on. Returns the facts for the
+    manifest: settings, opset, Q/DQ counts, calibration size and hash, time, size, sha256 (and the search's steps).
     """
     settings = settings or Int8Settings(**options)
     out_path = Path(out_path)
     with timed_step('load'):
         model, src = _load_checked(fp32_onnx, source_sha256)
         images = _check_calibration(calibration, src)
+        search = resolve_policy(settings.policy).search
+        if search:
+            evaluation = _check_evaluation(evaluation, src, settings.policy)
     ep = _check_device(settings.calibration_device)
     record = settings.record()
     excluded = _excluded_nodes(model, record)
@@ -530,11 +551,15 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
         if fp16:
             with timed_step('fp16 autocast'):
                 keep = with_qdq_feeds(quantized, islands)
-                staged = _stage_copy(quantized, work, 'model.to_fp16.onnx')
+                fp16_file = _stage_copy(quantized, work, 'model.to_fp16.onnx')
                 del quantized  # AutoCast reads the staged file
                 release_memory()
-                quantized = _to_fp16(staged, keep)
+                quantized = _to_fp16(fp16_file, keep)
                 _check_fp16(quantized, list(islands), fp32_onnx)
+        if search:  # the deployable graph above is the start; the search reroutes layers of it out of INT8
+            with timed_step('auto search'):
+                quantized, moved_rerouted = _search(quantized, staged, images, evaluation, settings, record)
+            excluded, rerouted = excluded + record['exclude_nodes_auto'], rerouted + moved_rerouted
     if not fp16:  # FP32 everywhere INT8 is not: by request, so each such compute node is named for the census
         done = set(quantized_nodes(quantized))
         islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None, 'note': 'int8 high precision fp32'}
@@ -546,6 +571,62 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
     logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d',
                 info['qdq']['quantized_total'], info['qdq']['compute_total'], len(islands), info['opset'])
     return info
+
+
+def moved_out_of_int8(model: Any, nodes: Sequence[str]) -> Tuple[Any, int]:
+    """A copy of the deployable INT8 ``model`` with ``nodes`` reading the tensors behind their Q/DQ pairs.
+
+    The same rewrite as every exclusion (``_reroute_excluded``), done after the FP16 step: AutoCast gave each Q/DQ
+    pair one dtype (FP16, or FP32 for an island's feeds), so the tensor behind the pair has the dtype the node
+    read and the node keeps running in the dtype AutoCast gave it. Returns the copy and the rerouted inputs.
+    """
+    import onnx
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    producers = _producers(copy)
+    wanted = set(nodes)
+    for node in copy.graph.node:
+        for tensor in node.input if node.name in wanted else ():
+            dq = producers.get(tensor)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == 'DequantizeLinear' else None
+            if q is not None and q.op_type == 'QuantizeLinear' and _scale_type(copy, q) != _scale_type(copy, dq):
+                raise ScalableViTError(f'cannot move {node.name} out of INT8: the Q/DQ pair on {q.input[0]} mixes '
+                                       f'dtypes')
+    return copy, _reroute_excluded(copy, wanted)
+
+
+def _scale_type(model: Any, node: Any) -> int:
+    """Element type of a Q/DQ node's scale (the dtype of its float side)."""
+    return next((t.data_type for t in model.graph.initializer if t.name == node.input[1]), 0)
+
+
+def _check_evaluation(evaluation: Optional[Dict[str, np.ndarray]], src: Dict[str, Any], policy: str
+                      ) -> Dict[str, np.ndarray]:
+    """The reference set a searching policy evaluates on: images like the calibration's, one FP32 logit row each."""
+    if evaluation is None or 'input' not in evaluation or 'logits' not in evaluation:
+        raise ScalableViTError(f"INT8 policy '{policy}' measures its accuracy budget on held-out images and their FP32 "
+                               f"logits, and none were given: build through deploy/build_engine.py (it passes the "
+                               f"bundle's reference set)")
+    images = _check_calibration(evaluation['input'], src, 'reference')
+    if len(evaluation['logits']) != len(images):
+        raise ScalableViTError(f"reference set: {len(evaluation['logits'])} logit rows for {len(images)} images")
+    return {**evaluation, 'input': images}
+
+
+def _search(start: Any, fp32_file: Path, images: Any, evaluation: Dict[str, np.ndarray], settings: Int8Settings,
+            record: Dict[str, Any]) -> Tuple[Any, int]:
+    """autoquant's search from the deployable ``start`` graph; its facts go into ``record['auto']``. The FP32 model
+    is read back from the staged ``fp32_file`` now, so it was not held through calibration."""
+    import onnx
+
+    from .autoquant import search, target_budget
+    from .compare import load_budgets
+    budget = target_budget(load_budgets()['int8'], settings.target)
+    result = search(lambda moved: moved_out_of_int8(start, moved), onnx.load(str(fp32_file)), images, evaluation,
+                    budget)
+    record['auto'] = result.record()
+    record['exclude_nodes_auto'] = list(result.moved)  # the chosen exclusion set, also stamped in the ONNX
+    return result.model, result.rerouted
 
 
 def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
@@ -612,7 +693,7 @@ def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[s
             'rerouted_inputs': rerouted, 'opset': _opset(model), 'min_tensorrt': INT8_MIN_TENSORRT,
             'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
     _stamp(model, src, info, ('policy', 'method', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
-                              'modelopt_version', 'min_tensorrt'))
+                              'modelopt_version', 'min_tensorrt') + (('exclude_nodes_auto',) if 'auto' in info else ()))
     _save(model, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
                 path=str(out_path))

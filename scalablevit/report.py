@@ -104,6 +104,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += ['', f"## Latency (batch {lat['batch']}, {report['backend']})", '',
                   '| p50 | p90 | p99 | mean |', '|---|---|---|---|',
                   f"| {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['mean']:.2f} ms |"]
+    lines += _auto_markdown(report.get('int8_auto'))
     lines += _census_markdown(report.get('census'), report['precision'])
     lines += _estimate_markdown(report.get('cost_estimate'))
     lines += _engine_precision_markdown(report.get('engine_precision'))
@@ -160,6 +161,31 @@ def _census_markdown(census: Optional[Dict[str, Any]], precision: str) -> List[s
     outside = census['fp32_macs_outside_islands']
     if precision != 'fp32' and outside:
         lines += ['', f'**{outside / 1e6:.1f} M FP32 MACs outside the named islands** (the census gate).']
+    return lines
+
+
+def _auto_markdown(auto: Optional[Dict[str, Any]]) -> List[str]:
+    """The steps of an INT8 auto policy's search (scalablevit.autoquant), one row per evaluation."""
+    if not auto:
+        return []
+    budget = auto['budget']
+    lines = ['', '## INT8 auto policy: layers moved out of INT8', '', f"**{auto['message']}**", '',
+             f"Budget: top-1 agreement >= {budget['min_top1_agreement'] * 100:g} %, top-1 drop <= "
+             f"{budget['max_top1_drop']:g} pt, worst cosine >= {budget['min_cosine_min']:g}; search bound "
+             f"{auto['max_steps']} evaluations, {auto['time_limit_s']:.0f} s. Sensitivity: the local error a layer "
+             f"adds (divergence from FP32 on {auto['sensitivity_images']} calibration images).", '',
+             '| step | action | layer | sensitivity | moved | agreement | top-1 | worst cosine | INT8 MACs '
+             '| INT8 MACs lost | budget | s |', '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|']
+    for st in auto['steps']:
+        top1 = 'n/a' if st['top1_candidate'] is None else f"{st['top1_candidate']:.2f} %"
+        layer = f"`{st['node']}`" if st['node'] else ''
+        lines.append(f"| {st['step']} | {st['action']} | {layer} "
+                     f"| {_fmt(st['sensitivity'], 4)} | {st['moved']} | {st['top1_agreement'] * 100:.2f} % | {top1} "
+                     f"| {st['cosine_min']:.4f} | {st['int8_mac_share'] * 100:.1f} % "
+                     f"| {st['int8_mac_share_lost'] * 100:.1f} pt | {'met' if st['met'] else 'over'} "
+                     f"| {st['seconds']:.1f} |")
+    if auto['moved']:
+        lines += ['', 'Kept out of INT8 by the search: ' + ', '.join(f'`{n}`' for n in auto['moved'])]
     return lines
 
 

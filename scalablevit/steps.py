@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from .fileio import human_size
 
@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['timed_step', 'rss_mb', 'release_memory']
 
-_OPEN: 'contextvars.ContextVar[Optional[Dict[str, Any]]]' = contextvars.ContextVar('scalablevit_step', default=None)
+# The innermost open step and its RSS sampler (a part's peak is folded into its outer step's, so a stage's peak is
+# never below one of its parts' even where the two samplers saw different moments).
+_OPEN: 'contextvars.ContextVar[Optional[Tuple[Dict[str, Any], _RssSampler]]]' = contextvars.ContextVar(
+    'scalablevit_step', default=None)
 
 
 @contextlib.contextmanager
@@ -45,13 +48,13 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
     it; the block may set ``detail`` (a short summary appended to the done line).
     """
     log = log or logger
-    outer = _OPEN.get()
+    outer, outer_sampler = _OPEN.get() or (None, None)
     label = f"{outer['label']} > {name}" if outer else name
     step: Dict[str, Any] = {'name': name, 'label': label, 'detail': detail}
     log.info('%s: started', label)
     sampler = _RssSampler()
     step['start_rss_mb'] = None if sampler.peak is None else round(sampler.peak, 1)
-    token = _OPEN.set(step)
+    token = _OPEN.set((step, sampler))
     start = time.perf_counter()
     try:
         yield step
@@ -60,6 +63,7 @@ def timed_step(name: str, outputs: Sequence[Path] = (), log: Optional[logging.Lo
         _OPEN.reset(token)
     step['seconds'] = time.perf_counter() - start
     if outer is not None:
+        outer_sampler.fold(step['peak_rss_mb'])
         outer.setdefault('parts', {})[name] = {'seconds': round(step['seconds'], 2), 'start_rss_mb':
                                                step['start_rss_mb'], 'peak_rss_mb': step['peak_rss_mb']}
     saved = ', '.join(f'{Path(p).name} ({human_size(Path(p).stat().st_size)})' for p in outputs if Path(p).is_file())
@@ -100,6 +104,7 @@ class _RssSampler:
 
     def __init__(self, interval_s: float = 0.02):
         self.peak = rss_mb()
+        self._folded = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
         if self.peak is not None:
@@ -109,9 +114,14 @@ class _RssSampler:
         while not self._done.wait(interval_s):
             self.peak = max(self.peak, rss_mb() or 0.0)
 
+    def fold(self, peak: Optional[float]) -> None:
+        """Count a peak another sampler saw within this one's time (a part's)."""
+        if peak is not None:  # kept apart from ``peak``, which the sampling thread writes
+            self._folded = max(self._folded, peak)
+
     def stop(self) -> Optional[float]:
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()
         now = rss_mb()
-        return None if self.peak is None else round(max(self.peak, now or 0.0), 1)
+        return None if self.peak is None else round(max(self.peak, now or 0.0, self._folded), 1)

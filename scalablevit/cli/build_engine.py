@@ -35,7 +35,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--input-size', type=int, help='square input side (default: the model\'s, 224 for S/B/L)')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
     p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
-    p.add_argument('--int8-policy', default='default', help='INT8 exclusion policy (see README)')
+    p.add_argument('--int8-policy', default='default',
+                   help='INT8 exclusion policy: default | none | auto | auto-none (auto: the fewest layers moved out '
+                        'of INT8 that meet the accuracy budget; see README)')
+    p.add_argument('--int8-target', help="auto policies: a tighter budget, e.g. 'agreement=99.5,drop=0.2' "
+                                         "(top-1 agreement in %%, top-1 drop in points, cosine=worst cosine)")
     p.add_argument('--int8-high-precision', default='fp16',
                    help='dtype of what is not INT8: fp16 (default; FP32 only where a measured rule says so) or fp32')
     p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
@@ -59,13 +63,17 @@ def host(args: argparse.Namespace) -> Path:
         fold_normalization=args.fold_normalization, calib_batch=args.calib_batch,
         calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
         opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
-        int8_high_precision=args.int8_high_precision, target=args.target,
+        int8_high_precision=args.int8_high_precision, int8_target=args.int8_target, target=args.target,
         exclude_op_types=tuple(args.exclude_op_types), exclude_nodes=tuple(args.exclude_nodes), force=args.force)
     report = HostPipeline(options).run()
     acc = report['accuracy']
     print(f"bundle: {options.out}  ({report['precision']} ONNX on onnxruntime vs PyTorch FP32: "
           f"top-1 agreement {acc['top1_agreement'] * 100:.2f} %, worst cosine {acc['cosine_min']:.5f}; "
           f"gate {report['status']})")
+    auto = report.get('int8_auto')
+    if auto and not auto['met'] and report['status'].startswith('FAILED'):  # random weights are never gated
+        raise ScalableViTError(f"--int8-policy {args.int8_policy}: {auto['message']} ({options.out}/report.md "
+                               f"lists every step)")
     if report['status'].startswith('FAILED'):
         raise ScalableViTError(f"accuracy gate failed for {options.out}: {report['status'][len('FAILED: '):]}")
     return options.out

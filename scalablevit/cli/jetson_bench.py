@@ -21,6 +21,7 @@ from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry
 from scalablevit.bundle import Bundle
 from scalablevit.errors import ScalableViTError
 from scalablevit.jetson import PowerMonitor, describe_jetson, jetson_info
+from scalablevit.census import bytes_per_image
 from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs
 
 logger = logging.getLogger('bench.jetson')
@@ -35,12 +36,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='onnxruntime providers for --onnx')
     p.add_argument('--input-size', type=int, help='square input side (default: the bundle\'s, else the engine\'s)')
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
-    p.add_argument('--warmup', type=int, default=20, help='warm-up runs per batch (default: 20)')
-    p.add_argument('--warmup-s', type=float, default=2.0, help='and at least this many warm-up seconds (default: 2)')
-    p.add_argument('--iters', type=int, default=100, help='timed runs per batch (default: 100)')
-    p.add_argument('--repeat', type=int, default=1, help='timed windows per batch size (median p50 with min-max)')
-    p.add_argument('--min-seconds', type=float, default=5.0,
-                   help='and at least this many timed seconds: enough tegrastats samples (default: 5)')
+    # 5 timed seconds at least: enough tegrastats samples for the power figures
+    BenchConfig.add_arguments(p, warmup=20, warmup_s=2.0, iters=100, min_s=5.0)
     p.add_argument('--interval', type=int, default=100, help='tegrastats interval in ms (default: 100)')
     p.add_argument('--idle-s', type=float, default=2.0, help='idle power baseline before the runs (default: 2 s)')
     p.add_argument('--no-power', action='store_true', help='do not run tegrastats')
@@ -98,7 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         power.stop()
     gmacs, gmacs_source = resolve_gmacs(args.gmacs, bundle.manifest if bundle else None, model, shape[-1])
-    add_roofline(entries, gmacs, device, _gpu_clock(info))
+    census = (bundle.manifest.get('census') if bundle else None) or None  # bytes for the memory ceiling, no onnx
+    add_roofline(entries, gmacs, device, _gpu_clock(info),
+                 bytes_per_image=(lambda b: bytes_per_image(census, b['batch'])) if census else None,
+                 emc_mhz=lambda b: (b.get('power') or {}).get('emc_mhz_mean'))
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs, or add gmacs to the bundle manifest)')
     notes += sorted({f"power: {b['power']['reason']}" for e in entries for b in e['sweep']

@@ -37,13 +37,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--input-size', type=int,
                    help='square input side (default: the bundle\'s or model\'s, else each file\'s own)')
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
-    p.add_argument('--warmup', type=int, default=10, help='warm-up runs per batch (default: 10)')
-    p.add_argument('--warmup-s', type=float, default=0.0, help='and at least this many warm-up seconds')
-    p.add_argument('--iters', type=int, default=50, help='timed runs per batch (default: 50)')
-    p.add_argument('--min-seconds', type=float, default=0.0, help='and at least this many timed seconds')
-    p.add_argument('--repeat', type=int, default=1,
-                   help='timed windows per batch size: report the median p50 with min-max (default: 1; README '
-                        'figures use 5)')
+    BenchConfig.add_arguments(p)
     p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
     p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
     p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
@@ -82,12 +76,10 @@ def onnx_traffic(path: Optional[Path]) -> Optional[Callable[[Dict[str, Any]], fl
     for the roofline's memory ceiling; None without a file."""
     if path is None:
         return None
-    from scalablevit.census import layers_of
+    from scalablevit.census import bytes_per_image, census, layers_of
     from scalablevit.export import load_onnx
-    layers = layers_of(load_onnx(path))
-    weights = sum(la.weight_bytes for la in layers)
-    activations = sum(la.in_bytes + la.out_bytes for la in layers)
-    return lambda block: weights / block['batch'] + activations
+    summary = census(layers_of(load_onnx(path)))
+    return lambda block: bytes_per_image(summary, block['batch'])
 
 
 def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -> Optional[Tuple[int, int, int]]:
