@@ -71,7 +71,7 @@ def test_stage_records_hold_peak_memory_per_stage_and_part(int8_bundle):
              'validate': ['census', 'onnxruntime']}
     for name, expected in parts.items():
         record = stages[name] if name in stages else report['stages'][name]
-        assert 100 < record['peak_rss_mb'] <= host_peak + 1, name
+        assert 100 < record['peak_rss_mb'] <= host_peak + 1 < 4096, name  # the test model: a few hundred MB of work
         assert list(record['parts']) == expected, name
         for part in record['parts'].values():
             assert 100 < part['start_rss_mb'] <= part['peak_rss_mb'] <= record['peak_rss_mb'] + 0.1, (name, part)
