@@ -85,7 +85,7 @@ def spread(values: List[float], unit: str = '', scale: float = 1.0, digits: int 
 def table(runs: List[Dict[str, Any]]) -> str:
     """The markdown of one model and precision: the whole run, then every stage and part of a stage."""
     first = runs[0]
-    gb = dict(unit=' GB', scale=1 / 1024, digits=2)
+    gb = dict(unit=' GiB', scale=1 / 1024, digits=2)
     batch = f", calibration batch {first['calibration_batch']}" if first['calibration_batch'] else ''
     lines = [f"### {first['model']} {first['precision'].upper()}: {len(runs)} runs, "
              f"{first['calibration_images']} calibration images{batch}",

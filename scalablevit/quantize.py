@@ -314,7 +314,7 @@ def _images_sha256(images: Any) -> str:
 def calibration_batch(model: Any) -> int:
     """Images per calibration batch for ``model``: as many as keep the float tensors of one batch within
     ``CALIB_BATCH_MEMORY``, from 1 to ``DEFAULT_CALIB_BATCH`` (8 for the small test and Fashion-MNIST models,
-    1 for ScalableViT-S/B/L at 224 px)."""
+    2 for ScalableViT-S and 1 for L at 224 px)."""
     from .fp16_rules import float_tensors
     per_image = max(1, sum(float_tensors(model).values()))
     return max(1, min(DEFAULT_CALIB_BATCH, CALIB_BATCH_MEMORY // per_image))

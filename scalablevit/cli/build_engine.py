@@ -27,8 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--weights', type=Path, help='official .pth or safetensors; omitted: random weights (a warning)')
     p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
     p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
-    p.add_argument('--calib-batch', type=int, help='INT8 calibration batch (default: from the model size, 1 for S/B/L '
-                   'at 224 px, at most 8)')
+    p.add_argument('--calib-batch', type=int, help='INT8 calibration batch (default: from the model size, at most 8: '
+                   '2 for S, 1 for L at 224 px)')
     p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
     p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
     p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
