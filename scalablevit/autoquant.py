@@ -189,16 +189,19 @@ def _int8_share(model: Any) -> float:
     return census(layers_of(model))['mac_share']['int8']
 
 
-def _sensitivity(fp32: Any, candidate: Any, images: np.ndarray) -> Dict[str, float]:
-    """Local error of every quantized node of ``candidate`` on ``images`` (at most SENSITIVITY_IMAGES of them)."""
+def _sensitivity(fp32: Any, candidate: Any, images: Any) -> Dict[str, float]:
+    """Local error of every quantized node of ``candidate`` on ``images`` (an array or a ``data.StoredImages``,
+    at most SENSITIVITY_IMAGES of them read)."""
+    from .data import image_batches
     from .divergence import local_errors, measure
+    picks = None
     if len(images) > SENSITIVITY_IMAGES:  # evenly spread over the set, deterministic
-        images = images[np.linspace(0, len(images) - 1, SENSITIVITY_IMAGES).round().astype(int)]
-    found, metrics = measure(fp32, candidate, images)
+        picks = np.linspace(0, len(images) - 1, SENSITIVITY_IMAGES).round().astype(int).tolist()
+    found, metrics = measure(fp32, candidate, np.concatenate(list(image_batches(images, SENSITIVITY_IMAGES, picks))))
     return local_errors(found, metrics)
 
 
-def search(build: Build, fp32: Any, calibration: np.ndarray, evaluation: Dict[str, np.ndarray],
+def search(build: Build, fp32: Any, calibration: Any, evaluation: Dict[str, np.ndarray],
            budget: Dict[str, float]) -> AutoResult:
     """The fewest layers to move out of INT8 for ``budget`` (see the module docstring); never raises on a miss.
 

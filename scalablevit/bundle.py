@@ -15,7 +15,8 @@ the next writer, who holds the lock and so knows no live run owns it.
 Layout (the host pipeline writes it; see README "The bundle")::
 
     manifest.json        model, precision, deploy_onnx, onnx{precision: file/sha256/opset}, input, output,
-                         weights, calibration, reference, quantization, tools, stages{name: key/outputs/facts/seconds}
+                         weights, calibration, reference, quantization, tools,
+                         stages{name: key/outputs/facts/seconds/peak_rss_mb/parts}
     model.fp32.onnx      always; model.int8.onnx or model.fp16.onnx for those precisions
     calibration.npz      INT8 calibration images (eval preprocessing applied)
     reference.npz        held-out 'input' images, PyTorch FP32 'logits', optional 'labels'
@@ -411,10 +412,10 @@ class Bundle:
                     raise write_error(e.filename, e) from e
                 folder = tempfile.gettempdir()  # where the libraries write: this run's work folder
                 raise write_error(folder, e, f"the {name} stage's temporary files in {folder}") from e
-        self.manifest['stages'][name] = {'key': key, 'seconds': round(step['seconds'], 2),
-                                         'peak_rss_mb': step['peak_rss_mb'],
+        memory = {'peak_rss_mb': step['peak_rss_mb'], **({'parts': step['parts']} if 'parts' in step else {})}
+        self.manifest['stages'][name] = {'key': key, 'seconds': round(step['seconds'], 2), **memory,
                                          'outputs': {f: self.sha256(f) for f in outputs}, 'facts': facts}
-        self.timings[name] = {'seconds': step['seconds'], 'reused': False, 'peak_rss_mb': step['peak_rss_mb']}
+        self.timings[name] = {'seconds': step['seconds'], 'reused': False, **memory}
         self.save()
         return facts
 

@@ -43,15 +43,8 @@ class Layer:
 
 def _shapes_and_types(model: Any) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, int]]:
     """Static shapes (batch 1) and element types of every tensor shape inference resolves."""
-    import onnx
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for value in probe.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField('dim_value'):
-            dims[0].dim_value = 1
-    del probe.graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph
+    from .export import infer_shapes
+    inferred = infer_shapes(model, batch=1, data_prop=True).graph
     shapes, types = {}, {}
     for value in (*inferred.input, *inferred.value_info, *inferred.output):
         tensor = value.type.tensor_type

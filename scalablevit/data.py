@@ -20,16 +20,20 @@ clipped), an image above ``MAX_IMAGE_PIXELS`` is skipped before it is decoded, a
 makes a resize larger than ``MAX_RESIZE_SIDE``, and a set never grows beyond what its source can give or
 ``MAX_SET_BYTES`` of memory.
 """
+import contextlib
 import functools
 import hashlib
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -175,6 +179,7 @@ def _to_8bit(image: Any) -> Any:
 # ------------------------------------------------------------------------------------------- image sets
 _NPZ_FORMAT = 'scalablevit-imageset/1'
 _NPZ_REQUIRED = ('format', 'images', 'names', 'source', 'sha256')
+_READ_IMAGES = 64  # images per read when a stored set is loaded whole or verified
 
 
 @dataclass
@@ -216,33 +221,16 @@ class ImageSet:
         Compressed: the images come from 8-bit pixels, so they shrink about 3.5x (512 x 224^2: ~87 MB, not 308).
         """
         path = Path(path)
-        arrays: Dict[str, np.ndarray] = dict(
-            format=np.array(_NPZ_FORMAT), images=self.images, names=np.array(self.names, dtype=str),
-            source=np.array(self.source), sha256=np.array(self.sha256), skipped=np.array(self.skipped))
-        if self.labels is not None:
-            arrays['labels'] = self.labels
-        if self.class_names is not None:
-            arrays['class_names'] = np.array(self.class_names, dtype=str)
         with atomic_path(path) as tmp:
-            _write_npz(tmp, arrays)
-        logger.info('saved %d images (%s) to %s, sha256 %s', len(self), 'x'.join(map(str, self.images.shape)),
-                    path, self.sha256[:12])
+            _write_npz(tmp, _npz_arrays(self.images, self.names, self.source, self.sha256, self.skipped,
+                                        self.labels, self.class_names))
+        _log_saved(path, self.images.shape, self.sha256)
         return path
 
     @classmethod
     def load_npz(cls, path: PathLike) -> 'ImageSet':
         """Read a set written by ``save_npz``; ScalableViTError for a missing, corrupt or foreign file."""
-        arrays = _read_npz(Path(path))
-        if str(arrays['format']) != _NPZ_FORMAT:
-            raise ScalableViTError(f"{path}: unsupported image-set format '{arrays['format']}' "
-                                   f"(expected '{_NPZ_FORMAT}')")
-        class_names = arrays.get('class_names')
-        loaded = cls(images=arrays['images'], source=str(arrays['source']), names=list(arrays['names']),
-                     labels=arrays.get('labels'), skipped=int(arrays.get('skipped', 0)),
-                     class_names=None if class_names is None else list(class_names))
-        if loaded.sha256 != str(arrays['sha256']):
-            raise ScalableViTError(f'{path}: corrupt image set (sha256 of the images does not match the stored one)')
-        return loaded
+        return StoredImages(path).load()
 
 
 def load_npz(path: PathLike) -> ImageSet:
@@ -250,16 +238,201 @@ def load_npz(path: PathLike) -> ImageSet:
     return ImageSet.load_npz(path)
 
 
-def _write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+class ImageStream:
+    """Preprocessed images made one at a time: ``save_npz`` writes them holding one image in memory (the
+    pipeline's calibration set, which may be thousands of images), ``collect`` gathers them into an ImageSet.
+
+    ``items`` yields ``(image (3, H, W), name, label or None)``; a producer that skips inputs counts them in
+    ``skipped``. Once written, ``count`` and ``sha256`` (of the float32 image bytes, as ImageSet's) describe the set.
+    """
+
+    def __init__(self, source: str, items: Iterable[Tuple[np.ndarray, str, Optional[int]]], labelled: bool = False,
+                 class_names: Optional[List[str]] = None, skipped: int = 0):
+        self.source, self.items, self.labelled, self.class_names = source, items, labelled, class_names
+        self.skipped, self.count, self.sha256 = skipped, 0, ''
+
+    @classmethod
+    def of(cls, images: ImageSet) -> 'ImageStream':
+        """An ImageSet already in memory, as a stream (the writer is the same for both)."""
+        labels = [None] * len(images) if images.labels is None else images.labels.tolist()
+        return cls(images.source, zip(images.images, images.names, labels), labelled=images.labels is not None,
+                   class_names=images.class_names, skipped=images.skipped)
+
+    def collect(self) -> ImageSet:
+        arrays, names, labels = [], [], []
+        for image, name, label in self.items:
+            arrays.append(image)
+            names.append(name)
+            labels.append(label)
+        return ImageSet(np.stack(arrays), self.source, names, labels=labels if self.labelled else None,
+                        class_names=self.class_names, skipped=self.skipped)
+
+    def save_npz(self, path: PathLike) -> Path:
+        """Write the images to one .npz in ImageSet's format, atomically, one image at a time: they are spooled
+        to an unnamed temporary file (the header needs the count, known only at the end), then compressed."""
+        path = Path(path)
+        digest, names, labels, shape = hashlib.sha256(), [], [], None
+        with atomic_path(path) as tmp, tempfile.TemporaryFile(dir=tmp.parent) as spool:
+            for image, name, label in self.items:
+                image = np.ascontiguousarray(image, dtype=np.float32)
+                if shape is None and (image.ndim != 3 or image.shape[0] != 3):
+                    raise ScalableViTError(f'{self.source}: images must be (3, H, W), got {image.shape}')
+                if image.shape != (shape or image.shape):
+                    raise ScalableViTError(f'{self.source}: image {name} is {image.shape}, the first was {shape}')
+                shape = image.shape
+                digest.update(image.data)
+                spool.write(image.data)
+                names.append(str(name))
+                labels.append(label)
+            if shape is None:
+                raise ScalableViTError(f'{self.source}: no images')
+            self.count, self.sha256 = len(names), digest.hexdigest()
+            spool.seek(0)
+            _write_npz(tmp, _npz_arrays(_Spooled(spool, (self.count, *shape)), names, self.source, self.sha256,
+                                        self.skipped, labels if self.labelled else None, self.class_names))
+        _log_saved(path, (self.count, *shape), self.sha256)
+        return path
+
+
+class StoredImages:
+    """The images of an image-set .npz, read from the file a batch at a time and never loaded whole, so what
+    reads them (the quantize stage) holds one batch whatever the set's size.
+
+    Opening reads the small members and streams the images once to check them: ``sha256`` against the stored
+    one, and ``finite`` (no NaN or Inf). ``batches`` then decompresses them again on every pass.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        arrays = _read_npz(self.path, lazy=('images',))
+        if str(arrays['format']) != _NPZ_FORMAT:
+            raise ScalableViTError(f"{path}: unsupported image-set format '{arrays['format']}' "
+                                   f"(expected '{_NPZ_FORMAT}')")
+        self.source, self.names = str(arrays['source']), [str(n) for n in arrays['names']]
+        labels, class_names = arrays.get('labels'), arrays.get('class_names')
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.skipped = int(arrays.get('skipped', 0))
+        with self._images() as (_, shape):
+            self.shape = shape
+        if len(self.names) != len(self) or (self.labels is not None and len(self.labels) != len(self)):
+            raise ScalableViTError(f'{path}: {len(self.names)} names for {len(self)} images')
+        self.sha256, self.finite = self._check(str(arrays['sha256']))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @contextlib.contextmanager
+    def _images(self) -> Iterator[Tuple[Any, Tuple[int, ...]]]:
+        """The images member, positioned after its .npy header, and the array's shape."""
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open('images.npy') as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(member)
+                if fortran or dtype != np.float32 or len(shape) != 4 or shape[1] != 3:
+                    raise ScalableViTError(f"{self.path}: images must be float32 (N, 3, H, W) in C order, got "
+                                           f"{dtype} {shape}{' in Fortran order' if fortran else ''}")
+                yield member, tuple(shape)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ScalableViTError(f'{self.path}: not a readable image-set .npz ({e})') from e
+
+    def batches(self, batch_size: int, indices: Optional[Iterable[int]] = None) -> Iterator[np.ndarray]:
+        """The images in file order, ``batch_size`` at a time (fresh float32 arrays); only ``indices`` when given."""
+        wanted = range(len(self)) if indices is None else sorted(set(int(i) for i in indices))
+        one = int(np.prod(self.shape[1:])) * 4
+        with self._images() as (member, shape):
+            position = 0
+            for start in range(0, len(wanted), batch_size):
+                picks = wanted[start:start + batch_size]
+                batch = np.empty((len(picks), *shape[1:]), np.float32)
+                for k, index in enumerate(picks):
+                    while position <= index:  # a pass always reads forward: the member is a compressed stream
+                        data = member.read(one)
+                        if len(data) != one:
+                            raise ScalableViTError(f'{self.path}: truncated images (image {position} of {shape[0]})')
+                        position += 1
+                    batch[k] = np.frombuffer(data, np.float32).reshape(shape[1:])
+                yield batch
+            if indices is None and member.read(1):  # read to the end, so the zip's CRC is checked too
+                raise ScalableViTError(f'{self.path}: not a readable image-set .npz (data after the images)')
+
+    def _check(self, stored: str) -> Tuple[str, bool]:
+        digest, finite = hashlib.sha256(), True
+        for batch in self.batches(_READ_IMAGES):
+            digest.update(batch.data)
+            finite = finite and bool(np.isfinite(batch).all())
+        if digest.hexdigest() != stored:
+            raise ScalableViTError(f'{self.path}: corrupt image set (sha256 of the images does not match the '
+                                   f'stored one)')
+        return stored, finite
+
+    def load(self) -> ImageSet:
+        """All the images in memory, as an ImageSet."""
+        images = np.empty(self.shape, np.float32)
+        start = 0
+        for batch in self.batches(_READ_IMAGES):
+            images[start:start + len(batch)] = batch
+            start += len(batch)
+        return ImageSet(images, self.source, self.names, labels=self.labels, class_names=self.class_names,
+                        skipped=self.skipped)
+
+
+def image_batches(images: Union[np.ndarray, StoredImages], batch_size: int,
+                  indices: Optional[Sequence[int]] = None) -> Iterator[np.ndarray]:
+    """Batches of an in-memory (N, C, H, W) array or of a stored set alike, in order; only ``indices`` when given."""
+    if isinstance(images, StoredImages):
+        yield from images.batches(batch_size, indices)
+        return
+    picked = images if indices is None else images[np.asarray(sorted(set(indices)), dtype=int)]
+    for start in range(0, len(picked), batch_size):
+        yield picked[start:start + batch_size]
+
+
+class _Spooled:
+    """Float32 C-order image bytes in a file, written into the .npz as the ``images`` array without loading."""
+
+    def __init__(self, file: Any, shape: Tuple[int, ...]):
+        self.file, self.shape = file, shape
+
+    def write_npy(self, member: Any) -> None:
+        np.lib.format.write_array_header_1_0(member, {'descr': np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                      'fortran_order': False, 'shape': self.shape})
+        shutil.copyfileobj(self.file, member, 16 << 20)
+
+
+def _npz_arrays(images: Any, names: Sequence[str], source: str, sha256: str, skipped: int,
+                labels: Optional[Sequence[int]], class_names: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The members of an image-set .npz, in the order they are written."""
+    arrays: Dict[str, Any] = dict(
+        format=np.array(_NPZ_FORMAT), images=images, names=np.array(names, dtype=str), source=np.array(source),
+        sha256=np.array(sha256), skipped=np.array(skipped))
+    if labels is not None:
+        arrays['labels'] = np.asarray(labels, dtype=np.int64)
+    if class_names is not None:
+        arrays['class_names'] = np.array(class_names, dtype=str)
+    return arrays
+
+
+def _log_saved(path: Path, shape: Tuple[int, ...], sha256: str) -> None:
+    logger.info('saved %d images (%s) to %s, sha256 %s', shape[0], 'x'.join(map(str, shape)), path, sha256[:12])
+
+
+def _write_npz(path: Path, arrays: Dict[str, Any]) -> None:
     """``np.savez_compressed`` at zlib level 1: 7x faster than its level 6 for 17% more bytes."""
     with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for key, array in arrays.items():
             with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+                if isinstance(array, _Spooled):
+                    array.write_npy(member)
+                else:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def _read_npz(path: Path) -> Dict[str, np.ndarray]:
-    """All arrays of an .npz, read eagerly so truncation and CRC errors surface here, with the file named."""
+def _read_npz(path: Path, lazy: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """The arrays of an .npz but ``lazy`` ones (checked present, not read), read eagerly so truncation and CRC
+    errors surface here, with the file named."""
     if not path.is_file():
         raise ScalableViTError(f'{path}: image-set file not found')
     try:
@@ -267,7 +440,7 @@ def _read_npz(path: Path) -> Dict[str, np.ndarray]:
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ScalableViTError(f'{path}: not an image-set .npz (a single array; write it with ImageSet.save_npz)')
         with loaded as npz:
-            arrays = {key: npz[key] for key in npz.files}
+            arrays = {key: (None if key in lazy else npz[key]) for key in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ScalableViTError(f'{path}: not a readable image-set .npz ({e})') from e
     missing = [key for key in _NPZ_REQUIRED if key not in arrays]
@@ -430,24 +603,31 @@ def load_files(files: Sequence[Path], data_cfg: Dict[str, Any], input_size: Opti
 
     ``root`` makes the stored names relative to it; ``labels`` (one per file) follow the readable files.
     """
-    arrays, names, kept_labels, skipped = [], [], [], 0
-    for i, path in enumerate(_progress(files, desc=f'loading {source}')):
-        try:
-            image = load_image(path)
-        except ScalableViTError as e:
-            logger.warning('skipped %s', e)
-            skipped += 1
-            continue
-        arrays.append(preprocess(image, data_cfg, input_size))
-        names.append(path.relative_to(root).as_posix() if root else str(path))
-        if labels is not None:
-            kept_labels.append(labels[i])
-    if not arrays:
-        raise ScalableViTError(f'{source}: none of the {len(files)} image files could be read')
-    if skipped:
-        logger.warning('%s: skipped %d unreadable of %d image files', source, skipped, len(files))
-    return ImageSet(np.stack(arrays), source, names, labels=kept_labels if labels is not None else None,
-                    class_names=class_names, skipped=skipped)
+    return file_stream(files, data_cfg, input_size, source, root, labels, class_names).collect()
+
+
+def file_stream(files: Sequence[Path], data_cfg: Dict[str, Any], input_size: Optional[int] = None,
+                source: str = 'files', root: Optional[Path] = None, labels: Optional[Sequence[int]] = None,
+                class_names: Optional[List[str]] = None) -> ImageStream:
+    """``load_files`` one image at a time (see ImageStream)."""
+    stream = ImageStream(source, (), labelled=labels is not None, class_names=class_names)
+
+    def items() -> Iterator[Tuple[np.ndarray, str, Optional[int]]]:
+        for i, path in enumerate(_progress(files, desc=f'loading {source}')):
+            try:
+                image = load_image(path)
+            except ScalableViTError as e:
+                logger.warning('skipped %s', e)
+                stream.skipped += 1
+                continue
+            name = path.relative_to(root).as_posix() if root else str(path)
+            yield preprocess(image, data_cfg, input_size), name, None if labels is None else labels[i]
+        if stream.skipped == len(files):
+            raise ScalableViTError(f'{source}: none of the {len(files)} image files could be read')
+        if stream.skipped:
+            logger.warning('%s: skipped %d unreadable of %d image files', source, stream.skipped, len(files))
+    stream.items = items()
+    return stream
 
 
 def load_folder(folder: PathLike, data_cfg: Dict[str, Any], count: int = DEFAULT_CALIB_SIZE, seed: int = 0,
@@ -534,24 +714,30 @@ def photo_crops(photos: Sequence[str], count: int, data_cfg: Dict[str, Any], see
                 input_size: Optional[int] = None, stream: int = STREAM_CALIB) -> ImageSet:
     """``count`` preprocessed random crops of the given sample photos, scenes taken in turn (at most
     ``CROPS_PER_PHOTO`` per photo: beyond that the crops only repeat the same pixels, and memory would run out)."""
+    return crop_stream(photos, count, data_cfg, seed, input_size, stream).collect()
+
+
+def crop_stream(photos: Sequence[str], count: int, data_cfg: Dict[str, Any], seed: int = 0,
+                input_size: Optional[int] = None, stream: int = STREAM_CALIB) -> ImageStream:
+    """``photo_crops`` one image at a time (see ImageStream)."""
     import skimage
     check_count('image count', count)
     count = capped(count, *most_images(eval_sizes(data_cfg, input_size)[1], photos))
-    rng = stream_rng(seed, stream)
     by_scene: Dict[str, List[str]] = {}
     for name in photos:
         by_scene.setdefault(SAMPLE_PHOTOS[name][0], []).append(name)
-    scenes = sorted(by_scene)
-    images = {name: load_sample_photo(name) for name in photos}
-    arrays, names = [], []
-    for i in _progress(range(count), desc='cropping sample photos'):
-        candidates = by_scene[scenes[i % len(scenes)]]
-        name = candidates[int(rng.integers(len(candidates)))]
-        crop, where = random_crop(images[name], rng)
-        arrays.append(preprocess(crop, data_cfg, input_size))
-        names.append(f'{name}@{where}')
+
+    def items() -> Iterator[Tuple[np.ndarray, str, Optional[int]]]:
+        rng = stream_rng(seed, stream)
+        scenes = sorted(by_scene)
+        images = {name: load_sample_photo(name) for name in photos}
+        for i in _progress(range(count), desc='cropping sample photos'):
+            candidates = by_scene[scenes[i % len(scenes)]]
+            name = candidates[int(rng.integers(len(candidates)))]
+            crop, where = random_crop(images[name], rng)
+            yield preprocess(crop, data_cfg, input_size), f'{name}@{where}', None
     source = f"scikit-image {skimage.__version__} sample photos ({', '.join(photos)}), seed {seed}"
-    return ImageSet(np.stack(arrays), source, names)
+    return ImageStream(source, items())
 
 
 # ------------------------------------------------------------------------------ calibration / validation
@@ -566,53 +752,65 @@ def calibration_and_validation(data_cfg: Dict[str, Any], calib_dir: Optional[Pat
     then kept out of calibration), or else from a held-out part of the calibration source: files by
     ``split_files``, whole photos by ``split_photos``.
     """
-    calib, val = _split_sets(data_cfg, calib_dir, calib_size, val_size, seed, input_size, val_dir, want_val=True)
-    return calib, val
+    calib, val = calibration_stream_and_validation(data_cfg, calib_dir, calib_size, val_size, seed, input_size,
+                                                   val_dir)
+    return calib.collect(), val
+
+
+def calibration_stream_and_validation(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike] = None,
+                                      calib_size: int = DEFAULT_CALIB_SIZE, val_size: int = DEFAULT_VAL_SIZE,
+                                      seed: int = 0, input_size: Optional[int] = None,
+                                      val_dir: Optional[PathLike] = None) -> Tuple[ImageStream, ImageSet]:
+    """``calibration_and_validation`` with the calibration images made one at a time, as they are written (the
+    pipeline's way: memory then holds one calibration image, whatever ``calib_size``)."""
+    return _split_sets(data_cfg, calib_dir, calib_size, val_size, seed, input_size, val_dir,  # type: ignore
+                       want_val=True)
 
 
 def calibration_set(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike] = None,
                     calib_size: int = DEFAULT_CALIB_SIZE, val_size: int = DEFAULT_VAL_SIZE, seed: int = 0,
                     input_size: Optional[int] = None, val_dir: Optional[PathLike] = None) -> ImageSet:
     """The calibration half of ``calibration_and_validation`` (same split), without loading validation."""
-    return _split_sets(data_cfg, calib_dir, calib_size, val_size, seed, input_size, val_dir, want_val=False)[0]
+    return _split_sets(data_cfg, calib_dir, calib_size, val_size, seed, input_size, val_dir,
+                       want_val=False)[0].collect()
 
 
 def _split_sets(data_cfg: Dict[str, Any], calib_dir: Optional[PathLike], calib_size: int, val_size: int,
                 seed: int, input_size: Optional[int], val_dir: Optional[PathLike],
-                want_val: bool) -> Tuple[ImageSet, Optional[ImageSet]]:
+                want_val: bool) -> Tuple[ImageStream, Optional[ImageSet]]:
     check_count('calibration size', calib_size)
     check_count('validation size', val_size)
-    most = most_images(eval_sizes(data_cfg, input_size)[1])  # photo crops are capped by photo_crops
+    most = most_images(eval_sizes(data_cfg, input_size)[1])  # photo crops are capped by crop_stream
     calib_size = capped(calib_size, *most) if calib_dir is not None else calib_size
     val_size = capped(val_size, *most) if calib_dir is not None or val_dir is not None else val_size
     if val_dir is not None:
         val = load_validation_folder(val_dir, data_cfg, val_size, seed, input_size) if want_val else None
         if calib_dir is None:
-            return photo_crops(list(SAMPLE_PHOTOS), calib_size, data_cfg, seed, input_size, STREAM_CALIB), val
+            return crop_stream(list(SAMPLE_PHOTOS), calib_size, data_cfg, seed, input_size, STREAM_CALIB), val
         return _calibration_outside(Path(calib_dir), Path(val_dir), data_cfg, calib_size, seed, input_size), val
     if calib_dir is None:
         calib_photos, val_photos = split_photos(seed)
-        calib = photo_crops(calib_photos, calib_size, data_cfg, seed, input_size, STREAM_CALIB)
+        calib = crop_stream(calib_photos, calib_size, data_cfg, seed, input_size, STREAM_CALIB)
         val = photo_crops(val_photos, val_size, data_cfg, seed, input_size, STREAM_VAL) if want_val else None
         return calib, val
     folder = Path(calib_dir)
     calib_files, val_files = split_files(find_images(folder), calib_size, val_size, seed)
 
-    def load(files: List[Path], role: str) -> ImageSet:
-        return load_files(files, data_cfg, input_size, source=f'{folder} {role} (seed {seed})', root=folder)
-    return load(calib_files, 'calibration'), load(val_files, 'validation') if want_val else None
+    def files_of(role: str, files: List[Path]) -> ImageStream:
+        return file_stream(files, data_cfg, input_size, source=f'{folder} {role} (seed {seed})', root=folder)
+    return files_of('calibration', calib_files), files_of('validation', val_files).collect() if want_val else None
 
 
 def _calibration_outside(folder: Path, val_dir: Path, data_cfg: Dict[str, Any], count: int, seed: int,
-                         input_size: Optional[int]) -> ImageSet:
+                         input_size: Optional[int]) -> ImageStream:
     """A seeded sample of ``folder``'s images that are not files of ``val_dir`` (compared by file identity, so
     links and hard links into the validation folder are kept out too)."""
     held_out = {_identity(p.stat()) for p in find_images(val_dir)}
     files = [p for p in find_images(folder) if _identity(p.stat()) not in held_out]
     if not files:
         raise ScalableViTError(f'every image in calibration folder {folder} is also in validation folder {val_dir}')
-    return load_files(sample_files(files, count, seed), data_cfg, input_size,
-                      source=f'{folder} calibration, excluding {val_dir} (seed {seed})', root=folder)
+    return file_stream(sample_files(files, count, seed), data_cfg, input_size,
+                       source=f'{folder} calibration, excluding {val_dir} (seed {seed})', root=folder)
 
 
 def load_validation_folder(folder: PathLike, data_cfg: Dict[str, Any], count: int = DEFAULT_VAL_SIZE,

@@ -25,12 +25,13 @@ from .compat import DEFAULT_OPSET, check_opset
 from .errors import ScalableViTError
 from .fileio import PathLike, atomic_path, sha256_file
 from .runners import INPUT_NAME, OUTPUT_NAME
+from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
 __all__ = ['ExportOnnx', 'export_onnx', 'load_onnx', 'check_onnx', 'check_onnx_model', 'check_tensorrt_ops',
-           'check_layernorm_fused', 'op_histogram', 'read_metadata', 'onnx_precision', 'stamp_metadata', 'TRT_ONNX_OPS',
-           'TRT_OPS_ADDED_AFTER_10_0', 'onnx_data_config']
+           'infer_shapes', 'check_layernorm_fused', 'op_histogram', 'read_metadata', 'onnx_precision', 'stamp_metadata',
+           'TRT_ONNX_OPS', 'TRT_OPS_ADDED_AFTER_10_0', 'onnx_data_config']
 
 META_PREFIX = 'scalablevit.'
 BATCH_DIM = 'batch'
@@ -148,10 +149,36 @@ def _reduce_axes(node: Any, initializers: Dict[str, Any]) -> Optional[List[int]]
     return None
 
 
+# Element types of weights, never of the small shape tensors shape inference reads (ONNX TensorProto codes:
+# FLOAT, UINT8, INT8, FLOAT16, DOUBLE, BFLOAT16).
+_WEIGHT_TYPES = (1, 2, 3, 10, 11, 16)
+
+
+def infer_shapes(model: Any, batch: Optional[int] = None, data_prop: bool = False) -> Any:
+    """ONNX shape inference on a copy of ``model``'s graph without the weights' data (their types and dims stay),
+    so it costs the graph, not the two or three copies of the weights that inferring on the model makes (3 x 437
+    MB for ScalableViT-L). ``batch`` fixes a symbolic first input dimension; ``value_info`` is inferred afresh."""
+    import onnx
+    graph = onnx.GraphProto(name=model.graph.name, node=model.graph.node, input=model.graph.input,
+                            output=model.graph.output)
+    for tensor in model.graph.initializer:
+        if tensor.data_type in _WEIGHT_TYPES:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        else:
+            graph.initializer.append(tensor)
+    if batch is not None:
+        for value in graph.input:
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField('dim_value'):
+                dims[0].dim_value = batch
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, graph=graph,
+                            functions=model.functions)
+    return onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
+
+
 def _ranks(model: Any) -> Dict[str, int]:
     """Rank of every tensor whose shape ONNX shape inference knows."""
-    from onnx import shape_inference
-    graph = shape_inference.infer_shapes(model).graph
+    graph = infer_shapes(model).graph
     infos = list(graph.value_info) + list(graph.input) + list(graph.output)
     return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField('shape')}
 
@@ -335,13 +362,16 @@ class ExportOnnx:
         logger.info('exporting %s (%dx%d, opset %d) with torch %s, onnx %s -> %s',
                     self.name, h, w, self.opset, v['torch'], v['onnx'], out_path)
         start = time.perf_counter()
-        model = self._trace()
-        self._check(model, 'traced graph')
+        with timed_step('trace'):
+            model = self._trace()
+            self._check(model, 'traced graph')
         if self.simplify:
-            model = self._simplify(model)
-            self._check(model, 'simplified graph')
+            with timed_step('simplify'):
+                model = self._simplify(model)
+                self._check(model, 'simplified graph')
         stamp_metadata(model, self._metadata(v))
-        info = self._save(model, out_path)
+        with timed_step('save', [out_path]):
+            info = self._save(model, out_path)
         info['export_s'] = time.perf_counter() - start
         return info
 

@@ -24,7 +24,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ['LAYERNORM_LIMIT', 'RANGE_LIMIT', 'RANGE_CHECK_IMAGES', 'activation_ranges', 'fp16_islands',
-           'with_qdq_feeds']
+           'float_tensors', 'with_qdq_feeds']
 
 LAYERNORM_LIMIT = 128.0
 RANGE_LIMIT = 8192.0
@@ -33,46 +33,54 @@ _RANGE_BATCH = 1  # every float tensor is exposed: one image of S holds ~0.6 GB 
 _QDQ = ('QuantizeLinear', 'DequantizeLinear')
 
 
-def _float_tensors(model: Any) -> List[str]:
-    """Every FP32 tensor a node writes (shape inference knows the types of our exports)."""
+def float_tensors(model: Any) -> Dict[str, int]:
+    """Every FP32 tensor a node writes, with its bytes for one image (0 where shape inference cannot tell):
+    what a pass exposing them all (the range pass here, modelopt's calibration) holds per image."""
     import onnx
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
-    return [out for node in model.graph.node for out in node.output if types.get(out) == onnx.TensorProto.FLOAT]
+
+    from .export import infer_shapes
+    inferred = infer_shapes(model, batch=1).graph
+    values = {v.name: v.type.tensor_type for v in (*inferred.value_info, *inferred.output)}
+    found = {}
+    for out in (out for node in model.graph.node for out in node.output):
+        tensor = values.get(out)
+        if tensor is not None and tensor.elem_type == onnx.TensorProto.FLOAT:
+            dims = [d.dim_value if d.HasField('dim_value') else 0 for d in tensor.shape.dim]
+            found[out] = 4 * int(np.prod(dims)) if tensor.HasField('shape') else 0
+    return found
 
 
-def _subset(images: np.ndarray, count: int) -> np.ndarray:
-    """A fixed, evenly spread subset (deterministic, so the stage's cache key stays meaningful)."""
-    if len(images) <= count:
-        return images
-    return images[np.linspace(0, len(images) - 1, count).round().astype(int)]
+def _subset(total: int, count: int) -> List[int]:
+    """Indices of a fixed, evenly spread subset (deterministic, so the stage's cache key stays meaningful)."""
+    if total <= count:
+        return list(range(total))
+    return sorted(set(np.linspace(0, total - 1, count).round().astype(int).tolist()))
 
 
-def activation_ranges(model: Any, images: np.ndarray) -> Tuple[Dict[str, float], Dict[str, float]]:
+def activation_ranges(model: Any, images: Any) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Max |x| of every float tensor of ``model`` (FP32 onnxruntime) and max |x - mean| at each LayerNorm input.
 
-    Runs ``RANGE_CHECK_IMAGES`` of ``images`` in small batches; returns ({tensor: max |x|}, {LayerNorm node: peak}).
+    Runs ``RANGE_CHECK_IMAGES`` of ``images`` (an array or a ``data.StoredImages``, read as needed) in small
+    batches; returns ({tensor: max |x|}, {LayerNorm node: peak}).
     """
     import onnx
     import onnxruntime as ort
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    tensors = _float_tensors(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors if t not in known)
+
+    from .data import image_batches
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    # Every tensor is an output, so no activation memory can be reused: no arena holding it after a run, no plan.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    session = ort.InferenceSession(_exposing(model, list(float_tensors(model))), options,
+                                   providers=['CPUExecutionProvider'])
     names = [o.name for o in session.get_outputs()]
     layernorms = [(n.name, n.input[0], next((a.i for a in n.attribute if a.name == 'axis'), -1))
                   for n in model.graph.node if n.op_type == 'LayerNormalization']
     graph_input = model.graph.input[0].name
     ranges = dict.fromkeys(names + [graph_input], 0.0)
     peaks = {name: 0.0 for name, _, _ in layernorms}
-    subset = _subset(images, RANGE_CHECK_IMAGES)
-    for start in range(0, len(subset), _RANGE_BATCH):
-        batch = subset[start:start + _RANGE_BATCH]
+    for batch in image_batches(images, _RANGE_BATCH, _subset(len(images), RANGE_CHECK_IMAGES)):
         values = dict(zip(names, session.run(names, {graph_input: batch})))
         values[graph_input] = batch
         for name, x in values.items():
@@ -84,7 +92,21 @@ def activation_ranges(model: Any, images: np.ndarray) -> Tuple[Dict[str, float],
     return ranges, peaks
 
 
-def fp16_islands(model: Any, images: Optional[np.ndarray],
+def _exposing(model: Any, tensors: List[str]) -> bytes:
+    """``model`` serialized with ``tensors`` as extra outputs; the model itself is left as it was (outputs are
+    added for the serialization and removed again, so no second copy of the weights is made)."""
+    import onnx
+    count = len(model.graph.output)
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in known)
+    try:
+        return model.SerializeToString()
+    finally:
+        del model.graph.output[count:]
+
+
+def fp16_islands(model: Any, images: Any,
                  requested: Iterable[str] = ()) -> Dict[str, Dict[str, Any]]:
     """The nodes of the FP32 ``model`` that must stay FP32: ``{node: {'rule', 'value', 'limit'}}``, graph order.
 

@@ -21,6 +21,7 @@ from .bundle import HASH_CACHE, Bundle, check_precision, stage_key
 from .errors import ScalableViTError
 from .fileio import sha256_file
 from .report import make_report, peak_rss_mb, tool_versions, write_report
+from .steps import release_memory, timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class HostOptions:
     out: Optional[Path] = None
     calib_dir: Optional[Path] = None
     calib_size: int = 512
+    calib_batch: Optional[int] = None  # INT8 calibration batch; None: quantize.calibration_batch (model size)
     val_dir: Optional[Path] = None
     val_size: int = 100
     input_size: Optional[int] = None
@@ -65,7 +67,8 @@ class HostOptions:
             from .quantize import Int8Settings
             self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
                                      exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
-                                     high_precision_dtype=self.int8_high_precision, target=self.int8_target)
+                                     high_precision_dtype=self.int8_high_precision, target=self.int8_target,
+                                     batch_size=self.calib_batch)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None and self.input_size < 1:
@@ -168,6 +171,8 @@ class HostPipeline:
             self._describe()
             self._export()
             self._data()
+            self._model = None  # the PyTorch model's last use is the reference logits
+            release_memory()
             deploy = self._quantize()
             report = self._validate(deploy)
             report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
@@ -198,7 +203,9 @@ class HostPipeline:
                         tool_versions(('torch', 'onnx', 'onnxslim')), *self.fold_key)
 
         def work() -> Dict[str, Any]:
-            info = export_onnx(self.model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
+            with timed_step('model'):
+                model = self.model
+            info = export_onnx(model, self.bundle.file(name), opset=opt.opset, input_size=self.input_size,
                                weights_sha256=None if self.untrained else self.weights_id,
                                fold_normalization=opt.fold_normalization)
             return {'opset': info['opset'], 'normalize_in_model': opt.fold_normalization}
@@ -219,16 +226,18 @@ class HostPipeline:
             from . import fmnist
             from .fileio import atomic_path
             from .runners import TorchRunner, run_batches
-            if use_fmnist:
-                calib, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
-            else:
-                calib, val = data.calibration_and_validation(
-                    dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
-                    val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
-            calib.save_npz(self.bundle.file('calibration.npz'))
+            with timed_step('images', [self.bundle.file('calibration.npz')]):
+                if use_fmnist:
+                    calib_set, val = fmnist.fashion_mnist_sets(dcfg, opt.calib_size, opt.val_size, opt.seed)
+                    calib = data.ImageStream.of(calib_set)
+                else:  # calibration images are written as they are made: memory holds one, not the set
+                    calib, val = data.calibration_stream_and_validation(
+                        dcfg, calib_dir=opt.calib_dir, calib_size=opt.calib_size, val_dir=opt.val_dir,
+                        val_size=opt.val_size, seed=opt.seed, input_size=self.input_size)
+                calib.save_npz(self.bundle.file('calibration.npz'))
             # The reference is the unfolded PyTorch model on normalized pixels, so validation measures the fold too.
             torch_input = data.normalize(val.images, data_config(opt.model)) if opt.fold_normalization else val.images
-            with TorchRunner(self.model, name='torch-fp32') as runner:
+            with timed_step('reference logits'), TorchRunner(self.model, name='torch-fp32') as runner:
                 logits = run_batches(runner, torch_input, batch_size=8, progress=data.progress_bar(
                     len(val.images), 'reference (PyTorch FP32)'))
             arrays = {'input': val.images, 'logits': logits}
@@ -237,7 +246,7 @@ class HostPipeline:
             with atomic_path(self.bundle.file('reference.npz')) as tmp:
                 with open(tmp, 'wb') as f:
                     np.savez(f, **arrays)
-            return {'calibration': {'file': 'calibration.npz', 'source': calib.source, 'count': len(calib.images),
+            return {'calibration': {'file': 'calibration.npz', 'source': calib.source, 'count': calib.count,
                                     'images_sha256': calib.sha256},
                     'reference': {'file': 'reference.npz', 'source': val.source, 'samples': len(val.images),
                                   'labelled': val.labels is not None}}
@@ -259,7 +268,8 @@ class HostPipeline:
             settings.update(dataclasses.asdict(opt.int8))
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
         behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.FP16_KEEP_FP32_OP_TYPES,
-                     fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES)
+                     fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
+                     *((quantize.DEFAULT_CALIB_BATCH, quantize.CALIB_BATCH_MEMORY) if opt.int8 else ()))
         search = bool(opt.int8 and opt.int8.record()['search'])
         if search:  # the search also depends on the reference set it evaluates on, the budgets and its bounds
             behaviour += (self.bundle.manifest['reference']['sha256'], _auto_behaviour())
@@ -267,16 +277,15 @@ class HostPipeline:
                         behaviour, tool_versions(('nvidia-modelopt', 'onnx', 'onnxruntime')))
 
         def work() -> Dict[str, Any]:
-            from .data import ImageSet
-            # INT8 calibrates on these images; FP16 measures on them which LayerNorms risk FP16 overflow.
-            calib = ImageSet.load_npz(calib_file)
+            from .data import StoredImages
+            # INT8 calibrates on these images; FP16 measures on them which nodes risk FP16 overflow. Both read
+            # them from the file a batch at a time, never the whole set.
+            calib = StoredImages(calib_file)
             if opt.precision == 'int8':
-                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib.images, opt.int8,
-                                              source_sha256=fp32_sha,
+                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib, opt.int8, source_sha256=fp32_sha,
                                               evaluation=self.bundle.reference() if search else None)
             else:
-                info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib.images,
-                                             source_sha256=fp32_sha)
+                info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib, source_sha256=fp32_sha)
             return {**settings, **info}
         facts = self.bundle.run_stage('quantize', key, [name], work)
         self.bundle.manifest['quantization'] = facts
@@ -289,12 +298,13 @@ class HostPipeline:
         from .compare import accuracy_metrics, budget_violations, gate_status, load_budgets
         from .data import progress_bar
         from .runners import OnnxRuntimeRunner, run_batches
-        from .steps import timed_step
         self.bundle.save()
         ref = self.bundle.reference()
-        precision_plan = self._precision_plan(deploy)
         with timed_step('validate') as step:
-            with OnnxRuntimeRunner(str(self.bundle.file(deploy)), name=f'onnxruntime-{self.opt.precision}') as runner:
+            with timed_step('census'):
+                precision_plan = self._precision_plan(deploy)
+            onnx_path, runner_name = str(self.bundle.file(deploy)), f'onnxruntime-{self.opt.precision}'
+            with timed_step('onnxruntime'), OnnxRuntimeRunner(onnx_path, name=runner_name) as runner:
                 logits = run_batches(runner, ref['input'], batch_size=8, progress=progress_bar(
                     len(ref['input']), f'validation ({self.opt.precision} ONNX)'))
                 latency = _quick_latency(runner, ref['input'][:1])
@@ -302,7 +312,7 @@ class HostPipeline:
             step['detail'] = (f"top-1 agreement {metrics['top1_agreement'] * 100:.2f} %, worst cosine "
                               f"{metrics['cosine_min']:.5f}")
         self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False,
-                                           'peak_rss_mb': step['peak_rss_mb']}
+                                           'peak_rss_mb': step['peak_rss_mb'], 'parts': step['parts']}
         auto = (self.bundle.manifest.get('quantization') or {}).get('auto')  # its budget may be tighter (a target)
         violations = budget_violations(metrics, self.opt.precision, budget=auto['budget'] if auto else None)
         violations += census_violations(precision_plan['census'], self.opt.precision,

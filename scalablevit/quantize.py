@@ -35,13 +35,14 @@ from .compat import INT8_MIN_TENSORRT
 from .errors import ScalableViTError, unknown_choice
 from .fp16_rules import fp16_islands, with_qdq_feeds
 from .fileio import PathLike, atomic_path, sha256_bytes, sha256_file
+from .steps import release_memory, timed_step
 
 logger = logging.getLogger(__name__)
 
 __all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATION_METHODS', 'CALIBRATION_DEVICES',
-           'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'quantize_int8', 'convert_fp16', 'resolve_policy',
-           'match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'fp32_compute_nodes',
-           'moved_out_of_int8']
+           'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'DEFAULT_CALIB_BATCH', 'CALIB_BATCH_MEMORY',
+           'calibration_batch', 'quantize_int8', 'convert_fp16', 'resolve_policy', 'match_nodes', 'quantized_nodes',
+           'qdq_summary', 'check_zero_points', 'fp32_compute_nodes', 'moved_out_of_int8']
 
 CALIBRATION_METHODS = ('entropy', 'max')
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
@@ -52,7 +53,11 @@ CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0'
 HIGH_PRECISION_DTYPES = ('fp16', 'fp32')
 INT8_HIGH_PRECISION = 'fp16'
 COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
+# Images per calibration batch when none is given: as many as keep one batch's activations within
+# CALIB_BATCH_MEMORY, at most DEFAULT_CALIB_BATCH (calibration_batch). modelopt's calibration exposes the tensors it
+# calibrates as session outputs, so a batch holds them all at once (S: ~0.6 GB of float tensors per 224 px image).
 DEFAULT_CALIB_BATCH = 8
+CALIB_BATCH_MEMORY = 1 << 30
 
 # Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
 HAZARDS: Dict[str, str] = {
@@ -136,7 +141,7 @@ class Int8Settings:
     disable_mha_qdq: Optional[bool] = None  # None: the policy's choice
     high_precision_dtype: str = INT8_HIGH_PRECISION
     calibration_device: str = 'cpu'
-    batch_size: int = DEFAULT_CALIB_BATCH
+    batch_size: Optional[int] = None  # None: calibration_batch(model)
     target: Optional[str] = None  # auto policies: a budget tighter than accuracy_budgets.json (autoquant.parse_target)
 
     def __post_init__(self) -> None:
@@ -148,7 +153,8 @@ class Int8Settings:
         _choice('calibration device', self.calibration_device, CALIBRATION_DEVICES)
         for pattern in self.exclude_nodes:
             _compile(pattern)
-        _check_batch(self.batch_size)
+        if self.batch_size is not None:
+            _check_batch(self.batch_size)
         from .autoquant import parse_target
         object.__setattr__(self, 'target', parse_target(self.target))
         if self.target and not resolve_policy(self.policy).search:
@@ -278,21 +284,40 @@ def _stage_copy(model: Any, work: Path, name: str = 'model.fp32.onnx') -> Path:
     return path
 
 
-def _check_calibration(images: Any, info: Dict[str, Any], what: str = 'calibration') -> np.ndarray:
-    """(N, C, H, W) finite float images matching the ONNX input; returned as contiguous float32."""
-    arr = np.asarray(images)
+def _check_calibration(images: Any, info: Dict[str, Any], what: str = 'calibration') -> Any:
+    """(N, C, H, W) finite float images matching the ONNX input: an array (returned as contiguous float32), or a
+    ``data.StoredImages`` set (checked as it was opened; read a batch at a time, never loaded whole)."""
+    from .data import StoredImages
+    stored = isinstance(images, StoredImages)
+    arr = images if stored else np.asarray(images)
     expected = (info['in_chans'], *info['input_size'])
-    if arr.ndim != 4 or arr.shape[1:] != expected:
+    if len(arr.shape) != 4 or tuple(arr.shape[1:]) != expected:
         raise ScalableViTError(f"{what} images have shape {arr.shape}, the ONNX input {info['path']} needs "
                                f"(N, {', '.join(map(str, expected))})")
     if len(arr) == 0:
         raise ScalableViTError(f'{what} set is empty: give at least one image (a few hundred for INT8)')
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ScalableViTError(f'{what} images are {arr.dtype}; expected preprocessed float32 (scalablevit.data)')
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    if not stored:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ScalableViTError(f'{what} images are {arr.dtype}; expected preprocessed float32 (scalablevit.data)')
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not (images.finite if stored else np.isfinite(arr).all()):
         raise ScalableViTError(f'{what} images contain NaN or Inf values')
     return arr
+
+
+def _images_sha256(images: Any) -> str:
+    """sha256 of the float32 image bytes (what ImageSet records), of an array or a stored set."""
+    from .data import StoredImages
+    return images.sha256 if isinstance(images, StoredImages) else sha256_bytes(images.data)
+
+
+def calibration_batch(model: Any) -> int:
+    """Images per calibration batch for ``model``: as many as keep the float tensors of one batch within
+    ``CALIB_BATCH_MEMORY``, from 1 to ``DEFAULT_CALIB_BATCH`` (8 for the small test and Fashion-MNIST models,
+    2 for ScalableViT-S and 1 for L at 224 px)."""
+    from .fp16_rules import float_tensors
+    per_image = max(1, sum(float_tensors(model).values()))
+    return max(1, min(DEFAULT_CALIB_BATCH, CALIB_BATCH_MEMORY // per_image))
 
 
 def _check_batch(batch_size: int) -> None:
@@ -451,38 +476,41 @@ def _drop_unused(model: Any, op_types: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------- INT8
-def _calibration_reader(images: np.ndarray, input_name: str, batch_size: int) -> Any:
-    """onnxruntime CalibrationDataReader over ``images`` in batches, with one progress bar per pass."""
+def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
+    """onnxruntime CalibrationDataReader over ``images`` (an array or a ``data.StoredImages``) in batches read as
+    they are asked for, with one progress bar per pass: memory holds a batch, not the set."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from .data import progress_bar
+    from .data import image_batches, progress_bar
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+            self.first: Optional[np.ndarray] = None
             self.rewind()
 
         def get_first(self) -> Dict[str, np.ndarray]:  # modelopt's shape probes
-            return {input_name: self.batches[0]}
+            if self.first is None:
+                self.first = next(image_batches(images, batch_size))
+            return {input_name: self.first}
 
         def rewind(self) -> None:
-            self.position = 0
+            self.batches = image_batches(images, batch_size)
             self.advance = progress_bar(len(images), 'INT8 calibration')
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
-            if self.position >= len(self.batches):
+            batch = next(self.batches, None)
+            if batch is None:
                 return None
-            batch = self.batches[self.position]
-            self.position += 1
             self.advance(len(batch))
             return {input_name: batch}
     return _Reader()
 
 
-def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarray,
+def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
                   settings: Optional[Int8Settings] = None, source_sha256: Optional[str] = None,
                   evaluation: Optional[Dict[str, np.ndarray]] = None, **options: Any) -> Dict[str, Any]:
-    """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32).
+    """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32, an array or
+    a ``data.StoredImages`` read a batch at a time).
 
     ``settings`` (or ``Int8Settings(**options)``): nodes kept out of INT8 are the policy's (see INT8_POLICIES)
     plus ``exclude_op_types`` and ``exclude_nodes`` (regexes searched in node names); calibration runs on
@@ -493,38 +521,53 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: np.ndarr
     """
     settings = settings or Int8Settings(**options)
     out_path = Path(out_path)
-    model, src = _load_checked(fp32_onnx, source_sha256)
-    images = _check_calibration(calibration, src)
-    search = resolve_policy(settings.policy).search
-    if search:
-        evaluation = _check_evaluation(evaluation, src, settings.policy)
+    with timed_step('load'):
+        model, src = _load_checked(fp32_onnx, source_sha256)
+        images = _check_calibration(calibration, src)
+        search = resolve_policy(settings.policy).search
+        if search:
+            evaluation = _check_evaluation(evaluation, src, settings.policy)
     ep = _check_device(settings.calibration_device)
     record = settings.record()
     excluded = _excluded_nodes(model, record)
     fp16 = settings.high_precision_dtype == 'fp16'
-    islands = fp16_islands(model, images) if fp16 else {}
+    with timed_step('fp16 ranges'):
+        islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
-    batches = -(-len(images) // settings.batch_size)
-    logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d) '
+    batch = settings.batch_size or calibration_batch(model)
+    logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d%s) '
                 'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fp32_onnx, version,
-                settings.method, len(images), batches, settings.batch_size, settings.calibration_device,
+                settings.method, len(images), -(-len(images) // batch), batch,
+                '' if settings.batch_size else ', for the model size', settings.calibration_device,
                 settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype.upper())
     start = time.perf_counter()
     with _modelopt_session() as work:
-        quantized = _run_modelopt_int8(model, images, record, excluded, ep, settings.batch_size, work)
-        rerouted = _reroute_excluded(quantized, set(excluded))
+        staged, input_name = _stage_copy(model, work), model.graph.input[0].name
+        del model  # modelopt reads the staged file: the FP32 model is not held beside modelopt's own copies
+        release_memory()
+        with timed_step('int8 calibration'):
+            quantized = _run_modelopt_int8(staged, input_name, images, record, excluded, ep, batch, work)
+            rerouted = _reroute_excluded(quantized, set(excluded))
         if fp16:
-            quantized = _to_fp16(quantized, with_qdq_feeds(quantized, islands), work)
-            _check_fp16(quantized, list(islands), fp32_onnx)
-    if search:  # the deployable graph above is the start; the search reroutes layers of it out of INT8
-        quantized, moved_rerouted = _search(quantized, model, images, evaluation, settings, record)
-        excluded, rerouted = excluded + record['exclude_nodes_auto'], rerouted + moved_rerouted
+            with timed_step('fp16 autocast'):
+                keep = with_qdq_feeds(quantized, islands)
+                fp16_file = _stage_copy(quantized, work, 'model.to_fp16.onnx')
+                del quantized  # AutoCast reads the staged file
+                release_memory()
+                quantized = _to_fp16(fp16_file, keep)
+                _check_fp16(quantized, list(islands), fp32_onnx)
+        if search:  # the deployable graph above is the start; the search reroutes layers of it out of INT8
+            with timed_step('auto search'):
+                quantized, moved_rerouted = _search(quantized, staged, images, evaluation, settings, record)
+            excluded, rerouted = excluded + record['exclude_nodes_auto'], rerouted + moved_rerouted
     if not fp16:  # FP32 everywhere INT8 is not: by request, so each such compute node is named for the census
         done = set(quantized_nodes(quantized))
         islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None, 'note': 'int8 high precision fp32'}
                    for n in quantized.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in done}
     record['fp32_islands'] = islands
-    info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, settings, version, start)
+    with timed_step('check and save', [out_path]):
+        info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, batch, settings, version,
+                            start)
     logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d',
                 info['qdq']['quantized_total'], info['qdq']['compute_total'], len(islands), info['opset'])
     return info
@@ -570,13 +613,17 @@ def _check_evaluation(evaluation: Optional[Dict[str, np.ndarray]], src: Dict[str
     return {**evaluation, 'input': images}
 
 
-def _search(start: Any, fp32: Any, images: np.ndarray, evaluation: Dict[str, np.ndarray], settings: Int8Settings,
+def _search(start: Any, fp32_file: Path, images: Any, evaluation: Dict[str, np.ndarray], settings: Int8Settings,
             record: Dict[str, Any]) -> Tuple[Any, int]:
-    """autoquant's search from the deployable ``start`` graph; its facts go into ``record['auto']``."""
+    """autoquant's search from the deployable ``start`` graph; its facts go into ``record['auto']``. The FP32 model
+    is read back from the staged ``fp32_file`` now, so it was not held through calibration."""
+    import onnx
+
     from .autoquant import search, target_budget
     from .compare import load_budgets
     budget = target_budget(load_budgets()['int8'], settings.target)
-    result = search(lambda moved: moved_out_of_int8(start, moved), fp32, images, evaluation, budget)
+    result = search(lambda moved: moved_out_of_int8(start, moved), onnx.load(str(fp32_file)), images, evaluation,
+                    budget)
     record['auto'] = result.record()
     record['exclude_nodes_auto'] = list(result.moved)  # the chosen exclusion set, also stamped in the ONNX
     return result.model, result.rerouted
@@ -590,13 +637,12 @@ def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
     return [n.name for n in model.graph.node if n.name in policy | user]
 
 
-def _run_modelopt_int8(model: Any, images: np.ndarray, settings: Dict[str, Any], excluded: List[str], ep: str,
-                       batch_size: int, work: Path) -> Any:
-    """modelopt INT8 with FP32 elsewhere (the FP16 step, with our islands, comes after); the quantized ModelProto."""
+def _run_modelopt_int8(staged: Path, input_name: str, images: Any, settings: Dict[str, Any], excluded: List[str],
+                       ep: str, batch_size: int, work: Path) -> Any:
+    """modelopt INT8 of the ``staged`` FP32 file with FP32 elsewhere (the FP16 step, with our islands, comes after);
+    the quantized ModelProto."""
     import onnx
     from modelopt.onnx.quantization import quantize
-    input_name = model.graph.input[0].name
-    staged = _stage_copy(model, work)
     output = work / 'model.int8.onnx'
     try:
         with _without_per_batch_bars():
@@ -612,14 +658,13 @@ def _run_modelopt_int8(model: Any, images: np.ndarray, settings: Dict[str, Any],
     return onnx.load(str(output))
 
 
-def _to_fp16(model: Any, keep_fp32: List[str], work: Path) -> Any:
-    """modelopt AutoCast to FP16 with FP32 IO, keeping exactly ``keep_fp32`` FP32.
+def _to_fp16(staged: Path, keep_fp32: List[str]) -> Any:
+    """modelopt AutoCast of the ``staged`` file to FP16 with FP32 IO, keeping exactly ``keep_fp32`` FP32.
 
     AutoCast's own range check is off (``data_max`` infinite): our islands are the measured rules, and without the
     check AutoCast needs no reference run, which would hold every activation of its images in memory.
     """
     from modelopt.onnx.autocast import convert_to_mixed_precision
-    staged = _stage_copy(model, work, 'model.to_fp16.onnx')
     try:
         return convert_to_mixed_precision(onnx_path=str(staged), low_precision_type='fp16',
                                           nodes_to_exclude=_exact(keep_fp32) or None, keep_io_types=True,
@@ -629,7 +674,7 @@ def _to_fp16(model: Any, keep_fp32: List[str], work: Path) -> Any:
 
 
 def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[str, Any], excluded: List[str],
-                 rerouted: int, images: np.ndarray, settings: Int8Settings, version: str,
+                 rerouted: int, images: Any, batch: int, settings: Int8Settings, version: str,
                  start: float) -> Dict[str, Any]:
     """Check the result (zero points, TensorRT ops, exclusions), stamp metadata, write it atomically."""
     from .export import check_tensorrt_ops
@@ -643,8 +688,8 @@ def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[s
         raise ScalableViTError(f'{name}: excluded nodes still read INT8 tensors: {", ".join(leaks[:3])}')
     info = {**record, 'precision': 'int8', 'calibration_device': settings.calibration_device,
             'modelopt_version': version, 'calibration_images': int(len(images)),
-            'calibration_batch_size': settings.batch_size,
-            'calibration_sha256': sha256_bytes(images.tobytes()), 'excluded_nodes': len(excluded),
+            'calibration_batch_size': batch,
+            'calibration_sha256': _images_sha256(images), 'excluded_nodes': len(excluded),
             'rerouted_inputs': rerouted, 'opset': _opset(model), 'min_tensorrt': INT8_MIN_TENSORRT,
             'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
     _stamp(model, src, info, ('policy', 'method', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
@@ -674,7 +719,9 @@ def _save(model: Any, out_path: Path) -> None:
 def _fp32_nodes(model: Any) -> List[str]:
     """Names of the nodes whose first output is float32 (after type inference)."""
     import onnx
-    inferred = onnx.shape_inference.infer_shapes(model)
+
+    from .export import infer_shapes
+    inferred = infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
     return [n.name for n in model.graph.node if n.output and types.get(n.output[0]) == onnx.TensorProto.FLOAT]
 
@@ -688,7 +735,7 @@ def fp32_compute_nodes(model: Any) -> List[str]:
 
 def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
                  keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES, keep_fp32_nodes: Sequence[str] = (),
-                 calibration: Optional[np.ndarray] = None, source_sha256: Optional[str] = None) -> Dict[str, Any]:
+                 calibration: Any = None, source_sha256: Optional[str] = None) -> Dict[str, Any]:
     """FP16 model of ``fp32_onnx`` by modelopt AutoCast, FP32 inputs/outputs kept.
 
     FP32 stays: ``keep_fp32_op_types``, ``keep_fp32_nodes`` (regexes searched in node names) and the islands the
@@ -696,23 +743,29 @@ def convert_fp16(fp32_onnx: PathLike, out_path: PathLike,
     facts for the manifest, the islands with their rules and values among them.
     """
     out_path = Path(out_path)
-    model, src = _load_checked(fp32_onnx, source_sha256)
-    images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
+    with timed_step('load'):
+        model, src = _load_checked(fp32_onnx, source_sha256)
+        images = None if calibration is None else _check_calibration(calibration, src, 'FP16 reference')
     requested = match_nodes(model, keep_fp32_op_types, keep_fp32_nodes, strict=True)
-    islands = fp16_islands(model, images, requested)
+    with timed_step('fp16 ranges'):
+        islands = fp16_islands(model, images, requested)
     version = _modelopt_version()
     logger.info('FP16 conversion of %s with modelopt %s AutoCast: %d node(s) kept FP32 (%d requested)', fp32_onnx,
                 version, len(islands), len(requested))
     start = time.perf_counter()
-    with _modelopt_session() as work:
-        converted = _to_fp16(model, list(islands), work)
-    _check_fp16(converted, list(islands), fp32_onnx)
+    with _modelopt_session() as work, timed_step('fp16 autocast'):
+        staged = _stage_copy(model, work, 'model.to_fp16.onnx')
+        del model  # AutoCast reads the staged file
+        release_memory()
+        converted = _to_fp16(staged, list(islands))
+        _check_fp16(converted, list(islands), fp32_onnx)
     info = {'precision': 'fp16', 'keep_fp32_op_types': list(keep_fp32_op_types),
             'keep_fp32_nodes': list(keep_fp32_nodes), 'fp32_islands': islands, 'modelopt_version': version,
             'opset': _opset(converted), 'fp32_nodes': len(fp32_compute_nodes(converted)),
             'nodes': len(converted.graph.node), 'source_sha256': src['sha256']}
-    _stamp(converted, src, info, ('modelopt_version',))
-    _save(converted, out_path)
+    with timed_step('check and save', [out_path]):
+        _stamp(converted, src, info, ('modelopt_version',))
+        _save(converted, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
                 path=str(out_path))
     logger.info('FP16: %d nodes still FP32, opset %d', info['fp32_nodes'], info['opset'])

@@ -111,9 +111,9 @@ def render_markdown(report: Dict[str, Any]) -> str:
     stages = report.get('stages')
     if stages:
         lines += ['', '## Stages', '', '| stage | seconds | peak RSS | reused |', '|---|---:|---:|---|']
-        lines += [f"| {name} | {s['seconds']:.1f} | "
-                  f"{human_size(s['peak_rss_mb'] * 2 ** 20) if s.get('peak_rss_mb') else '-'} | "
-                  f"{'yes' if s.get('reused') else 'no'} |" for name, s in stages.items()]
+        for name, s in stages.items():
+            lines.append(_stage_row(name, s, 'yes' if s.get('reused') else 'no'))
+            lines += [_stage_row(f'{name} > {part}', p, '') for part, p in (s.get('parts') or {}).items()]
     files = report.get('files')
     if files:
         lines += ['', '## Files', '', '| file | size | sha256 |', '|---|---|---|']
@@ -126,6 +126,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
         facts.append(f"GPU {gpu.get('name')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})")
     lines += ['', '## Environment', '', f"{env.get('platform', '')}: " + ', '.join(facts)]
     return '\n'.join(lines) + '\n'
+
+
+def _stage_row(name: str, stage: Dict[str, Any], reused: str) -> str:
+    """One row of the stages table: seconds and peak RSS (of the stage, or of one of its parts)."""
+    memory = human_size(stage['peak_rss_mb'] * 2 ** 20) if stage.get('peak_rss_mb') else '-'
+    return f"| {name} | {stage['seconds']:.1f} | {memory} | {reused} |"
 
 
 def _census_markdown(census: Optional[Dict[str, Any]], precision: str) -> List[str]:

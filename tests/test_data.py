@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from scalablevit import data
-from scalablevit.data import (SAMPLE_PHOTOS, FileHashes, ImageSet, calibration_and_validation, calibration_set,
+from scalablevit.data import (SAMPLE_PHOTOS, FileHashes, ImageSet, ImageStream, StoredImages, calibration_and_validation,
+                              calibration_set, calibration_stream_and_validation, image_batches,
                               find_images, load_folder, load_image, load_labelled_folder, load_npz, load_sample_photo,
                               photo_crops, preprocess, resize_crop, source_signature, split_files, split_photos)
 from scalablevit.errors import ScalableViTError
@@ -336,6 +337,47 @@ def test_npz_round_trip_and_bad_files(tmp_path):
                           ('future.npz', "unsupported image-set format 'scalablevit-imageset/9'")]:
         with pytest.raises(ScalableViTError, match=message):
             load_npz(tmp_path / name)
+
+
+def test_stream_writes_what_the_set_writes_and_stored_images_read_it_in_batches(tmp_path):
+    """An ImageStream is written one image at a time into ImageSet's format; StoredImages reads any batch size or
+    subset of it back from the file, bit for bit, and checks it as it opens (sha256, finite)."""
+    labelled = ImageSet(np.random.default_rng(0).standard_normal((7, 3, 8, 8)), 'unit test', list('abcdefg'),
+                        labels=[2, 0, 1, 1, 0, 2, 1], class_names=['x', 'y', 'z'], skipped=1)
+    stream = ImageStream.of(labelled)
+    stream.save_npz(tmp_path / 'streamed.npz')
+    assert (stream.count, stream.sha256) == (7, labelled.sha256)
+    assert [p.name for p in tmp_path.iterdir()] == ['streamed.npz']  # nothing spooled is left
+    stored = StoredImages(tmp_path / 'streamed.npz')
+    assert (len(stored), stored.shape, stored.sha256, stored.finite) == (7, (7, 3, 8, 8), labelled.sha256, True)
+    assert stored.names == labelled.names and stored.labels.tolist() == labelled.labels.tolist()
+    assert [len(b) for b in stored.batches(3)] == [3, 3, 1]
+    assert np.array_equal(np.concatenate(list(stored.batches(3))), labelled.images)
+    assert np.array_equal(np.concatenate(list(stored.batches(2, indices=[6, 1, 4]))), labelled.images[[1, 4, 6]])
+    assert np.array_equal(np.concatenate(list(image_batches(labelled.images, 2, [6, 1, 4]))), labelled.images[[1, 4, 6]])
+    old = labelled.save_npz(tmp_path / 'saved.npz')  # bundles written before streaming read the same
+    assert StoredImages(old).load().sha256 == load_npz(tmp_path / 'streamed.npz').sha256 == labelled.sha256
+    nan = ImageSet(np.full((2, 3, 8, 8), np.nan), 'nan', ['a', 'b']).save_npz(tmp_path / 'nan.npz')
+    assert StoredImages(nan).finite is False
+    with pytest.raises(ScalableViTError, match=r'image b is \(3, 4, 4\), the first was \(3, 8, 8\)'):
+        ImageStream('mixed', iter([(np.zeros((3, 8, 8)), 'a', None), (np.zeros((3, 4, 4)), 'b', None)])).save_npz(
+            tmp_path / 'mixed.npz')
+    assert not (tmp_path / 'mixed.npz').exists() and not list(tmp_path.glob('.*.tmp'))
+
+
+def test_streamed_calibration_is_the_collected_one(tmp_path):
+    """The pipeline's calibration stream (crops, files) writes exactly the images calibration_and_validation gives."""
+    for folder in (None, tmp_path / 'photos'):
+        if folder is not None:
+            folder.mkdir()
+            for i in range(6):
+                Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                    folder / f'{i}.png')
+        calib, val = calibration_and_validation(FMNIST, folder, calib_size=5, val_size=1, seed=0)
+        stream, val2 = calibration_stream_and_validation(FMNIST, folder, calib_size=5, val_size=1, seed=0)
+        stream.save_npz(tmp_path / 'calib.npz')
+        assert stream.sha256 == calib.sha256 and val2.sha256 == val.sha256
+        assert StoredImages(tmp_path / 'calib.npz').names == calib.names
 
 
 def test_imageset_rejects_bad_shapes():

@@ -60,6 +60,45 @@ def test_manifest_describes_every_artifact(int8_bundle):
     assert not list(out.glob('*.tmp')) and not list(out.glob('.*.tmp'))
 
 
+def test_stage_records_hold_peak_memory_per_stage_and_part(int8_bundle):
+    """Each stage record holds its sampled peak RSS and, per part of the stage, seconds, RSS at its start and peak;
+    every figure sits under the process's kernel high-water mark and the parts under their stage."""
+    out, report = int8_bundle
+    stages = json.loads((out / 'manifest.json').read_text())['stages']
+    host_peak = report['host']['peak_rss_mb']  # getrusage: the most this process ever held
+    parts = {'export': ['model', 'trace', 'simplify', 'save'], 'data': ['images', 'reference logits'],
+             'quantize': ['load', 'fp16 ranges', 'int8 calibration', 'fp16 autocast', 'check and save'],
+             'validate': ['census', 'onnxruntime']}
+    for name, expected in parts.items():
+        record = stages[name] if name in stages else report['stages'][name]
+        assert 100 < record['peak_rss_mb'] <= host_peak + 1 < 4096, name  # the test model: a few hundred MB of work
+        assert list(record['parts']) == expected, name
+        for part in record['parts'].values():
+            assert 100 < part['start_rss_mb'] <= part['peak_rss_mb'] <= record['peak_rss_mb'] + 0.1, (name, part)
+        assert sum(part['seconds'] for part in record['parts'].values()) <= record['seconds'] + 0.05, name
+    quantize = stages['quantize']['parts']
+    # calibration runs the model with its activations exposed: it holds more than loading the ONNX did
+    assert quantize['int8 calibration']['peak_rss_mb'] > quantize['load']['peak_rss_mb']
+    assert stages['quantize']['facts']['calibration_batch_size'] == 8  # the test model's activations are small
+    md = (out / 'report.md').read_text()
+    assert '| quantize > int8 calibration |' in md and '| data > reference logits |' in md
+
+
+def test_nested_steps_record_what_each_part_allocated():
+    """A part that allocates 200 MB records it: its peak is at least that much above its start; the outer step
+    keeps the parts in the order they ran."""
+    from scalablevit.steps import timed_step
+    with timed_step('outer') as outer:
+        with timed_step('small'):
+            pass
+        with timed_step('allocates') as inner:
+            block = np.ones(200 * 2 ** 20 // 8)  # written, so resident; held until the step ends
+    del block
+    assert list(outer['parts']) == ['small', 'allocates']
+    assert inner['peak_rss_mb'] - inner['start_rss_mb'] >= 190
+    assert outer['parts']['allocates']['peak_rss_mb'] == inner['peak_rss_mb'] <= outer['peak_rss_mb']
+
+
 def test_untrained_int8_graph_still_tracks_fp32(int8_bundle):
     """Random weights, so only numerical closeness is meaningful: the Q/DQ model stays near the FP32 logits."""
     _, report = int8_bundle

@@ -139,6 +139,45 @@ def test_int8_exclusions_are_honoured(fp32, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['excluded.onnx']
 
 
+def _qdq_scales(path):
+    """{Q/DQ node: its scale's values}: what calibration decided."""
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.name: weights[n.input[1]] for n in model.graph.node
+            if n.op_type in ('QuantizeLinear', 'DequantizeLinear') and n.input[1] in weights}
+
+
+def test_int8_from_stored_images_has_the_scales_of_the_array(int8, fp32, tmp_path):
+    """Calibration read a batch at a time from the stored set (the pipeline's way) gives bit-identical Q/DQ scales,
+    FP16 islands and calibration hash to calibration on the array in memory; the batch chosen from the model size
+    is 8 for this small model, the batch every calibration used before it was chosen."""
+    from scalablevit.data import ImageSet, StoredImages
+    from scalablevit.quantize import DEFAULT_CALIB_BATCH, quantize_int8
+    path, calib, _ = fp32
+    stored = ImageSet(calib, 'test', [str(i) for i in range(len(calib))]).save_npz(tmp_path / 'calib.npz')
+    info = quantize_int8(path, tmp_path / 'stored.onnx', StoredImages(stored))
+    assert info['calibration_batch_size'] == int8[1]['calibration_batch_size'] == DEFAULT_CALIB_BATCH == 8
+    assert info['calibration_sha256'] == int8[1]['calibration_sha256']
+    assert info['fp32_islands'] == int8[1]['fp32_islands']
+    ours, theirs = _qdq_scales(tmp_path / 'stored.onnx'), _qdq_scales(int8[0])
+    assert len(ours) > 100 and ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_max_calibration_does_not_depend_on_the_batch(fp32, tmp_path):
+    """Max calibration takes the max over all images, so any batch gives the same scales; entropy's histograms
+    start from the first batch's range and are widened by whole bins, so their scales may move slightly with the
+    batch (why the batch is recorded and part of the stage key)."""
+    from scalablevit.quantize import quantize_int8
+    path, calib, _ = fp32
+    for batch in (1, 8):
+        quantize_int8(path, tmp_path / f'b{batch}.onnx', calib[:8], method='max', batch_size=batch)
+    one, eight = _qdq_scales(tmp_path / 'b1.onnx'), _qdq_scales(tmp_path / 'b8.onnx')
+    assert len(one) > 100 and one.keys() == eight.keys()
+    assert all(np.array_equal(one[k], eight[k]) for k in one)
+
+
 # ------------------------------------------------------------------------------------------- FP16
 def test_fp16_float32_io_and_agreement(fp32, tmp_path):
     from scalablevit.quantize import convert_fp16, fp32_compute_nodes

@@ -27,6 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--weights', type=Path, help='official .pth or safetensors; omitted: random weights (a warning)')
     p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
     p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
+    p.add_argument('--calib-batch', type=int, help='INT8 calibration batch (default: from the model size, at most 8: '
+                   '2 for S, 1 for L at 224 px)')
     p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
     p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
     p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
@@ -58,7 +60,7 @@ def host(args: argparse.Namespace) -> Path:
     from scalablevit.pipeline import HostOptions, HostPipeline
     options = HostOptions(
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
-        fold_normalization=args.fold_normalization,
+        fold_normalization=args.fold_normalization, calib_batch=args.calib_batch,
         calib_size=args.calib_size, val_dir=args.val, val_size=args.val_size, input_size=args.input_size,
         opset=args.opset, int8_method=args.int8_method, int8_policy=args.int8_policy,
         int8_high_precision=args.int8_high_precision, int8_target=args.int8_target, target=args.target,

@@ -14,9 +14,9 @@ from typing import NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.errors import ScalableViTError, unknown_choice
-from scalablevit.quantize import (CALIBRATION_DEVICES, CALIBRATION_METHODS, DEFAULT_CALIB_BATCH,
-                                  FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES, INT8_HIGH_PRECISION,
-                                  INT8_POLICIES)
+from scalablevit.quantize import (CALIB_BATCH_MEMORY, CALIBRATION_DEVICES, CALIBRATION_METHODS,
+                                  DEFAULT_CALIB_BATCH, FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES,
+                                  INT8_HIGH_PRECISION, INT8_POLICIES)
 
 PRECISIONS = ('int8', 'fp16')
 
@@ -43,14 +43,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         f'(default: {INT8_HIGH_PRECISION})')
     p.add_argument('--device', default='cpu', help=f'INT8 calibration device: {" | ".join(CALIBRATION_DEVICES)} '
                                                    '(default: cpu)')
-    p.add_argument('--batch', type=int, default=DEFAULT_CALIB_BATCH, help='calibration batch size (default: 8)')
+    p.add_argument('--batch', type=int, help=f'INT8 calibration batch size (default: as many images as keep a batch '
+                                            f'within {CALIB_BATCH_MEMORY >> 30} GB, at most {DEFAULT_CALIB_BATCH})')
     return p.parse_args(argv)
 
 
 def load_images(path: Path):
-    """The float32 (N, 3, H, W) images of an image-set .npz."""
-    from scalablevit.data import ImageSet
-    return ImageSet.load_npz(path).images
+    """The images of an image-set .npz, read from the file a batch at a time (see data.StoredImages)."""
+    from scalablevit.data import StoredImages
+    return StoredImages(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
