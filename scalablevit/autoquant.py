@@ -65,6 +65,8 @@ def parse_target(text: Optional[str]) -> Optional[str]:
         if not sep or key not in _TARGETS:
             raise ScalableViTError(f"--int8-target '{text}': expected agreement=PERCENT, drop=POINTS and/or "
                                    f"cosine=WORST_COSINE, e.g. 'agreement=99.5,drop=0.2'")
+        if key in values:
+            raise ScalableViTError(f"--int8-target '{text}': {key} is given twice; give each target once")
         try:
             number = float(value)
         except ValueError:

@@ -35,6 +35,7 @@ __all__ = ['BenchConfig', 'TimedRuns', 'RunnerSpec', 'time_runs', 'benchmark', '
            'render_markdown', 'write_bench_report']
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+MAX_BATCH_BYTES = 2 << 30  # one benchmark batch of float32 input: 2 GiB (10,700 images at 224 px)
 REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
 # An observer sees each batch's timed window and returns fields merged into its block (e.g. power).
 Observer = Callable[[int, 'TimedRuns'], Dict[str, Any]]
@@ -196,7 +197,18 @@ def batch_sweep(runner: Runner, input_shape: Sequence[int], batches: Sequence[in
     config.validate()
     if not batches or any(int(b) < 1 for b in batches):
         raise ScalableViTError(f'batch sizes must be positive integers (got {list(batches)})')
+    for b in batches:
+        check_batch(int(b), input_shape)
     return [benchmark(runner, input_shape, int(b), config, observer) for b in batches]
+
+
+def check_batch(batch: int, input_shape: Sequence[Any], flag: str = '--batch') -> None:
+    """Refuse a batch whose float32 input alone exceeds MAX_BATCH_BYTES, before anything is allocated."""
+    per_image = 4 * math.prod(int(d) for d in input_shape if d is not None)
+    if batch * per_image > MAX_BATCH_BYTES:
+        raise ScalableViTError(f"{flag} {batch}: {batch:,} images of {'x'.join(str(d) for d in input_shape)} "
+                               f"float32 are {batch * per_image / 2**30:.1f} GiB, beyond the "
+                               f"{MAX_BATCH_BYTES >> 30} GiB cap per batch (at most {MAX_BATCH_BYTES // per_image:,})")
 
 
 def bench_entry(name: str, backend: str, precision: str, sweep: List[Dict[str, Any]],

@@ -23,12 +23,14 @@ Layout (the host pipeline writes it; see README "The bundle")::
     report.json/.md      the deployed ONNX on onnxruntime against PyTorch FP32
     engines/             TensorRT engines, each with <engine>.json (its manifest) and <engine>.report.json/.md
 """
+import atexit
 import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import math
 import shutil
 import sys
 import tempfile
@@ -44,7 +46,8 @@ from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['PRECISIONS', 'MANIFEST', 'ENGINE_SUFFIXES', 'check_precision', 'stage_key', 'Bundle']
+__all__ = ['PRECISIONS', 'MANIFEST', 'ENGINE_SUFFIXES', 'STAGES', 'check_precision', 'check_preprocessing',
+           'stage_key', 'verify_engine', 'Bundle']
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 MANIFEST = 'manifest.json'
@@ -56,7 +59,7 @@ TEMP_DIR = '.tmp'
 LAYOUT_FILES = (MANIFEST, *(f'model.{p}.onnx' for p in PRECISIONS), 'calibration.npz', 'reference.npz',
                 'report.json', 'report.md')
 HASH_CACHE = '.cache/image-sha256.json'  # data.FileHashes of the source images (an accelerator)
-LAYOUT_DIRS = ('engines', 'compare', TEMP_DIR, '.cache')
+LAYOUT_DIRS = ('engines', 'compare', 'deepstream', 'divergence', TEMP_DIR, '.cache')  # the tools' default outputs
 
 # The manifest schema, checked on every read: field -> expected type(s). Fields not listed are free (a newer
 # writer may add some); listed ones must have these types wherever they appear.
@@ -69,6 +72,12 @@ _SCHEMA: Dict[str, Tuple[type, ...]] = {
 _PARTS = {'input': {'name': str, 'shape': list}, 'reference': _FILE_ENTRY, 'calibration': _FILE_ENTRY}
 # What a reader needs; the host pipeline writes more (see the module docstring).
 _REQUIRED = ('model', 'precision', 'deploy_onnx', 'onnx', 'input', 'output', 'reference')
+STAGES = ('export', 'data', 'quantize')  # the host pipeline's stages, in order (fp32 has no quantize)
+# Preprocessing bounds: a side beyond MAX_INPUT_SIDE (a 4096 px crop is 201 MB of float32 per image) or a resize
+# beyond MAX_RESIZE_RATIO times the crop is no model's eval transform, only a way to exhaust memory.
+MAX_INPUT_SIDE = 4096
+MAX_RESIZE_RATIO = 4
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest')
 
 
 def check_precision(value: str, what: str = 'precision') -> str:
@@ -106,6 +115,10 @@ class Bundle:
         self.timings: Dict[str, Dict[str, Any]] = {}
         self._hashes: Dict[str, Tuple[Tuple[int, int, int], str]] = {}
         self._lock_fd: Optional[int] = None
+        self._shared = False  # the lock held is a reader's (LOCK_SH)
+        self._copies: Dict[str, Path] = {}  # bundle file -> its verified private copy (``verified``)
+        self._copy_dir: Optional[Path] = None
+        self._made = False  # this writer made the directory: ``close`` removes it again while it holds nothing
 
     # ------------------------------------------------------------------------------------------- doors
     @classmethod
@@ -113,11 +126,14 @@ class Bundle:
         """The bundle at ``path`` for writing, locked. ``identity`` ({'model', 'precision', 'input_size'}) must
         match an existing manifest's, else the run is refused (``force``: the bundle is started clean)."""
         path = Path(path)
+        made = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ScalableViTError(f'output directory {path} is not writable ({e.strerror})') from e
-        bundle = cls(path, {}).lock()
+        bundle = cls(path, {})
+        bundle._made = made
+        bundle.lock()
         try:
             bundle._probe_writable()
             if force:
@@ -140,17 +156,30 @@ class Bundle:
             raise ScalableViTError(f'{path}: bundle directory not found')
         if not path.is_dir():
             raise ScalableViTError(f'{path}: not a bundle directory (a regular file)')
-        manifest = read_json(path / MANIFEST)
-        _check_manifest(manifest, f'bundle manifest {path / MANIFEST}', complete=True)
-        bundle = cls(path, manifest)
-        bundle.verify()
+        bundle = cls(path, {})
+        bundle._share_lock()
+        try:
+            bundle.manifest = read_json(path / MANIFEST)
+            _check_manifest(bundle.manifest, f'bundle manifest {path / MANIFEST}', complete=True)
+            bundle.verify()
+        except BaseException:
+            bundle.close()
+            raise
         return bundle
 
     def close(self) -> None:
-        """Release the writer's lock (idempotent)."""
+        """Release the lock, writer's or reader's, and remove the verified copies (idempotent)."""
         if self._lock_fd is not None:
+            if self._made and {p.name for p in self.path.iterdir()} == {LOCK}:  # a run that wrote nothing
+                (self.path / LOCK).unlink()
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+            self._shared = False
+        if self._copy_dir is not None:
+            _remove_tree(self._copy_dir)
+            self._copy_dir, self._copies = None, {}
 
     def __enter__(self) -> 'Bundle':
         return self
@@ -165,10 +194,32 @@ class Bundle:
         An exclusive, non-blocking ``flock`` on ``.lock``: one writer per bundle, the holder's pid in the file.
         The kernel drops the lock when the process ends however it ends, so a killed run never leaves it held.
         """
+        if self._shared:  # a reader becoming the writer (device mode): flock cannot upgrade atomically
+            self.close()
         if self._lock_fd is None:
             self._lock()
             self._sweep()
         return self
+
+    def _share_lock(self) -> None:
+        """Take a reader's lock: a shared ``flock`` on ``.lock``, held until ``close`` or exit, so no writer of this
+        project replaces a file between its verification and its use. A writer at work refuses the read."""
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                logger.debug('%s: no %s and the folder is read-only: no writer can work here', self.path, LOCK)
+                return
+        except OSError as e:
+            raise ScalableViTError(f'{lock}: cannot open the lock file ({e.strerror})') from e
+        holder = _flock(fd, fcntl.LOCK_SH)
+        if holder:
+            raise ScalableViTError(f'{self.path} is being written by another run (pid {holder}): wait for it to '
+                                   'finish')
+        self._lock_fd, self._shared = fd, True
 
     def _lock(self) -> None:
         lock = self.path / LOCK
@@ -176,13 +227,10 @@ class Bundle:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise ScalableViTError(f'output directory {self.path} is not writable ({e.strerror})') from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
-            os.close(fd)
+        holder = _flock(fd, fcntl.LOCK_EX)
+        if holder:
             raise ScalableViTError(f'another run holds {self.path} (pid {holder}): wait for it to finish, '
-                                   'or use another --out') from None
+                                   'or use another --out')
         self._lock_fd = fd
         try:
             os.ftruncate(fd, 0)
@@ -315,15 +363,44 @@ class Bundle:
             self._hashes[name] = known
         return known[1]
 
+    def check(self, name: str, sha256: str, what: str) -> Path:
+        """The bundle file ``name`` as it is now, refused when missing, a link out of the bundle, or when its
+        sha256 is not the manifest's. For a first check; what is loaded comes from ``verified``."""
+        path = self._inside(name, what)
+        _match(path, self.sha256(name), sha256, what)
+        return path
+
     def verified(self, name: str, sha256: str, what: str) -> Path:
-        """The bundle file ``name``, refused when missing or when its sha256 is not the manifest's."""
+        """A private copy of the bundle file ``name`` whose bytes (the ones copied) carry the manifest's sha256:
+        what a reader loads, so a file replaced after ``verify`` is refused instead of used. The copies live in
+        a temporary folder of this process, removed by ``close`` or at exit (the paths outlive this object)."""
+        source = self._inside(name, what)
+        if name in self._copies:
+            return self._copies[name]
+        if self._copy_dir is None:
+            self._copy_dir = Path(tempfile.mkdtemp(prefix='scalablevit-verified-'))
+            atexit.register(_remove_tree, self._copy_dir)  # not on garbage collection: callers keep paths
+        copy = self._copy_dir / name
+        digest = hashlib.sha256()
+        try:
+            with open(source, 'rb') as src, open(copy, 'wb') as dst:
+                for block in iter(lambda: src.read(1 << 20), b''):
+                    digest.update(block)
+                    dst.write(block)
+        except OSError as e:
+            raise ScalableViTError(f'{what} {source}: cannot make a verified copy in {self._copy_dir} '
+                                   f'({e.strerror})') from e
+        _match(source, digest.hexdigest(), sha256, what)
+        self._copies[name] = copy
+        return copy
+
+    def _inside(self, name: str, what: str) -> Path:
+        """The bundle file ``name``: a regular file inside the bundle (a link may not lead out of it)."""
         path = self.file(name)
         if not path.is_file():
             raise ScalableViTError(f'{path}: {what} file not found (listed in {MANIFEST})')
-        actual = self.sha256(name)
-        if actual != sha256:
-            raise ScalableViTError(f'{what} {path} does not match the bundle manifest (sha256 {actual[:12]}... != '
-                                   f'{sha256[:12]}...): refusing a modified or foreign file')
+        if path.resolve().parent != self.path.resolve():
+            raise ScalableViTError(f'{what} {path} is a link to {path.resolve()}, outside the bundle: refusing it')
         return path
 
     def onnx_files(self) -> Dict[str, Path]:
@@ -332,31 +409,24 @@ class Bundle:
         found = {}
         for precision in sorted(entries, key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)):
             entry = entries[precision]
-            _require(entry, {'file': str, 'sha256': str}, f"bundle {self.path} onnx entry '{precision}'")
             found[precision] = self.verified(entry['file'], entry['sha256'], 'ONNX')
         return found
 
     def deploy_onnx(self) -> Tuple[Path, Dict[str, Any]]:
-        """The ONNX file the engine is built from (verified) and its manifest entry (sha256, opset)."""
-        deploy = self.manifest['deploy_onnx']
-        entries = [e for e in self.manifest['onnx'].values() if isinstance(e, dict) and e.get('file') == deploy]
-        if not entries:
-            raise ScalableViTError(f"bundle {self.path}: deploy_onnx '{deploy}' has no entry in the manifest's 'onnx'")
-        _require(entries[0], {'sha256': str}, f"bundle {self.path} onnx entry '{deploy}'")
-        return self.verified(deploy, entries[0]['sha256'], 'ONNX'), entries[0]
+        """The ONNX file the engine is built from (a verified copy) and its manifest entry (sha256, opset)."""
+        entry = self.manifest['onnx'][self.precision]  # the schema ties deploy_onnx to this entry
+        return self.verified(entry['file'], entry['sha256'], 'ONNX'), entry
 
     def verify(self) -> 'Bundle':
         """Check every file the manifest lists (ONNX files, reference, calibration) against its sha256.
 
         Readers call this (``open``) before anything else, so a flipped byte or a missing file is refused before
-        TensorRT is looked for or a benchmark starts.
+        TensorRT is looked for or a benchmark starts; what they load later comes from ``verified`` copies.
         """
-        self.onnx_files()
-        self.deploy_onnx()
-        for part, what in (('reference', 'reference'), ('calibration', 'calibration')):
-            entry = self.manifest.get(part)
+        for part, entry in [*self.manifest['onnx'].items(), *((p, self.manifest.get(p)) for p in
+                                                               ('reference', 'calibration'))]:
             if entry is not None:
-                self.verified(entry['file'], entry['sha256'], what)
+                self.check(entry['file'], entry['sha256'], 'ONNX' if part in PRECISIONS else part)
         return self
 
     def reference(self, samples: Optional[int] = None) -> Dict[str, np.ndarray]:
@@ -427,6 +497,40 @@ class Bundle:
         write_json(self.file(MANIFEST), self.manifest)
 
 
+def _flock(fd: int, mode: int) -> Optional[str]:
+    """Take ``flock`` ``mode`` on ``fd`` without waiting: None when taken, else (``fd`` closed) the pid the
+    holder wrote into the lock file."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+        os.close(fd)
+        return holder
+
+
+def verify_engine(engine: PathLike, manifest: Dict[str, Any]) -> bytes:
+    """The bytes of the TensorRT engine file ``engine``, read once and checked against its manifest's
+    ``engine_sha256``: load or copy these bytes, never the file again (it may be replaced meanwhile)."""
+    path = Path(engine)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ScalableViTError(f'engine {path}: cannot read it ({e.strerror})') from e
+    expected = manifest.get('engine_sha256')
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ScalableViTError(f'engine {path} does not match the engine_sha256 of its manifest ({actual[:12]}... != '
+                               f'{str(expected)[:12]}..., {len(data):,} bytes): rebuild it')
+    return data
+
+
+def _match(path: Path, actual: str, expected: str, what: str) -> None:
+    if actual != expected:
+        raise ScalableViTError(f'{what} {path} does not match the bundle manifest (sha256 {actual[:12]}... != '
+                               f'{expected[:12]}...): refusing a modified or foreign file')
+
+
 def _describe(identity: Dict[str, Any]) -> str:
     return f"{identity.get('model')} {identity.get('precision')} at {identity.get('input_size')} px"
 
@@ -459,6 +563,7 @@ def _check_manifest(manifest: Any, where: str, complete: bool) -> None:
             raise ScalableViTError(f"{where}: field '{field}' must be {' or '.join(_JSON_TYPES[t] for t in types)}, "
                                    f'got {json.dumps(manifest[field])[:40]}')
     if complete:
+        _check_finished(manifest, where)
         missing = [k for k in _REQUIRED if k not in manifest]
         if missing:
             raise ScalableViTError(f"{where} is missing {', '.join(repr(k) for k in missing)}")
@@ -478,6 +583,79 @@ def _check_manifest(manifest: Any, where: str, complete: bool) -> None:
             raise ScalableViTError(f"{what}: file '{entry['file']}' must be a plain name inside the bundle")
     for name, stage in manifest.get('stages', {}).items():
         _require(stage, {'key': str, 'outputs': dict}, f"{where} stage '{name}'")
+    if complete:
+        _check_deployed(manifest, where)
+        _check_input(manifest['input'], where)
+
+
+def _check_finished(manifest: Dict[str, Any], where: str) -> None:
+    """A manifest whose stages stop short of its precision's is an unfinished build: say so, naming the stage."""
+    done = manifest.get('stages') or {}
+    needed = STAGES if manifest.get('precision', 'fp32') != 'fp32' else STAGES[:2]
+    absent = [s for s in needed if s not in done]
+    if done and absent:
+        raise ScalableViTError(f"{where}: the build did not finish (stage '{absent[0]}' never completed; "
+                               f"finished: {', '.join(s for s in needed if s in done) or 'none'}): rerun the host "
+                               'build for this bundle')
+
+
+def _check_deployed(manifest: Dict[str, Any], where: str) -> None:
+    """The deployed ONNX is the entry of the bundle's precision, and each entry is that precision's file."""
+    for precision, entry in manifest['onnx'].items():
+        check_precision(precision, f"onnx entry in {where}")
+        if entry['file'] != f'model.{precision}.onnx':
+            raise ScalableViTError(f"{where}: onnx entry '{precision}' points at '{entry['file']}', not "
+                                   f"'model.{precision}.onnx': refusing a manifest that mislabels a file")
+    entry = manifest['onnx'].get(manifest['precision'])
+    if entry is None or manifest['deploy_onnx'] != entry['file']:
+        raise ScalableViTError(f"{where}: an {manifest['precision']} bundle must deploy "
+                               f"'model.{manifest['precision']}.onnx' from its onnx entry, not "
+                               f"'{manifest['deploy_onnx']}'")
+
+
+def _check_input(entry: Dict[str, Any], where: str) -> None:
+    """input.shape is [null, 3, S, S] and input.preprocessing (when recorded) agrees with it."""
+    shape = entry['shape']
+    if (len(shape) != 4 or shape[1] != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                    for v in shape[1:]) or shape[2] != shape[3]
+            or not 1 <= shape[2] <= MAX_INPUT_SIDE):
+        raise ScalableViTError(f'{where}: input.shape must be [null, 3, S, S] with S in 1..{MAX_INPUT_SIDE} '
+                               f'(got {json.dumps(shape)[:60]})')
+    if 'preprocessing' in entry:
+        check_preprocessing(entry['preprocessing'], f'{where} input.preprocessing', shape[2])
+
+
+def check_preprocessing(cfg: Any, where: str, side: Optional[int] = None) -> Dict[str, Any]:
+    """``cfg`` as ``data.preprocess`` needs it: input_size [3, S, S] (S = ``side`` when given), an integer resize
+    from S to MAX_RESIZE_RATIO * S, a known interpolation, three finite means and three finite positive stds."""
+    _require(cfg, {'input_size': list, 'resize': int, 'interpolation': str, 'mean': list, 'std': list}, where)
+    size = cfg['input_size']
+    if (len(size) != 3 or size[0] != 3 or not all(_is_int(v) for v in size) or size[1] != size[2]
+            or not 1 <= size[2] <= MAX_INPUT_SIDE or (side is not None and size[2] != side)):
+        raise ScalableViTError(f"{where}: input_size must be [3, S, S] with S in 1..{MAX_INPUT_SIDE}"
+                               f"{f' and S = {side} (the input shape)' if side is not None else ''}, "
+                               f'got {json.dumps(size)[:60]}')
+    crop = size[2]
+    if not _is_int(cfg['resize']) or not crop <= cfg['resize'] <= MAX_RESIZE_RATIO * crop:
+        raise ScalableViTError(f"{where}: resize must be an integer from the crop ({crop}) to "
+                               f"{MAX_RESIZE_RATIO * crop}, got {json.dumps(cfg['resize'])[:40]}")
+    if cfg['interpolation'] not in INTERPOLATIONS:
+        raise unknown_choice(f'interpolation in {where}', cfg['interpolation'], INTERPOLATIONS)
+    for field, low in (('mean', -math.inf), ('std', 0.0)):
+        values = cfg[field]
+        if len(values) != 3 or not all(_is_number(v) and math.isfinite(v) and v > low for v in values):
+            bound = ', each above 0' if field == 'std' else ''
+            raise ScalableViTError(f'{where}: {field} must be three finite numbers{bound}, '
+                                   f'got {json.dumps(values)[:60]}')
+    return cfg
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require(mapping: Any, fields: Dict[str, Any], what: str) -> None:

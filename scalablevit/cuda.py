@@ -94,9 +94,18 @@ def native_handle(obj: Any) -> int:
     return int(get_cuda_native_handle(obj))
 
 
+def no_driver_text(error: RuntimeError) -> str:
+    """cuda-python 12.6.x's RuntimeError without a driver ("Failed to dlopen libcuda.so.1", 'Function "cuInit" not
+    found') as the error code 13.x returns for the same case."""
+    return f'cudaErrorInsufficientDriver (no usable CUDA driver; the binding says: {error})'
+
+
 def _error_text(cudart: Any, err: Any) -> str:
     name = getattr(err, 'name', str(err))
-    status, text = cudart.cudaGetErrorString(err)
+    try:
+        status, text = cudart.cudaGetErrorString(err)
+    except RuntimeError:  # cuda-python 12.6.x without a driver fails even here
+        return name
     text = text.decode() if isinstance(text, bytes) else str(text)
     return f'{name} ({text})' if status == cudart.cudaError_t.cudaSuccess else name
 
@@ -306,93 +315,101 @@ class _CudaPython(_Api):
     def __init__(self):
         self.rt = _cudart()
 
+    def _rt(self, call: str, *args: Any) -> Any:
+        """Call runtime function ``call`` and check it; a binding's RuntimeError is one more error code."""
+        try:
+            result = getattr(self.rt, call)(*args)
+        except RuntimeError as e:  # cuda-python 12.6.x without libcuda.so.1: raised by every call, not returned
+            raise CudaError(f'{call} failed: {no_driver_text(e)}') from e
+        return check(call, result)
+
     def device_count(self) -> int:
-        return check('cudaGetDeviceCount', self.rt.cudaGetDeviceCount())
+        return self._rt('cudaGetDeviceCount')
 
     def driver_version(self) -> int:
-        return int(check('cudaDriverGetVersion', self.rt.cudaDriverGetVersion()))
+        return int(self._rt('cudaDriverGetVersion'))
 
     def runtime_version(self) -> int:
-        return int(check('cudaRuntimeGetVersion', self.rt.cudaRuntimeGetVersion()))
+        return int(self._rt('cudaRuntimeGetVersion'))
 
     def device_info(self, device: int) -> Dict[str, Any]:
-        prop = check('cudaGetDeviceProperties', self.rt.cudaGetDeviceProperties(device))
+        prop = self._rt('cudaGetDeviceProperties', device)
         name = prop.name.decode(errors='replace') if isinstance(prop.name, bytes) else str(prop.name)
         return {'name': name.split('\x00')[0].strip(), 'compute_capability': f'{prop.major}.{prop.minor}',
                 'sm_count': int(prop.multiProcessorCount), 'total_memory_mib': int(prop.totalGlobalMem) // (1 << 20),
                 'integrated': bool(prop.integrated)}
 
     def malloc(self, nbytes: int) -> int:
-        return int(check('cudaMalloc', self.rt.cudaMalloc(nbytes)))
+        return int(self._rt('cudaMalloc', nbytes))
 
     def device_ptr(self, handle: Any) -> int:
         return int(handle)
 
     def free(self, handle: Any) -> None:
-        check('cudaFree', self.rt.cudaFree(handle))
+        self._rt('cudaFree', handle)
 
     def malloc_host(self, shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[np.ndarray, Any]:
         nbytes = int(np.prod(shape)) * dtype.itemsize
-        ptr = int(check('cudaMallocHost', self.rt.cudaMallocHost(max(nbytes, 1))))
+        ptr = int(self._rt('cudaMallocHost', max(nbytes, 1)))
         raw = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
         return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(dtype).reshape(shape), ptr
 
     def free_host(self, handle: Any) -> None:
-        check('cudaFreeHost', self.rt.cudaFreeHost(handle))
+        self._rt('cudaFreeHost', handle)
 
     def memcpy_htod_async(self, dst: int, src: np.ndarray, nbytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        check('cudaMemcpyAsync', self.rt.cudaMemcpyAsync(dst, src.ctypes.data, nbytes, kind, stream))
+        self._rt('cudaMemcpyAsync', dst, src.ctypes.data, nbytes, kind, stream)
 
     def memcpy_dtoh_async(self, dst: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        check('cudaMemcpyAsync', self.rt.cudaMemcpyAsync(dst.ctypes.data, src, nbytes, kind, stream))
+        self._rt('cudaMemcpyAsync', dst.ctypes.data, src, nbytes, kind, stream)
 
     def stream_create(self) -> Any:
-        return check('cudaStreamCreate', self.rt.cudaStreamCreate())
+        return self._rt('cudaStreamCreate')
 
     def stream_handle(self, stream: Any) -> int:
         return native_handle(stream)
 
     def stream_synchronize(self, stream: Any) -> None:
-        check('cudaStreamSynchronize', self.rt.cudaStreamSynchronize(stream))
+        self._rt('cudaStreamSynchronize', stream)
 
     def stream_destroy(self, stream: Any) -> None:
-        check('cudaStreamDestroy', self.rt.cudaStreamDestroy(stream))
+        self._rt('cudaStreamDestroy', stream)
 
     def event_create(self) -> Any:
-        return check('cudaEventCreate', self.rt.cudaEventCreate())
+        return self._rt('cudaEventCreate')
 
     def event_record(self, event: Any, stream: Any) -> None:
-        check('cudaEventRecord', self.rt.cudaEventRecord(event, stream))
+        self._rt('cudaEventRecord', event, stream)
 
     def event_synchronize(self, event: Any) -> None:
-        check('cudaEventSynchronize', self.rt.cudaEventSynchronize(event))
+        self._rt('cudaEventSynchronize', event)
 
     def event_elapsed_ms(self, start: Any, end: Any) -> float:
-        return float(check('cudaEventElapsedTime', self.rt.cudaEventElapsedTime(start, end)))
+        return float(self._rt('cudaEventElapsedTime', start, end))
 
     def event_destroy(self, event: Any) -> None:
-        check('cudaEventDestroy', self.rt.cudaEventDestroy(event))
+        self._rt('cudaEventDestroy', event)
 
     def begin_capture(self, stream: Any) -> None:
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        check('cudaStreamBeginCapture', self.rt.cudaStreamBeginCapture(stream, mode))
+        self._rt('cudaStreamBeginCapture', stream, mode)
 
     def end_capture(self, stream: Any) -> Any:
-        return check('cudaStreamEndCapture', self.rt.cudaStreamEndCapture(stream))
+        return self._rt('cudaStreamEndCapture', stream)
 
     def graph_instantiate(self, graph: Any) -> Any:
-        return check('cudaGraphInstantiate', self.rt.cudaGraphInstantiate(graph, 0))
+        return self._rt('cudaGraphInstantiate', graph, 0)
 
     def graph_launch(self, graph_exec: Any, stream: Any) -> None:
-        check('cudaGraphLaunch', self.rt.cudaGraphLaunch(graph_exec, stream))
+        self._rt('cudaGraphLaunch', graph_exec, stream)
 
     def graph_exec_destroy(self, graph_exec: Any) -> None:
-        check('cudaGraphExecDestroy', self.rt.cudaGraphExecDestroy(graph_exec))
+        self._rt('cudaGraphExecDestroy', graph_exec)
 
     def graph_destroy(self, graph: Any) -> None:
-        check('cudaGraphDestroy', self.rt.cudaGraphDestroy(graph))
+        self._rt('cudaGraphDestroy', graph)
 
 
 class _PyCuda(_Api):

@@ -39,6 +39,7 @@ import numpy as np
 
 from .errors import ScalableViTError
 from .fileio import atomic_path, human_size, read_json, sha256_file, write_json
+from .progress import iterate
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '
 DEFAULT_CALIB_SIZE = 512
 DEFAULT_VAL_SIZE = 100  # the pipeline's default (deploy/build_engine.py --val-size)
 _DATA_VERSION = 1  # bump when a sampling, split or crop rule changes: cached sets are then rebuilt
-_PROGRESS_MIN_IMAGES = 64  # show a progress bar (stderr) from this many images on
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (0.27 GB as RGB): larger images are skipped
 MAX_RESIZE_SIDE = 8192  # a resize whose long side would exceed this resamples only the crop window
 MAX_SET_BYTES = 4 << 30  # an image set (float32) stays below 4 GiB: 7,131 images at 224 x 224
@@ -67,6 +67,13 @@ def eval_sizes(data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> Tu
     if input_size is None or input_size == crop:
         return resize, crop
     return int(round(input_size * resize / crop)), input_size
+
+
+def sized_config(data_cfg: Dict[str, Any], input_size: Optional[int]) -> Dict[str, Any]:
+    """``data_cfg`` for an input side of ``input_size``: crop = the side, resize scaled by the config's ratio
+    (224 -> 256 gives 448 -> 512): the record every reader of a bundle follows."""
+    resize, crop = eval_sizes(data_cfg, input_size)
+    return {**data_cfg, 'input_size': (3, crop, crop), 'resize': resize}
 
 
 def resize_crop(image: Any, data_cfg: Dict[str, Any], input_size: Optional[int] = None) -> Any:
@@ -146,7 +153,7 @@ def load_image(path: Path) -> Any:
     are scaled to 8 bits (PIL's ``convert`` would clip: 89 % of a 16-bit gradient's pixels became 255). An image
     above ``MAX_IMAGE_PIXELS`` is refused from its header, before any pixel is decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with warnings.catch_warnings():  # PIL's bomb warning: the cap below refuses those images in one line
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -157,8 +164,11 @@ def load_image(path: Path) -> Any:
                 raise ScalableViTError(f'{path}: {w} x {h} = {w * h:,} pixels, beyond the {MAX_IMAGE_PIXELS:,}-pixel '
                                        'cap per image')
             im.load()
+            im = ImageOps.exif_transpose(im)  # a camera's "rotate 90" tag: the pixels as the photo is seen
             if im.mode in _WIDE_MODES:
                 im = _to_8bit(im)
+            elif im.mode == 'F':
+                im = _float_to_8bit(im, path)
             if im.mode in ('RGBA', 'LA', 'P', 'PA'):
                 im = im.convert('RGBA')
                 background = Image.new('RGBA', im.size, (255, 255, 255, 255))
@@ -174,6 +184,18 @@ def _to_8bit(image: Any) -> Any:
     from PIL import Image
     wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
     return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # uint8 2-D: mode 'L'
+
+
+def _float_to_8bit(image: Any, path: Path) -> Any:
+    """A 32-bit float gray PIL image as 8-bit 'L': values in 0..1 are scaled by 255 (what float TIFFs hold),
+    values in 0..255 kept; anything else (NaN, negative, beyond 255) has no agreed meaning and is refused."""
+    from PIL import Image
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+        raise ScalableViTError(f'{path}: float pixels must be finite and within 0..1 (or 0..255), got '
+                               f'{np.nanmin(values):.4g}..{np.nanmax(values):.4g}')
+    scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8))
 
 
 # ------------------------------------------------------------------------------------------- image sets
@@ -565,37 +587,6 @@ def capped(count: int, most: int, why: str) -> int:
     return count
 
 
-def progress_bar(total: int, desc: str) -> Callable[[int], None]:
-    """``advance(n)`` callback driving a tqdm bar on stderr (e.g. for ``run_batches``); it closes at ``total``.
-
-    A no-op for small totals, when stderr is not a terminal, or when tqdm is absent (it is optional on a device).
-    """
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is None or total < _PROGRESS_MIN_IMAGES:
-        return lambda n: None
-    bar = tqdm(total=total, desc=desc, unit='img', leave=False, disable=None)
-
-    def advance(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-    return advance
-
-
-def _progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """``items`` behind a tqdm bar on stderr when there are many (tqdm is optional on a device)."""
-    if len(items) < _PROGRESS_MIN_IMAGES:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit='img', leave=False, disable=None)
-
-
 def load_files(files: Sequence[Path], data_cfg: Dict[str, Any], input_size: Optional[int] = None,
                source: str = 'files', root: Optional[Path] = None,
                labels: Optional[Sequence[int]] = None, class_names: Optional[List[str]] = None) -> ImageSet:
@@ -613,7 +604,7 @@ def file_stream(files: Sequence[Path], data_cfg: Dict[str, Any], input_size: Opt
     stream = ImageStream(source, (), labelled=labels is not None, class_names=class_names)
 
     def items() -> Iterator[Tuple[np.ndarray, str, Optional[int]]]:
-        for i, path in enumerate(_progress(files, desc=f'loading {source}')):
+        for i, path in enumerate(iterate(files, desc=f'loading {source}')):
             try:
                 image = load_image(path)
             except ScalableViTError as e:
@@ -731,7 +722,7 @@ def crop_stream(photos: Sequence[str], count: int, data_cfg: Dict[str, Any], see
         rng = stream_rng(seed, stream)
         scenes = sorted(by_scene)
         images = {name: load_sample_photo(name) for name in photos}
-        for i in _progress(range(count), desc='cropping sample photos'):
+        for i in iterate(range(count), desc='cropping sample photos'):
             candidates = by_scene[scenes[i % len(scenes)]]
             name = candidates[int(rng.integers(len(candidates)))]
             crop, where = random_crop(images[name], rng)

@@ -24,6 +24,7 @@ that engine strongly typed with trtexec first; the command is in the config and 
 """
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,30 +33,45 @@ import numpy as np
 from .data import normalize_in_model
 from .deployable import Deployable
 from .errors import ScalableViTError, unknown_choice
+from .exportdir import checked_fraction, checked_int, warn_untrained, write_export_dir
 from .fileio import PathLike, atomic_path, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['nvinfer_normalization', 'write_probs_onnx', 'DeepStreamConfig', 'export_deepstream']
+__all__ = ['nvinfer_normalization', 'write_probs_onnx', 'DeepStreamConfig', 'check_ids', 'export_deepstream']
 
 NETWORK_MODE = {'fp32': 0, 'int8': 1, 'fp16': 2}  # NvDsInferNetworkMode enum order
 PROCESS_MODE = {'primary': 1, 'secondary': 2}
 SCALING_FILTER = {'nearest': 0, 'bilinear': 1, 'bicubic': 2}  # NvBufSurfTransformInter_*; 2 = GPU-cubic/VIC 5-tap
 PROBS = 'probs'
 PROBS_TOLERANCE = 1e-6
+TOOL = 'export_deepstream'
 
 
 def nvinfer_normalization(data_cfg: Dict[str, Any]) -> Tuple[float, List[float]]:
     """(net-scale-factor, offsets) with ``nsf * (x - offsets[c]) == (x / 255 - mean[c]) / std[c]`` exactly."""
     if normalize_in_model(data_cfg):
         return 1.0, [0.0, 0.0, 0.0]
-    std = [float(s) for s in data_cfg['std']]
+    std, mean = _channel_values(data_cfg, 'std', True), _channel_values(data_cfg, 'mean', False)
     if len(set(std)) != 1:
         raise ScalableViTError(
             f'the model normalizes with a different std per channel {tuple(std)}; nvinfer applies one '
             'net-scale-factor to every channel and cannot feed it exactly: rebuild the bundle with '
             '--fold-normalization (the model then takes RGB 0-255)')
-    return 1.0 / (255.0 * std[0]), [255.0 * float(m) for m in data_cfg['mean']]
+    return 1.0 / (255.0 * std[0]), [255.0 * m for m in mean]
+
+
+def _channel_values(data_cfg: Dict[str, Any], key: str, positive: bool) -> List[float]:
+    """Three finite numbers, > 0 (std) or >= 0 (mean: nvinfer's offsets must be >= 0)."""
+    values = data_cfg.get(key)
+    ok = isinstance(values, (list, tuple)) and len(values) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or v == 0 and
+                                                                                          not positive)
+        for v in values)
+    if not ok:
+        raise ScalableViTError(f"input.preprocessing {key} must be 3 finite numbers {'above' if positive else 'from'} "
+                               f'0 for nvinfer, got {values!r}')
+    return [float(v) for v in values]
 
 
 def write_probs_onnx(onnx_path: Path, out_path: Path, check_inputs: np.ndarray) -> Dict[str, Any]:
@@ -123,15 +139,21 @@ class DeepStreamConfig:
         return props
 
     def text(self) -> str:
-        lines = [f'# {n}' for n in self.notes] + ['[property]']
-        return '\n'.join(lines + [f'{k}={v}' for k, v in self.properties().items()]) + '\n'
+        """The key file; a value with a control character (a newline would add a key) is refused."""
+        props = self.properties()
+        bad = [k for k, v in props.items() if any(ord(c) < 32 for c in v)]
+        if bad:
+            raise ScalableViTError(f'nvinfer {bad[0]} value {props[bad[0]]!r} holds a control character')
+        lines = [f'# {" ".join(n.split())}' for n in self.notes] + ['[property]']
+        return '\n'.join(lines + [f'{k}={v}' for k, v in props.items()]) + '\n'
 
 
 def labels_line(names: Sequence[str]) -> str:
     """The classifier labels file: every class on one line, separated by ';' (names must not contain ';')."""
-    bad = [n for n in names if ';' in n or '\n' in n]
+    bad = [n for n in names if ';' in n or '\n' in n or '\r' in n]
     if bad:
-        raise ScalableViTError(f"class name {bad[0]!r} contains ';' or a newline, which nvinfer's labels file cannot hold")
+        raise ScalableViTError(f"class name {bad[0]!r} contains ';' or a line break, which nvinfer's labels file "
+                               'cannot hold')
     return ';'.join(names) + '\n'
 
 
@@ -143,48 +165,75 @@ def trtexec_line(onnx_file: str, engine_file: str, input_name: str, chw: Sequenc
             f'--maxShapes={input_name}:{batch}x{dims}')
 
 
-def export_deepstream(source: PathLike, out_dir: PathLike, bundle: Optional[PathLike] = None, target: Any = None,
-                      process_mode: str = 'primary', gie_id: Optional[int] = None, operate_on_gie_id: int = 1,
-                      classifier_threshold: float = 0.0) -> Dict[str, Any]:
-    """Write ``config_infer_<model>.txt``, ``labels.txt`` and ``<stem>.probs.onnx`` into ``out_dir``.
+def check_ids(process_mode: str, gie_id: Optional[int], operate_on_gie_id: Optional[int]) -> Tuple[int, Optional[int]]:
+    """(gie-unique-id, operate-on-gie-id or None) checked against nvinfer's ranges (both integers > 0).
 
-    ``source`` is a bundle or one of its engines (its profile's max batch is the batch size; else ``target``'s).
-    Everything is checked before the first file is written.
+    Defaults: id 1 primary, 2 secondary; a secondary operates on gie 1. A secondary may not operate on itself, and
+    a primary operates on frames, so an operate-on id there is refused rather than ignored.
     """
     if process_mode not in PROCESS_MODE:
         raise unknown_choice('process mode', process_mode, PROCESS_MODE)
+    gie = PROCESS_MODE[process_mode] if gie_id is None else checked_int(gie_id, '--gie-id (gie-unique-id)')
+    if process_mode == 'primary':
+        if operate_on_gie_id is not None:
+            raise ScalableViTError('--operate-on-gie-id is for --process-mode secondary: a primary classifier '
+                                   'operates on whole frames')
+        return gie, None
+    parent = 1 if operate_on_gie_id is None else checked_int(operate_on_gie_id, '--operate-on-gie-id')
+    if parent == gie:
+        raise ScalableViTError(f'--operate-on-gie-id {parent} is this classifier\'s own --gie-id: a secondary '
+                               'classifier operates on the objects of another GIE (its detector)')
+    return gie, parent
+
+
+def export_deepstream(source: PathLike, out_dir: PathLike, bundle: Optional[PathLike] = None, target: Any = None,
+                      process_mode: str = 'primary', gie_id: Optional[int] = None,
+                      operate_on_gie_id: Optional[int] = None, classifier_threshold: float = 0.0) -> Dict[str, Any]:
+    """Write ``config_infer_<model>.txt``, ``labels.txt``, ``<stem>.probs.onnx`` and ``deepstream.json`` as the
+    folder ``out_dir``.
+
+    ``source`` is a bundle or one of its engines (its profile's max batch is the batch size; else ``target``'s).
+    Every option is checked against nvinfer's documented range before anything is written; the folder is made
+    whole beside its place and swapped in (``scalablevit.exportdir``), replacing only a folder of ours.
+    """
+    gie, parent = check_ids(process_mode, gie_id, operate_on_gie_id)
+    threshold = checked_fraction(classifier_threshold, '--classifier-threshold',
+                                 ' (nvinfer labels an object only when its top probability is above it)')
     dep = Deployable.open(source, bundle)
     dcfg = dep.data_cfg
     nsf, offsets = nvinfer_normalization(dcfg)
     labels = labels_line(dep.class_names)
-    batch = dep.batch_range(target)[2]
+    batch = checked_int(dep.batch_range(target)[2], 'batch-size (the batch maximum)')
+    chw = tuple(checked_int(d, 'input dimension') for d in dep.input_shape)
+    untrained = warn_untrained(dep, TOOL)
     onnx = dep.onnx()
     precision = dep.precision
-    out = Path(out_dir)
     probs_name = f'{onnx.stem}.probs.onnx'
     engine_name = f'{probs_name}_b{batch}_gpu0_{precision}.engine'
-    build = trtexec_line(probs_name, engine_name, dep.input_name, dep.input_shape, batch)
-    notes = _notes(dep, dcfg, build)
+    build = trtexec_line(probs_name, engine_name, dep.input_name, chw, batch)
     config = DeepStreamConfig(
         onnx_file=probs_name, engine_file=engine_name, labels_file='labels.txt', batch_size=batch,
-        precision=precision, chw=dep.input_shape, net_scale_factor=nsf, offsets=offsets, process_mode=process_mode,
-        gie_id=gie_id or PROCESS_MODE[process_mode], operate_on_gie_id=operate_on_gie_id
-        if process_mode == 'secondary' else None, scaling_filter=SCALING_FILTER.get(dcfg['interpolation'], 1),
-        classifier_threshold=classifier_threshold, notes=notes)
+        precision=precision, chw=chw, net_scale_factor=nsf, offsets=offsets, process_mode=process_mode,
+        gie_id=gie, operate_on_gie_id=parent, scaling_filter=SCALING_FILTER.get(dcfg['interpolation'], 1),
+        classifier_threshold=threshold, notes=_notes(dep, dcfg, build, untrained))
     reference = dep.bundle.reference(samples=8)['input']
-    probs = write_probs_onnx(onnx, out / probs_name, reference)
-    config_file = out / f'config_infer_{dep.name}.txt'
-    write_text(out / 'labels.txt', labels)
-    write_text(config_file, config.text())
-    record = {'config': config_file.name, 'labels': 'labels.txt', 'probs_onnx': probs, 'source': str(source),
-              'bundle': str(dep.bundle.path), 'precision': precision, 'properties': config.properties(),
-              'int8_engine_build': build if precision == 'int8' else None}
-    write_json(out / 'deepstream.json', record)
-    logger.info('DeepStream config: %s (%s, batch %d, net-scale-factor %r)', config_file, precision, batch, nsf)
+    config_name = f'config_infer_{dep.name}.txt'
+    record = {'config': config_name, 'labels': 'labels.txt', 'probs_onnx': None, 'source': str(source),
+              'bundle': str(dep.bundle.path), 'precision': precision, 'untrained': untrained,
+              'properties': config.properties(), 'int8_engine_build': build if precision == 'int8' else None}
+
+    def fill(tmp: Path) -> None:
+        record['probs_onnx'] = write_probs_onnx(onnx, tmp / probs_name, reference)
+        write_text(tmp / 'labels.txt', labels)
+        write_text(tmp / config_name, config.text())
+        write_json(tmp / 'deepstream.json', record)
+    write_export_dir(Path(out_dir), TOOL, fill, {'source': str(source), 'untrained': untrained})
+    logger.info('DeepStream config: %s (%s, batch %d, net-scale-factor %r)', Path(out_dir) / config_name, precision,
+                batch, nsf)
     return record
 
 
-def _notes(dep: Deployable, dcfg: Dict[str, Any], build: str) -> List[str]:
+def _notes(dep: Deployable, dcfg: Dict[str, Any], build: str, untrained: bool) -> List[str]:
     """The comment block at the top of the config: where it came from and what nvinfer does differently."""
     resize, crop = dcfg['resize'], dcfg['input_size'][-1]
     notes = [f'nvinfer classifier for {dep.name} ({dep.precision}), written by scalablevit-export-deepstream from '
@@ -196,6 +245,8 @@ def _notes(dep: Deployable, dcfg: Dict[str, Any], build: str) -> List[str]:
              f'Resize: nvinfer stretches each frame/object to {crop}x{crop} (no crop); the model was validated on '
              f"shorter side {resize} ({dcfg['interpolation']}) then center crop {crop}.",
              f'Output: {PROBS} = softmax(logits), added for the default classifier parser (it reads probabilities).']
+    if untrained:
+        notes.append('UNTRAINED: random weights (the bundle manifest says untrained); its labels mean nothing.')
     if dep.engine is not None:
         notes.append(f'{dep.engine.name} outputs logits, so it is not used here; its batch range gives batch-size.')
     if dep.precision == 'int8':

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import cuda
 from .bundle import Bundle
-from .compare import accuracy_metrics, budget_violations, check_budget, gate_status
+from .compare import accuracy_metrics, budget_verdict, check_budget, gate_status
 from .engine import (build_engine, build_flags, cached_engine_ok, engine_cache_key, load_engine, manifest_path,
                      read_engine_manifest)
 from .errors import ScalableViTError
@@ -86,20 +86,22 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
         metrics = accuracy_metrics(reference['logits'], logits, reference.get('labels'), reference_name='torch-fp32')
         step['detail'] = (f"agreement {metrics['top1_agreement']:.4f}, worst cosine {metrics['cosine_min']:.5f}, "
                           f"max |diff| {metrics['max_abs_diff']:.4g}")
-    violations = budget_violations(metrics, precision)
+    verdict = budget_verdict(metrics, precision)
+    violations = verdict.failed
     engine_manifest = read_engine_manifest(engine_path)
     engine_precision = _engine_precision(engine_manifest, bundle)
     report = make_report(
         bundle.model, precision, 'tensorrt', metrics, None, untrained,
         environment_extra={'tensorrt': env.version, 'gpu': engine_manifest['gpu'], 'target': target.name,
                            'cuda_binding': cuda.api().name},
-        budget={'passed': not violations, 'violations': violations, 'enforced': not untrained},
+        budget={'passed': not violations, 'violations': violations, 'undecided': verdict.undecided,
+                'enforced': not untrained},
         engine={'file': engine_path.name, 'manifest': manifest_path(engine_path).name,
                 'sha256': engine_manifest['engine_sha256'], 'cache_key': engine_manifest['cache_key'],
                 'reused': reused, 'layers': engine_manifest.get('layers'),
                 'build_time_s': engine_manifest.get('build_time_s'), 'trtexec': engine_manifest.get('trtexec')},
         census={k: v for k, v in (bundle.manifest.get('census') or {}).items() if k != 'node_dtypes'} or None,
-        engine_precision=engine_precision, status=gate_status(violations, untrained))
+        engine_precision=engine_precision, status=gate_status(violations, untrained, verdict.undecided))
     report_path = write_report(engine_path.parent, report, stem=f'{engine_path.stem}.report')
     if violations and untrained:
         logger.warning('engine %s exceeds the %s budget (%s), allowed because the bundle is marked untrained',

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import compat, cuda
+from .bundle import verify_engine
 from .engine_rules import (MANIFEST_FORMAT, check_engine_compatible, check_target_platform, describe_gpu, identity,
                            require)
 from .errors import ScalableViTError
@@ -394,8 +395,7 @@ def load_engine(engine_path: PathLike, check_manifest: bool = True, env: Optiona
     manifest = read_engine_manifest(path) if check_manifest else None
     if manifest is not None:
         check_engine_compatible(manifest, env.version, env.gpu)
-        if sha256_file(path) != manifest['engine_sha256']:
-            raise ScalableViTError(f'engine {path} does not match the sha256 in its manifest: rebuild it')
+    data = verify_engine(path, manifest) if manifest is not None else path.read_bytes()  # the bytes checked
     runtime = trt.Runtime(trt_logger(trt))
     if manifest is not None and manifest['compatibility'].get('version_compatible'):
         runtime.engine_host_code_allowed = True  # the lean runtime inside the plan; only for plans you trust
@@ -403,7 +403,7 @@ def load_engine(engine_path: PathLike, check_manifest: bool = True, env: Optiona
         runtime.DLA_core = int(manifest['target']['dla_core'])
     engine, detail = None, None
     try:
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        engine = runtime.deserialize_cuda_engine(data)
     except (RuntimeError, TypeError) as e:  # some TensorRT versions raise instead of returning None
         detail = str(e)
     if engine is None:

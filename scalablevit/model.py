@@ -548,22 +548,24 @@ def _check_finite(state_dict: StateDict, path: Path) -> None:
                                       'refusing weights that cannot give finite outputs')
 
 
-def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
-    """Load a checkpoint strictly into ``model``; only a different classifier size is tolerated (re-initialised)."""
+def load_weights(model: torch.nn.Module, path: Union[str, Path], raw: Optional[StateDict] = None) -> None:
+    """Load a checkpoint strictly into ``model`` (``raw``: its tensors, already read). A classifier of another
+    class count is refused, never re-initialised: a random head would be deployed as if trained."""
     path = Path(path)
-    raw = read_state_dict(path)
+    raw = read_state_dict(path) if raw is None else raw
     _check_finite(raw, path)
+    _check_dtypes(raw, model.state_dict(), path)
     state_dict = checkpoint_filter_fn(raw, model)
     own = model.state_dict()
     missing, unexpected, shapes = _problems(state_dict, own)
-    classifier = classifier_keys(model)
-    if set(missing) <= set(classifier) and not unexpected and not shapes and missing:
-        n_ckpt = next((tuple(raw[k].shape)[0] for k in raw if k.endswith(classifier[1])), '?')
-        logger.warning('%s: checkpoint classifier has %s classes, the model %d: backbone loaded, classifier '
-                       're-initialised', path, n_ckpt, model.num_classes)
-        model.load_state_dict(state_dict, strict=False)
-        model.reset_classifier(model.num_classes)
-        return
+    carried = head_classes(raw, model)
+    if carried is not None and model.num_classes and carried != model.num_classes:
+        raise CheckpointError(f'{path}: its classifier has {carried} classes, the model {model.num_classes}: build '
+                              f'the model with {carried} classes (the checkpoint defines its head)')
+    if carried is None and model.num_classes and missing and all(k.startswith('head.') for k in missing) \
+            and not unexpected and not shapes:
+        raise CheckpointError(f'{path} carries no classifier (a backbone-only checkpoint): the model needs its '
+                              f'{model.num_classes}-class head trained, never a random one')
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -578,6 +580,29 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
         raise CheckpointError(f'{path} does not fit {name}: ' + '; '.join(parts) + hint)
     model.load_state_dict(state_dict, strict=True)
     logger.info('loaded %d tensors from %s', len(state_dict), path)
+
+
+def head_classes(state_dict: StateDict, model: Any) -> Optional[int]:
+    """The class count of the classifier a checkpoint carries (None: it has none). ``model`` is a model or a
+    registered name (for its head layout)."""
+    plain = model_config(model).get('plain_head') if isinstance(model, str) else model.plain_head
+    key = ('head.' if plain else 'head.3.') + 'weight'
+    for name in (key, 'module.' + key):
+        tensor = state_dict.get(name)
+        if torch.is_tensor(tensor) and tensor.ndim == 2:
+            return int(tensor.shape[0])
+    return None
+
+
+def _check_dtypes(state_dict: StateDict, own: StateDict, path: Path) -> None:
+    """Refuse integer tensors (an int8-quantized checkpoint) where the model holds floats: casting them would
+    load the quantized codes as if they were weights."""
+    for key, tensor in state_dict.items():
+        target = own.get(key[len('module.'):] if key.startswith('module.') else key)
+        if torch.is_tensor(tensor) and target is not None and target.is_floating_point() \
+                and not tensor.is_floating_point():
+            raise CheckpointError(f'{path}: tensor {key!r} is {str(tensor.dtype).replace("torch.", "")}, the model '
+                                  'needs floating point: a quantized checkpoint cannot be loaded (dequantize it first)')
 
 
 def list_models() -> List[str]:
@@ -605,6 +630,23 @@ def data_config(name: str) -> Dict[str, Any]:
     return dict(_MODELS[resolve_model_name(name)][1])
 
 
+@functools.lru_cache(maxsize=None)
+def size_multiple(name: str) -> int:
+    """The input side every valid side of model ``name`` is a multiple of (built on the meta device: no memory)."""
+    with torch.device('meta'):
+        return ScalableViT(**model_config(name)).size_multiple
+
+
+def check_model_input_size(name: str, size: int) -> None:
+    """Refuse an input side model ``name`` cannot tile, or one beyond MAX_INPUT_SIDE, in one line."""
+    from .bundle import MAX_INPUT_SIDE
+    m = size_multiple(resolve_model_name(name))
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_INPUT_SIDE or size % m:
+        raise InputSizeError(f'--input-size {size} does not fit {resolve_model_name(name)}: it takes positive '
+                             f'multiples of {m} up to {MAX_INPUT_SIDE} (e.g. {m}, {2 * m}, {3 * m}); '
+                             'the model has no padding')
+
+
 def valid_input_sizes(model: ScalableViT, count: int = 3) -> List[int]:
     return [model.size_multiple * (i + 1) for i in range(count)]
 
@@ -613,18 +655,30 @@ def create_model(name: str, weights: Optional[str] = None, num_classes: Optional
                  **kwargs: Any) -> ScalableViT:
     """Build a registered ScalableViT; ``weights`` is an official .pth or a safetensors file.
 
-    ``kwargs`` override the config (e.g. ``drop_path_rate=0.2``). With ``num_classes`` different
-    from the checkpoint's, the backbone loads and the classifier is re-initialised (with a warning).
+    ``kwargs`` override the config (e.g. ``drop_path_rate=0.2``). A checkpoint defines the head it carries:
+    the model takes its class count (``num_classes``, when given, must match it; 0 drops the head).
     """
     canonical = resolve_model_name(name)
     cfg = model_config(canonical)
     cfg.update(kwargs)
+    raw = read_state_dict(weights) if weights is not None else None
+    carried = head_classes(raw, canonical) if raw is not None else None
+    if carried is not None and num_classes not in (None, 0, carried):
+        raise CheckpointError(f'{weights}: its classifier has {carried} classes, not the {num_classes} asked for: '
+                              'the checkpoint defines its head')
+    num_classes = carried if num_classes is None and carried is not None else num_classes
     if num_classes is not None:
         cfg['num_classes'] = num_classes
     model = ScalableViT(**cfg)
     model.name = canonical
-    model.data_cfg = data_config(canonical)
-    model.data_cfg['num_classes'] = model.num_classes
-    if weights is not None:
-        load_weights(model, weights)
+    model.data_cfg = class_config(data_config(canonical), model.num_classes)
+    if raw is not None:
+        load_weights(model, weights, raw)
     return model
+
+
+def class_config(data_cfg: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
+    """``data_cfg`` for a head of ``num_classes``: another count than the config's has no known label names."""
+    if num_classes != data_cfg['num_classes']:
+        data_cfg = {**data_cfg, 'labels': None}
+    return {**data_cfg, 'num_classes': num_classes}

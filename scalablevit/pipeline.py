@@ -20,6 +20,7 @@ from . import __version__
 from .bundle import HASH_CACHE, Bundle, check_precision, stage_key
 from .errors import ScalableViTError
 from .fileio import sha256_file
+from .progress import progress
 from .report import make_report, peak_rss_mb, tool_versions, write_report
 from .steps import release_memory, timed_step
 
@@ -71,8 +72,9 @@ class HostOptions:
                                      batch_size=self.calib_batch)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
-        if self.input_size is not None and self.input_size < 1:
-            raise ScalableViTError(f'--input-size must be positive, got {self.input_size}')
+        if self.input_size is not None:
+            from .model import check_model_input_size
+            check_model_input_size(self.model, self.input_size)  # before the bundle directory is made
         if self.weights is None:
             self.weights = shipped_weights(self.model)
         if self.weights is not None and not Path(self.weights).is_file():
@@ -129,10 +131,18 @@ class HostPipeline:
     @property
     def data_cfg(self) -> Dict[str, Any]:
         """The preprocessing of the exported model: the model's, with 0-255 input when the normalization is folded."""
-        from .data import folded_config
-        from .model import data_config
-        dcfg = data_config(self.opt.model)
+        from .data import folded_config, sized_config
+        from .model import class_config, data_config
+        dcfg = sized_config(class_config(data_config(self.opt.model), self.num_classes), self.input_size)
         return folded_config(dcfg) if self.opt.fold_normalization else dcfg
+
+    @functools.cached_property
+    def num_classes(self) -> int:
+        """The class count of the head the weights carry (the config's for random weights)."""
+        from .checkpoint import read_state_dict
+        from .model import data_config, head_classes
+        carried = None if self.untrained else head_classes(read_state_dict(self.opt.weights), self.opt.model)
+        return carried if carried is not None else data_config(self.opt.model)['num_classes']
 
     @property
     def fold_key(self) -> Tuple[str, ...]:
@@ -238,8 +248,12 @@ class HostPipeline:
             # The reference is the unfolded PyTorch model on normalized pixels, so validation measures the fold too.
             torch_input = data.normalize(val.images, data_config(opt.model)) if opt.fold_normalization else val.images
             with timed_step('reference logits'), TorchRunner(self.model, name='torch-fp32') as runner:
-                logits = run_batches(runner, torch_input, batch_size=8, progress=data.progress_bar(
+                logits = run_batches(runner, torch_input, batch_size=8, progress=progress(
                     len(val.images), 'reference (PyTorch FP32)'))
+            expected = (3, self.input_size, self.input_size)
+            if tuple(val.images.shape[1:]) != expected:  # checked before the stage is recorded: never reused
+                raise ScalableViTError(f'internal: validation images are {tuple(val.images.shape[1:])}, the model '
+                                       f'takes {expected}')
             arrays = {'input': val.images, 'logits': logits}
             if val.labels is not None:
                 arrays['labels'] = val.labels
@@ -269,7 +283,8 @@ class HostPipeline:
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
         behaviour = (opt.int8.record() if opt.int8 else None, quantize.HAZARDS, quantize.FP16_KEEP_FP32_OP_TYPES,
                      fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
-                     *((quantize.DEFAULT_CALIB_BATCH, quantize.CALIB_BATCH_MEMORY) if opt.int8 else ()))
+                     *((quantize.DEFAULT_CALIB_BATCH, quantize.CALIB_BATCH_MEMORY, quantize.GEMV_PROBE_BATCH)
+                       if opt.int8 else ()))
         search = bool(opt.int8 and opt.int8.record()['search'])
         if search:  # the search also depends on the reference set it evaluates on, the budgets and its bounds
             behaviour += (self.bundle.manifest['reference']['sha256'], _auto_behaviour())
@@ -295,8 +310,7 @@ class HostPipeline:
 
     def _validate(self, deploy: str) -> Dict[str, Any]:
         from .census import census_violations
-        from .compare import accuracy_metrics, budget_violations, gate_status, load_budgets
-        from .data import progress_bar
+        from .compare import accuracy_metrics, budget_verdict, gate_status, load_budgets
         from .runners import OnnxRuntimeRunner, run_batches
         self.bundle.save()
         ref = self.bundle.reference()
@@ -305,7 +319,7 @@ class HostPipeline:
                 precision_plan = self._precision_plan(deploy)
             onnx_path, runner_name = str(self.bundle.file(deploy)), f'onnxruntime-{self.opt.precision}'
             with timed_step('onnxruntime'), OnnxRuntimeRunner(onnx_path, name=runner_name) as runner:
-                logits = run_batches(runner, ref['input'], batch_size=8, progress=progress_bar(
+                logits = run_batches(runner, ref['input'], batch_size=8, progress=progress(
                     len(ref['input']), f'validation ({self.opt.precision} ONNX)'))
                 latency = _quick_latency(runner, ref['input'][:1])
             metrics = accuracy_metrics(ref['logits'], logits, ref.get('labels'), reference_name='pytorch-fp32')
@@ -314,10 +328,10 @@ class HostPipeline:
         self.bundle.timings['validate'] = {'seconds': step['seconds'], 'reused': False,
                                            'peak_rss_mb': step['peak_rss_mb'], 'parts': step['parts']}
         auto = (self.bundle.manifest.get('quantization') or {}).get('auto')  # its budget may be tighter (a target)
-        violations = budget_violations(metrics, self.opt.precision, budget=auto['budget'] if auto else None)
-        violations += census_violations(precision_plan['census'], self.opt.precision,
-                                        load_budgets()[self.opt.precision])
-        status = gate_status(violations, self.untrained)
+        verdict = budget_verdict(metrics, self.opt.precision, budget=auto['budget'] if auto else None)
+        verdict.failed += census_violations(precision_plan['census'], self.opt.precision,
+                                            load_budgets()[self.opt.precision])
+        status = gate_status(verdict.failed, self.untrained, verdict.undecided)
         recorded = {'model.fp32.onnx': self.bundle.output_sha256('export', 'model.fp32.onnx'),
                     'calibration.npz': self.bundle.manifest['calibration']['sha256'],
                     'reference.npz': self.bundle.manifest['reference']['sha256'],

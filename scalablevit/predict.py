@@ -83,7 +83,7 @@ def from_bundle(bundle: PathLike) -> ModelSource:
     path = _expect(bundle, 'bundle')
     if not (path / MANIFEST).is_file():
         raise ScalableViTError(f'{path}: not a bundle (no {MANIFEST})')
-    dep = Deployable.open(path)
+    dep = _warn_untrained(Deployable.open(path))
     onnx = dep.onnx()
     return ModelSource('onnxruntime', dep.precision, onnx, dep.data_cfg, dep.class_names,
                        lambda: OnnxRuntimeRunner(str(onnx), name=f'onnxruntime-{dep.precision}'))
@@ -92,13 +92,20 @@ def from_bundle(bundle: PathLike) -> ModelSource:
 def from_engine(engine: PathLike, bundle: Optional[PathLike] = None) -> ModelSource:
     """A TensorRT engine of a bundle; its profile's batch range is respected."""
     from .deployable import Deployable
-    dep = Deployable.open(_expect(engine, 'engine'), bundle)
+    dep = _warn_untrained(Deployable.open(_expect(engine, 'engine'), bundle))
     lo, _, hi = dep.batch_range()
 
     def runner() -> Runner:
         from .trt_runner import TrtRunner
         return TrtRunner(dep.engine, name=f'tensorrt-{dep.precision}')
     return ModelSource('tensorrt', dep.precision, dep.engine, dep.data_cfg, dep.class_names, runner, lo, hi)
+
+
+def _warn_untrained(dep: Any) -> Any:
+    if dep.bundle.untrained:
+        logger.warning('%s was built from untrained (random) weights: its classes and probabilities mean '
+                       'nothing', dep.bundle.path)
+    return dep
 
 
 def from_onnx(onnx: PathLike, model: Optional[str] = None) -> ModelSource:
@@ -133,7 +140,10 @@ def from_weights(model: str, weights: Optional[PathLike] = None) -> ModelSource:
             raise ScalableViTError(f'no weights for {name}: pass --weights (random weights predict nothing)')
         weights = shipped
     path = _expect(weights, 'weights')
-    dcfg = data_config(name)
+    from .checkpoint import read_state_dict
+    from .model import class_config, head_classes
+    carried = head_classes(read_state_dict(path), name)  # the checkpoint defines its head, and so the labels
+    dcfg = class_config(data_config(name), carried if carried is not None else data_config(name)['num_classes'])
     return ModelSource('torch', 'fp32', path, dcfg, class_names(dcfg),
                        lambda: TorchRunner(lambda: create_model(name, weights=str(path)), name='torch-fp32'))
 

@@ -45,6 +45,7 @@ __all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATIO
            'qdq_summary', 'check_zero_points', 'fp32_compute_nodes', 'moved_out_of_int8']
 
 CALIBRATION_METHODS = ('entropy', 'max')
+GEMV_PROBE_BATCH = 8  # the batch modelopt's GEMV exclusions are decided at (_gemv_probe_shapes)
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
 CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0', 'CUDAExecutionProvider')}
 # Precision of everything INT8 does not cover. FP16 by default: TensorRT builds the ONNX strongly typed, so an FP32
@@ -58,6 +59,7 @@ COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_su
 # calibrates as session outputs, so a batch holds them all at once (S: ~0.6 GB of float tensors per 224 px image).
 DEFAULT_CALIB_BATCH = 8
 CALIB_BATCH_MEMORY = 1 << 30
+CALIB_BATCH_CAP = 4 << 30  # what an explicit --calib-batch may take (4x the automatic choice's memory)
 
 # Known ViT INT8 hazards as node-name regexes over our export's names (torch module paths).
 HAZARDS: Dict[str, str] = {
@@ -187,15 +189,24 @@ _STDOUT_NOISE = ('Collecting tensor data and making histogram', '- [modelopt][on
 
 
 class _StderrWithoutNoise(io.TextIOBase):
-    """A stdout stand-in that forwards to stderr, dropping the known per-batch lines."""
+    """A stdout stand-in for modelopt's and onnxruntime's prints: whole lines go to our log (stderr, our format),
+    the known per-batch lines and blank lines are dropped. ``print`` writes a line's end separately, so text is
+    buffered up to each newline before it is judged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ''
 
     def write(self, text: str) -> int:
-        if not any(line in text for line in _STDOUT_NOISE):
-            sys.stderr.write(text)
+        *lines, self._pending = (self._pending + text).split('\n')
+        for line in lines:
+            if line.strip() and not any(noise in line for noise in _STDOUT_NOISE):
+                logger.info('%s', line.strip())
         return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        if self._pending:
+            self.write('\n')
 
 
 class _DropNvmlNoise(logging.Filter):
@@ -227,13 +238,14 @@ def _modelopt_session() -> Iterator[Path]:
         for handler in handlers:
             lg.removeHandler(handler)
     try:
-        with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, \
-                contextlib.redirect_stdout(_StderrWithoutNoise()):
+        stdout = _StderrWithoutNoise()
+        with tempfile.TemporaryDirectory(prefix='scalablevit-quantize-') as work, contextlib.redirect_stdout(stdout):
             default_dir, tempfile.tempdir = tempfile.tempdir, work
             try:
                 yield Path(work)
             finally:
                 tempfile.tempdir = default_dir
+                stdout.flush()
     finally:
         for lg, old_level, propagate, handlers in saved:
             lg.setLevel(old_level)
@@ -256,6 +268,17 @@ def _without_per_batch_bars() -> Iterator[None]:
         yield
     finally:
         ort_patching.tqdm = original
+
+
+def _gemv_probe_shapes(input_name: str, images: Any) -> str:
+    """The input shape modelopt decides its GEMV exclusions at (a MatMul/Gemm whose M or N is 1 gets no Q/DQ).
+
+    Left to itself modelopt runs the first calibration batch, so at batch 1 (L's default) the classifier's Gemm
+    was a GEMV and stayed FP32 while batch 2 and 8 quantized it: the graph depended on the calibration batch. The
+    decision is made by shape inference at the batch the INT8 policy was validated at instead, for any batch.
+    """
+    c, h, w = images.shape[1:]
+    return f'{input_name}:{GEMV_PROBE_BATCH}x{c}x{h}x{w}'
 
 
 # --------------------------------------------------------------------------------------- model input
@@ -318,6 +341,18 @@ def calibration_batch(model: Any) -> int:
     from .fp16_rules import float_tensors
     per_image = max(1, sum(float_tensors(model).values()))
     return max(1, min(DEFAULT_CALIB_BATCH, CALIB_BATCH_MEMORY // per_image))
+
+
+def check_calibration_batch(model: Any, batch: int) -> None:
+    """Refuse a calibration batch whose float tensors (modelopt holds them all at once) would exceed
+    ``CALIB_BATCH_CAP``, before any is allocated; the message names the flag and the largest batch that fits."""
+    from .fp16_rules import float_tensors
+    per_image = max(1, sum(float_tensors(model).values()))
+    if batch * per_image > CALIB_BATCH_CAP:
+        raise ScalableViTError(f'--calib-batch {batch}: one calibration batch of {batch} images holds '
+                               f'{batch * per_image / 2**30:.1f} '
+                               f'GiB of activations for this model, beyond the {CALIB_BATCH_CAP >> 30} GiB cap '
+                               f'(at most {max(1, CALIB_BATCH_CAP // per_image)})')
 
 
 def _check_batch(batch_size: int) -> None:
@@ -481,7 +516,8 @@ def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
     they are asked for, with one progress bar per pass: memory holds a batch, not the set."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from .data import image_batches, progress_bar
+    from .data import image_batches
+    from .progress import progress
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -495,7 +531,7 @@ def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
 
         def rewind(self) -> None:
             self.batches = image_batches(images, batch_size)
-            self.advance = progress_bar(len(images), 'INT8 calibration')
+            self.advance = progress(len(images), 'INT8 calibration')
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             batch = next(self.batches, None)
@@ -530,11 +566,12 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
     ep = _check_device(settings.calibration_device)
     record = settings.record()
     excluded = _excluded_nodes(model, record)
+    batch = settings.batch_size or calibration_batch(model)
+    check_calibration_batch(model, min(batch, len(images)))
     fp16 = settings.high_precision_dtype == 'fp16'
     with timed_step('fp16 ranges'):
         islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
-    batch = settings.batch_size or calibration_batch(model)
     logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d%s) '
                 'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fp32_onnx, version,
                 settings.method, len(images), -(-len(images) // batch), batch,
@@ -645,9 +682,10 @@ def _run_modelopt_int8(staged: Path, input_name: str, images: Any, settings: Dic
     from modelopt.onnx.quantization import quantize
     output = work / 'model.int8.onnx'
     try:
+        reader = _calibration_reader(images, input_name, batch_size)
         with _without_per_batch_bars():
             quantize(str(staged), quantize_mode='int8', calibration_method=settings['method'],
-                     calibration_data_reader=_calibration_reader(images, input_name, batch_size),
+                     calibration_data_reader=reader, calibration_shapes=_gemv_probe_shapes(input_name, images),
                      calibration_eps=[ep], nodes_to_exclude=_exact(excluded) or None,
                      disable_mha_qdq=settings['disable_mha_qdq'], high_precision_dtype='fp32',
                      output_path=str(output), log_level=_modelopt_log_level())

@@ -3,6 +3,8 @@
 report.json keeps these fields (more may be added):
   model, precision, backend,
   accuracy {reference, samples, top1_agreement, cosine_mean, cosine_min, max_abs_diff, top1_reference, top1_candidate},
+           plus the gate's evidence: top1_agreement_bound, and with labels paired (flip counts), top1_drop and
+           top1_drop_bound (compare.py),
   latency_ms {batch, p50, p90, p99, mean} | null,
   environment {...}
 """
@@ -81,6 +83,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _bound(bound: Optional[List[float]]) -> str:
+    """A rate's 95 % confidence bound, in %, as the accuracy table prints it beside the figure."""
+    return f' (95 % bound {bound[0] * 100:.2f}-{bound[1] * 100:.2f} %)' if bound else ''
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
     acc = report['accuracy']
     lines = [f"# {report['model']} {report['precision'].upper()} on {report['backend']}", '']
@@ -92,13 +99,20 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += [f'**Accuracy gate:** {status}', '']
     lines += [f"## Accuracy against {acc['reference']} ({acc['samples']} held-out images)", '',
               '| metric | value |', '|---|---|',
-              f"| top-1 agreement | {acc['top1_agreement'] * 100:.2f} % |",
+              f"| top-1 agreement | {acc['top1_agreement'] * 100:.2f} %{_bound(acc.get('top1_agreement_bound'))} |",
               f"| cosine similarity, mean | {_fmt(acc['cosine_mean'], 6)} |",
               f"| cosine similarity, worst image | {_fmt(acc['cosine_min'], 6)} |",
               f"| max abs logit difference | {_fmt(acc['max_abs_diff'], 5)} |"]
     if acc.get('top1_reference') is not None:
         lines += [f"| top-1 vs labels, reference | {acc['top1_reference']:.2f} % |",
                   f"| top-1 vs labels, {report['precision']} | {acc['top1_candidate']:.2f} % |"]
+        flips = acc.get('paired')
+        if flips:
+            lo, hi = acc['top1_drop_bound']
+            lines += [f"| top-1 drop | {acc['top1_drop']:+.2f} pt (95 % bound {lo:+.2f} to {hi:+.2f} pt) |",
+                      f"| images right only in the reference / only in {report['precision']} | "
+                      f"{flips['reference_only']} / {flips['candidate_only']} (both right {flips['both_right']}, "
+                      f"both wrong {flips['both_wrong']}) |"]
     lat = report.get('latency_ms')
     if lat:
         lines += ['', f"## Latency (batch {lat['batch']}, {report['backend']})", '',

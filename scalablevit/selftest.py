@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import compat, cuda
+from . import compat, cuda, numerics
 from .bench import BenchConfig, benchmark
 from .bundle import PRECISIONS, Bundle, check_precision
 from .compare import accuracy_metrics, load_budgets
@@ -50,13 +50,14 @@ REPORT_NAME = 'check_device.json'
 SELFTEST_TARGET = {'name': 'selftest', 'workspace_mib': 1024, 'batch': {'min': 1, 'opt': 8, 'max': 64},
                    'notes': 'check_device: the fixtures on the GPU'}
 DLA_TARGET = 'jetson-agx-orin-dla'
-# Engine vs onnxruntime running the same ONNX: tighter than the budget against PyTorch FP32, since both follow the
-# same precision plan. Weakly typed builds (TensorRT 8.6, DLA before 11.x) may run any layer in FP16, so they get
-# the precision's budget instead. FP16: onnxruntime's CPU kernels compute partly in FP32, so a GPU running FP16 can
-# sit further from them than they sit from PyTorch (fmnist.json: worst cosine 0.999998); INT8: both run the same
-# Q/DQ scales, so 0.999 is about the INT8 ONNX's own distance from PyTorch (0.99948). Not yet calibrated on a
-# GPU: the JSON keeps every measured value.
-SAME_GRAPH_MIN_COSINE = {'fp32': 0.99999, 'fp16': 0.9999, 'int8': 0.999}
+# Engine vs onnxruntime running the same ONNX: both follow the same precision plan, so they may differ only by the
+# rounding the format allows through the fixture model's depth (scalablevit.numerics: FP16 0.99763, INT8 0.99706).
+# FP32 is floored at 0.99999 (its format bound, 1 - 4e-11, is below what a cosine of float logits resolves). Weakly
+# typed builds (TensorRT 8.6, DLA before 11.x) may run any layer in FP16, so they get the precision's budget instead.
+# Not yet calibrated on a GPU: the JSON keeps every measured value.
+FIXTURE_DEPTHS = (2, 2, 2, 2)  # scalable_vit_fmnist's stage depths (the tests check it against the model table)
+SAME_GRAPH_MIN_COSINE = {p: min(floor, numerics.min_cosine(p, FIXTURE_DEPTHS))
+                         for p, floor in {'fp32': 0.99999, 'fp16': 0.9999, 'int8': 0.999}.items()}
 
 
 # ============================================================================================ fixtures
@@ -125,7 +126,7 @@ def same_graph_violations(metrics: Dict[str, Any], precision: str, weakly_typed:
         broken.append(f"top-1 agreement with onnxruntime {metrics['top1_agreement']:.4f} < "
                       f"{budget['min_top1_agreement']}")
     if metrics['cosine_min'] < min_cosine:
-        broken.append(f"worst cosine with onnxruntime {metrics['cosine_min']:.6f} < {min_cosine}")
+        broken.append(f"worst cosine with onnxruntime {metrics['cosine_min']:.6f} < {min_cosine:.6g}")
     return broken
 
 

@@ -59,7 +59,11 @@ class TrtRunner(Runner):
         if self.cuda_graph and cuda.api().name != 'cuda-python':
             raise ScalableViTError(f'{self.name}: CUDA graphs need the cuda-python binding, this process uses '
                                    f'{cuda.api().name}; set {cuda.BINDING_ENV}=cuda-python or drop cuda_graph')
-        import tensorrt as trt  # noqa: PLC0415
+        try:
+            import tensorrt as trt  # noqa: PLC0415
+        except (ImportError, OSError) as e:
+            raise ScalableViTError(f'{self.name}: TensorRT engines need the tensorrt package, which is not '
+                                   f'importable here ({e})') from e
         self._trt = trt
         self.trt_version = trt.__version__
         self._loaded = self._load()

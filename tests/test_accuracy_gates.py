@@ -40,6 +40,13 @@ def test_precision_within_its_budget(reports, precision):
     assert acc['top1_reference'] >= 90.0  # the reference model itself (91.96 % on this subset)
     assert budget_violations(acc, precision) == []
     assert report['status'] == 'passed'
+    # the evidence behind the verdict: flip counts that add up to the sample, a bound around the measured drop
+    flips, (lo, hi) = acc['paired'], acc['top1_drop_bound']
+    assert sum(flips.values()) == EVAL_IMAGES and lo <= acc['top1_drop'] <= hi
+    assert acc['top1_drop'] == pytest.approx(acc['top1_reference'] - acc['top1_candidate'])
+    assert acc['top1_agreement_bound'][0] <= acc['top1_agreement'] <= acc['top1_agreement_bound'][1]
+    markdown = (report_path(report) / 'report.md').read_text()
+    assert '| top-1 drop |' in markdown and '95 % bound' in markdown
 
 
 def test_budgets_are_the_issue_thresholds():

@@ -132,21 +132,29 @@ def test_wrong_variant_names_the_matching_one(tmp_path):
     assert 'the file matches scalable_vit_base' in msg
 
 
-def test_other_num_classes_loads_backbone_and_reinitialises_head(tmp_path, trained_like, caplog):
+def test_the_checkpoint_defines_the_head_a_random_one_is_never_made(tmp_path, trained_like):
     path = tmp_path / 'ten.pth'
     torch.save({'model': trained_like.state_dict()}, path)
-    model = create_model('scalable_vit_test', num_classes=5)
-    with caplog.at_level('WARNING'):
-        load_weights(model, path)
-    assert 'classifier re-initialised' in caplog.text and '10 classes' in caplog.text
-    ref = trained_like.state_dict()
-    for key, value in model.state_dict().items():
-        if key.startswith('head.3.'):
-            assert value.shape[0] == 5
-        else:
-            assert torch.equal(value, ref[key]), key
-    with torch.no_grad():
-        assert model.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 5)
+    with pytest.raises(CheckpointError, match='its classifier has 10 classes, the model 5'):
+        load_weights(create_model('scalable_vit_test', num_classes=5), path)
+    with pytest.raises(CheckpointError, match='its classifier has 10 classes, not the 5 asked for'):
+        create_model('scalable_vit_test', weights=str(path), num_classes=5)
+    torch.save({'model': {k: v for k, v in trained_like.state_dict().items() if not k.startswith('head.3.')}}, path)
+    with pytest.raises(CheckpointError, match='carries no classifier .* 10-class head trained, never a random one'):
+        create_model('scalable_vit_test', weights=str(path))
+    torch.save({'model': {k: v for k, v in trained_like.state_dict().items() if not k.startswith('head.')}}, path)
+    with pytest.raises(CheckpointError, match=r'carries no classifier \(a backbone-only checkpoint\)'):
+        create_model('scalable_vit_test', weights=str(path))
+
+
+def test_the_model_takes_its_class_count_from_the_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    five = create_model('scalable_vit_fmnist', num_classes=5)  # a plain head: 'head.weight'
+    path = tmp_path / 'five.pth'
+    torch.save({'model': five.state_dict()}, path)
+    model = create_model('scalable_vit_fmnist', weights=str(path))
+    assert model.num_classes == 5 and model.data_cfg['num_classes'] == 5 and model.data_cfg['labels'] is None
+    assert all(torch.equal(v, five.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_weights_only_is_used_even_if_torch_default_changes(tmp_path):

@@ -449,7 +449,7 @@ def test_bundle_with_a_modified_reference_or_bad_manifest_is_refused(tmp_path):
         device.build_bundle_engine(bundle, 'desktop')
     manifest = json.loads((bundle / 'manifest.json').read_text())
     write_json(bundle / 'manifest.json', {**manifest, 'deploy_onnx': 'model.int8.onnx'})
-    with pytest.raises(ScalableViTError, match="deploy_onnx 'model.int8.onnx' has no entry"):
+    with pytest.raises(ScalableViTError, match="an fp32 bundle must deploy 'model.fp32.onnx' from its onnx entry"):
         device.build_bundle_engine(bundle, 'desktop')
     del manifest['reference']
     write_json(bundle / 'manifest.json', manifest)

@@ -11,18 +11,23 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
 import torch
 
+from scalablevit import numerics
 from scalablevit.complexity import complexity_table, model_complexity
 from scalablevit.errors import InputSizeError
 from scalablevit.model import ScalableViT, create_model, model_config
 
 DATA = Path(__file__).parent / 'data'
-PARITY_ATOL = 1e-5
+
+
+def parity_atol(model: str, reference: np.ndarray) -> float:
+    """FP32 logits of another machine's kernels (the stored official run) may differ by the format's bound."""
+    return numerics.logit_tolerance('fp32', model_config(model)['depths'], float(np.abs(reference).max()))
 
 
 def _load_weights_util():
@@ -35,6 +40,17 @@ def _load_weights_util():
 
 
 wu = _load_weights_util()
+
+
+def _assert_same_draws(tensors: List[torch.Tensor], stored: np.ndarray, problem: str) -> None:
+    """The generator's draws equal the stored ones up to 2 float32 ulps of the largest draw each: torch's vectorized
+    normal sampler (AVX2/AVX-512) and its portable one (ATEN_CPU_CAPABILITY=default) evaluate Box-Muller's log/cos
+    with different libraries. A changed generator moves the sum by about sqrt(n), orders of magnitude beyond this."""
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    step = 2.0 ** -22 * flat.abs().max().item()  # two float32 ulps of the largest draw, absolute
+    allowed = step * np.array([flat.numel(), 2 * flat.numel() * flat.abs().max().item(), 1, 1])
+    got = wu.checksum(tensors)
+    assert (np.abs(got - stored) <= allowed).all(), f'{problem}: checksum {got} vs stored {stored}, allowed {allowed}'
 
 
 @lru_cache(maxsize=None)
@@ -75,6 +91,7 @@ PARITY_CASES = [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('case', PARITY_CASES)
 def test_logits_match_official(case: str) -> None:
     arrays, meta = _reference()
@@ -85,20 +102,19 @@ def test_logits_match_official(case: str) -> None:
         assert {**ours, 'plain_head': plain} == {**spec['config'], 'plain_head': plain}, 'test config drifted'
 
     x = wu.make_input(spec['shape'], spec['iseed'])
-    np.testing.assert_array_equal(wu.checksum(x), arrays[f'{case}/input_checksum'],
-                                  err_msg='input generator drifted (torch RNG?), not a model bug')
+    _assert_same_draws([x], arrays[f'{case}/input_checksum'], 'input generator drifted (torch RNG?), not a model bug')
     model = _filled_model(spec['model'], spec['wseed'], plain, spec.get('scales'))
-    np.testing.assert_array_equal(wu.checksum(model.state_dict().values()), arrays[f'{case}/weights_checksum'],
-                                  err_msg='weight filler drifted, not a model bug')
+    _assert_same_draws(list(model.state_dict().values()), arrays[f'{case}/weights_checksum'],
+                       'weight filler drifted, not a model bug')
     with torch.no_grad():
         logits = model(x).numpy()
     reference = arrays[f'{case}/logits']
     assert logits.shape == reference.shape
-    np.testing.assert_allclose(logits, reference, rtol=0, atol=PARITY_ATOL)
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=parity_atol(spec['model'], reference))
 
 
 def test_reference_detects_a_wrong_ssa_scale() -> None:
-    """The 1e-5 bound is discriminating: dropping c_ratio from the sr_ratio-1 SSA scale fails it by far."""
+    """The FP32 bound is discriminating: dropping c_ratio from the sr_ratio-1 SSA scale fails it by far."""
     arrays, meta = _reference()
     spec = meta['cases']['test_224']
     model = wu.fill_weights(create_model('scalable_vit_test'), spec['wseed']).eval()
@@ -106,7 +122,8 @@ def test_reference_detects_a_wrong_ssa_scale() -> None:
     attn.scale = (attn.dim // attn.num_heads) ** -0.5
     with torch.no_grad():
         logits = model(wu.make_input(spec['shape'], spec['iseed'])).numpy()
-    assert np.abs(logits - arrays['test_224/logits']).max() > 100 * PARITY_ATOL
+    reference = arrays['test_224/logits']
+    assert np.abs(logits - reference).max() > 100 * parity_atol('scalable_vit_test', reference)
 
 
 # ------------------------------------------------------------------------------------ checkpoint layout
@@ -173,7 +190,7 @@ def test_dynamic_batch_rows_agree() -> None:
         batched = model(x)
         single = torch.cat([model(x[i:i + 1]) for i in range(3)])
     assert batched.shape == (3, 10)
-    torch.testing.assert_close(batched, single, rtol=0, atol=PARITY_ATOL)
+    torch.testing.assert_close(batched, single, rtol=0, atol=parity_atol('scalable_vit_test', single.numpy()))
     assert (batched[0] - batched[1]).abs().max() > 1e-2  # rows really differ: no broadcast mix-up
 
 

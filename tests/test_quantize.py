@@ -165,17 +165,23 @@ def test_int8_from_stored_images_has_the_scales_of_the_array(int8, fp32, tmp_pat
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_max_calibration_does_not_depend_on_the_batch(fp32, tmp_path):
-    """Max calibration takes the max over all images, so any batch gives the same scales; entropy's histograms
-    start from the first batch's range and are widened by whole bins, so their scales may move slightly with the
-    batch (why the batch is recorded and part of the stage key)."""
+@pytest.mark.parametrize('method', ['entropy', 'max'])
+def test_the_graph_does_not_depend_on_the_batch_and_max_scales_neither(fp32, tmp_path, method):
+    """Batches 1, 3 (a ragged last batch) and 8 give the same Q/DQ nodes (modelopt's GEMV exclusions are decided at
+    one probe batch, not on the first calibration batch), and max gives bit-identical scales (the max over all
+    images). Entropy's scales may move with the batch: onnxruntime's histograms take their bin width from the first
+    batch (README, "Calibration results")."""
     from scalablevit.quantize import quantize_int8
     path, calib, _ = fp32
-    for batch in (1, 8):
-        quantize_int8(path, tmp_path / f'b{batch}.onnx', calib[:8], method='max', batch_size=batch)
-    one, eight = _qdq_scales(tmp_path / 'b1.onnx'), _qdq_scales(tmp_path / 'b8.onnx')
-    assert len(one) > 100 and one.keys() == eight.keys()
-    assert all(np.array_equal(one[k], eight[k]) for k in one)
+    scales = {}
+    for batch in (1, 3, 8):
+        quantize_int8(path, tmp_path / f'b{batch}.onnx', calib[:16], method=method, batch_size=batch)
+        scales[batch] = _qdq_scales(tmp_path / f'b{batch}.onnx')
+    assert len(scales[8]) > 100
+    for batch in (1, 3):
+        assert scales[batch].keys() == scales[8].keys()
+        moved = [k for k in scales[8] if not np.array_equal(scales[batch][k], scales[8][k])]
+        assert method == 'entropy' or not moved, f'batch {batch} vs 8: {len(moved)} scales differ, e.g. {moved[:3]}'
 
 
 # ------------------------------------------------------------------------------------------- FP16

@@ -22,7 +22,8 @@ import numpy as np
 from scalablevit.bench import RunnerSpec, file_precision, make_runner
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.compare import accuracy_metrics
-from scalablevit.data import labelled_files, load_files, progress_bar
+from scalablevit.data import labelled_files, load_files
+from scalablevit.progress import progress
 from scalablevit.errors import ScalableViTError
 from scalablevit.fileio import write_json, write_text
 from scalablevit.model import data_config, resolve_model_name
@@ -88,7 +89,7 @@ def evaluate(specs: List[RunnerSpec], files: List[Path], labels: List[int], dcfg
     runners = [make_runner(spec, seed=seed).activate() for spec in specs]
     logits: Dict[str, List[np.ndarray]] = {spec.name: [] for spec in specs}
     kept: List[np.ndarray] = []
-    advance = progress_bar(len(files), 'accuracy')
+    advance = progress(len(files), 'accuracy')
     try:
         for start in range(0, len(files), CHUNK):
             chunk = load_files(files[start:start + CHUNK], dcfg, labels=labels[start:start + CHUNK],
@@ -137,3 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -12,12 +12,15 @@ Device (Jetson / GPU box, needs only tensorrt, numpy and a CUDA binding):
 Installed, the same command is `scalablevit-build`.
 """
 import argparse
+import logging
 import shlex
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.errors import ScalableViTError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -57,6 +60,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def host(args: argparse.Namespace) -> Path:
+    from scalablevit.compare import UNDECIDED
     from scalablevit.pipeline import HostOptions, HostPipeline
     options = HostOptions(
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
@@ -76,6 +80,9 @@ def host(args: argparse.Namespace) -> Path:
                                f"lists every step)")
     if report['status'].startswith('FAILED'):
         raise ScalableViTError(f"accuracy gate failed for {options.out}: {report['status'][len('FAILED: '):]}")
+    if report['status'].startswith(UNDECIDED):
+        logger.warning('the accuracy gate could not decide on %d images: %s; rerun with more (--val-size or a '
+                       'larger --val folder)', acc['samples'], report['status'][len(UNDECIDED) + 2:])
     return options.out
 
 
@@ -124,3 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Tuple
 import numpy as np
 
 from scalablevit.bench import (REFERENCE_NAME, BenchConfig, RunnerSpec, add_speedups, batch_sweep, bundle_specs,
-                               config_dict, make_runner, render_compare_markdown)
+                               check_batch, config_dict, make_runner, render_compare_markdown)
 from scalablevit.bundle import Bundle
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.compare import accuracy_metrics
@@ -129,6 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ScalableViTError('--batch and --samples must be positive')
     config = BenchConfig.from_args(args)
     bundle = Bundle.open(args.bundle)
+    check_batch(args.batch, bundle.input_shape)
     device = estimate_device(args, bundle)
     ref = bundle.reference(args.samples)
     notes: List[str] = []
@@ -165,3 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -73,7 +73,7 @@ def resolve(args: argparse.Namespace) -> Tuple[Path, Path, np.ndarray, Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from scalablevit.data import progress_bar
+    from scalablevit.progress import progress
     from scalablevit.divergence import divergence_report, write_divergence
     args = parse_args(argv)
     if args.batch is not None and args.batch < 1:
@@ -82,16 +82,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not candidate.is_file():
         raise ScalableViTError(f'{candidate}: candidate ONNX not found')
     report = divergence_report(fp32, candidate, images, threshold=args.threshold, batch_size=args.batch,
-                               progress=progress_bar(len(images), 'divergence'))
+                               progress=progress(len(images), 'divergence'))
+    if args.bundle:  # the files were loaded from verified copies: name them as the bundle's
+        report['reference'] = str(args.bundle / fp32.name)
+        report['candidate'] = str(args.candidate or args.bundle / candidate.name)
     paths = write_divergence(report, out)
     first = report['first_block']
     head = report['blocks'][-1] if report['blocks'] else None
     where = (f"first block over {args.threshold:g}: {first['block']} (relative error {first['rel_l2']:.3g}; most "
              f"added by {first['worst_node']})" if first else f'no block over {args.threshold:g}')
     tail = f"; output relative error {head['rel_l2']:.3g}, cosine {head['cosine']:.5f}" if head else ''
-    print(f"{candidate} vs {fp32} on {len(images)} images: {where}{tail}. Written: {', '.join(paths.values())}")
+    print(f"{report['candidate']} vs {report['reference']} on {len(images)} images: {where}{tail}. "
+          f"Written: {', '.join(paths.values())}")
     return 0
 
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

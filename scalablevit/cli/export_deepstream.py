@@ -24,10 +24,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--target', default='desktop', help='target whose max batch is the batch size when the source '
                                                        'is a bundle (default: desktop)')
     p.add_argument('--process-mode', default='primary', help='primary (whole frames) | secondary (objects)')
-    p.add_argument('--gie-id', type=int, help='gie-unique-id (default: 1 primary, 2 secondary)')
-    p.add_argument('--operate-on-gie-id', type=int, default=1, help='secondary: the detector it classifies for')
+    p.add_argument('--gie-id', type=int, help='gie-unique-id, > 0 (default: 1 primary, 2 secondary)')
+    p.add_argument('--operate-on-gie-id', type=int, help='secondary only: the gie-unique-id of the detector it '
+                                                          'classifies for, > 0 and not its own (default: 1)')
     p.add_argument('--classifier-threshold', type=float, default=0.0,
-                   help='minimum probability for a label (default 0: always the top-1 class)')
+                   help='a label needs a probability above this, 0 <= t < 1 (default 0: always the top-1 class)')
     return p.parse_args(argv)
 
 
@@ -52,3 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -131,3 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()

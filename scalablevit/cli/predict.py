@@ -72,3 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> NoReturn:
     run_cli(main)
+
+
+if __name__ == '__main__':
+    run()
