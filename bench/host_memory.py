@@ -7,7 +7,7 @@ Each run is ``deploy/build_engine.py --model M --precision P --force --out OUT/<
 flags after ``--``, in a fresh process (untrained weights unless ``--weights`` is passed through). Its wall time is
 measured around the process; its peak RSS is the kernel's high-water mark of that process (``wait4``, what
 ``/usr/bin/time -v`` reports as "Maximum resident set size"); the split per stage and per part of a stage
-(``quantize > int8 calibration``...) comes from the stage records of its manifest (``scalablevit.steps``: RSS
+(``quantize > int8 calibration``...) comes from the stage records of its manifest (``scalablevit.core.steps``: RSS
 sampled every 20 ms). Prints, per model and precision, the median with the min-max of every figure as markdown and
 writes every run to ``host_memory.json``. Bundles are removed after each run unless ``--keep``.
 
@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import write_json
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ('export', 'data', 'quantize', 'validate')

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's --int8-policy auto table: fixed policies against the search, on two trained Fashion-MNIST models.
+"""The --int8-policy auto table of docs/auto-int8.md: fixed policies against the search, on two trained Fashion-MNIST models.
 
     python bench/int8_auto_cases.py --out results/auto [--val-size 5000] [--calib-size 512]
 
@@ -39,23 +39,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def unseen_images(val_size: int, data_cfg: Dict[str, Any], seed: int = 0):
     """The TEST images the pipeline's validation set leaves out (its own seeded pick, complemented), with labels."""
-    from scalablevit import data
-    from scalablevit.fmnist import load_fashion_mnist, to_model_input
+    from scalablevit.data.fmnist import load_fashion_mnist, to_model_input
+    from scalablevit.data.sets import STREAM_VAL, stream_rng
     images, labels = load_fashion_mnist('test')
-    picked = data.stream_rng(seed, data.STREAM_VAL).choice(len(images), size=min(val_size, len(images)), replace=False)
+    picked = stream_rng(seed, STREAM_VAL).choice(len(images), size=min(val_size, len(images)), replace=False)
     rest = np.setdiff1d(np.arange(len(images)), picked)
     return to_model_input(images[rest], data_cfg), labels[rest]
 
 
 def logits(runner: Any, images: np.ndarray) -> np.ndarray:
-    from scalablevit.runners import run_batches
+    from scalablevit.core.runners import run_batches
     with runner:
         return run_batches(runner, images, batch_size=100)
 
 
 def build(case: str, policy: str, weights: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    from scalablevit.pipeline import HostOptions, HostPipeline
-    from scalablevit.quantize import resolve_policy
+    from scalablevit.host.int8_policy import resolve_policy
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
     target = args.int8_target if resolve_policy(policy).search else None
     label = f'{policy} ({target})' if target else policy
     out = args.out / f"{case}-{policy}{'-' + target.replace('=', '').replace(',', '-') if target else ''}"
@@ -65,9 +65,9 @@ def build(case: str, policy: str, weights: Path, args: argparse.Namespace) -> Di
 
 
 def row(built: Dict[str, Any], unseen: Optional[Dict[str, np.ndarray]], target: Optional[str]) -> Dict[str, Any]:
-    from scalablevit.autoquant import target_budget
-    from scalablevit.compare import accuracy_metrics, budget_violations, load_budgets
-    from scalablevit.runners import OnnxRuntimeRunner
+    from scalablevit.core.compare import accuracy_metrics, budget_violations, load_budgets
+    from scalablevit.host.autoquant import target_budget
+    from scalablevit.host.runners import OnnxRuntimeRunner
     report = built['report']
     acc, auto = report['accuracy'], report.get('int8_auto')
     quantize = report['stages']['quantize']['seconds']
@@ -110,9 +110,9 @@ def table(rows: List[Dict[str, Any]], args: argparse.Namespace, unseen: int) -> 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from massive_activations import WEIGHTS, build as build_outliers
-    from scalablevit.checkpoint import save_weights
-    from scalablevit.model import create_model
-    from scalablevit.runners import TorchRunner
+    from scalablevit.host.runners import TorchRunner
+    from scalablevit.models.checkpoint import save_weights
+    from scalablevit.models.scalablevit import create_model
     args.out.mkdir(parents=True, exist_ok=True)
     weights = {'trained': WEIGHTS}
     if 'outliers' in args.cases:
@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info('%s / %s: %s', case, policy, rows[-1])
     text = table(rows, args, 10000 - args.val_size)
     print(text)
-    from scalablevit.fileio import write_text
+    from scalablevit.core.fileio import write_text
     write_text(args.out / f"table{'-' + args.int8_target if args.int8_target else ''}.md", text + '\n')
     return 0
 

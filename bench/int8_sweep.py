@@ -26,7 +26,7 @@ MODEL = 'scalable_vit_fmnist'
 
 def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str) -> List[Dict[str, Any]]:
     """The sweep: (label, quantize_int8 keyword arguments), one change at a time from 'none'."""
-    from scalablevit.quantize import HAZARDS, INT8_POLICIES
+    from scalablevit.host.int8_policy import HAZARDS, INT8_POLICIES
     base = dict(policy='none', disable_mha_qdq=False, method='entropy', high_precision_dtype=high_precision)
     rows = [dict(label='none (modelopt heuristics)', **base),
             dict(label='none + disable_mha_qdq', **{**base, 'disable_mha_qdq': True})]
@@ -48,7 +48,7 @@ def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str)
     return rows
 
 
-# FP16 rows (--fp16): what stays FP32 beyond the islands of scalablevit.fp16_rules.
+# FP16 rows (--fp16): what stays FP32 beyond the islands of scalablevit.host.fp16_rules.
 ESTIMATE_DEVICE = 'jetson-orin-nano-8gb-super'  # the cost-estimate column
 FP16_SETTINGS = [('all FP16 (measured FP32 islands only)', ()), ('keep LayerNormalization', ('LayerNormalization',)),
                  ('keep Softmax', ('Softmax',)),
@@ -73,21 +73,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def load_data(model: Any, calib_size: int, eval_size: int, seed: int):
     """(calibration images from TRAIN, eval images and labels from TEST): the pipeline's own sets and seeds."""
-    from scalablevit.fmnist import fashion_mnist_sets
+    from scalablevit.data.fmnist import fashion_mnist_sets
     calib, evaluation = fashion_mnist_sets(model.data_cfg, calib_size, eval_size, seed)
     return calib.images, evaluation.images, evaluation.labels
 
 
 def logits(onnx_path: Path, images: np.ndarray) -> np.ndarray:
-    from scalablevit.runners import OnnxRuntimeRunner, run_batches
+    from scalablevit.core.runners import run_batches
+    from scalablevit.host.runners import OnnxRuntimeRunner
     with OnnxRuntimeRunner(str(onnx_path)) as runner:
         return run_batches(runner, images, batch_size=100)
 
 
 def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, images: np.ndarray,
                 labels: np.ndarray, ref: np.ndarray) -> Dict[str, Any]:
-    from scalablevit.compare import accuracy_metrics
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.core.compare import accuracy_metrics
+    from scalablevit.host.quantize import quantize_int8
     kwargs = {k: v for k, v in row.items() if k != 'label'}
     out = work / 'model.int8.onnx'
     info = quantize_int8(fp32, out, calib, batch_size=32, **kwargs)
@@ -104,8 +105,8 @@ def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, 
 def precision_plan(path: Path, islands: Dict[str, Any]) -> Dict[str, Any]:
     """INT8 share of the MACs and the TensorRT cost estimate on ESTIMATE_DEVICE at batch 1 (census, costmodel)."""
     import onnx
-    from scalablevit.census import census, layers_of
-    from scalablevit.costmodel import estimate
+    from scalablevit.host.census import census, layers_of
+    from scalablevit.host.costmodel import estimate
     layers = layers_of(onnx.load(str(path)))
     return {'int8_macs': census(layers, islands)['mac_share']['int8'] * 100,
             'estimate_ms': estimate(layers, ESTIMATE_DEVICE, 1)['latency_ms']}
@@ -114,7 +115,7 @@ def precision_plan(path: Path, islands: Dict[str, Any]) -> Dict[str, Any]:
 def activation_ranges(fp32: Path, images: np.ndarray) -> Dict[str, float]:
     """Max |value| of every float tensor by producing op type, plus LayerNorm inputs (fp16_rules' measurement)."""
     import onnx
-    from scalablevit.fp16_rules import activation_ranges as measure
+    from scalablevit.host.fp16_rules import activation_ranges as measure
     model = onnx.load(str(fp32))
     ranges, _ = measure(model, images)
     producer = {out: n.op_type for n in model.graph.node for out in n.output}
@@ -128,8 +129,8 @@ def activation_ranges(fp32: Path, images: np.ndarray) -> Dict[str, float]:
 
 def fp16_rows(fp32: Path, work: Path, calib: np.ndarray, images: np.ndarray, labels: np.ndarray,
               ref: np.ndarray) -> List[Dict[str, Any]]:
-    from scalablevit.compare import accuracy_metrics
-    from scalablevit.quantize import convert_fp16
+    from scalablevit.core.compare import accuracy_metrics
+    from scalablevit.host.quantize import convert_fp16
     rows = []
     for label, keep in FP16_SETTINGS:
         out = work / 'model.fp16.onnx'
@@ -163,16 +164,16 @@ def table(rows: List[Dict[str, Any]], fp32_top1: float, samples: int) -> str:
         lines.append(f"| {r['label']} | {r['method']} | {r['mha']} | {r['hp']} | {r['kept']} | {r['int8_macs']:.1f} "
                      f"| {r['top1']:.2f} | {r['drop']:+.2f} | {r['agree']:.2f} | {r['cos']:.4f} "
                      f"| {r['estimate_ms']:.4f} | {r['time']:.0f} |")
-    lines += ['', f'TensorRT estimate: {ESTIMATE_DEVICE}, batch 1, from the ONNX alone (scalablevit.costmodel: no '
+    lines += ['', f'TensorRT estimate: {ESTIMATE_DEVICE}, batch 1, from the ONNX alone (scalablevit.host.costmodel: no '
                   'fusion, no launch overhead; compare rows with it, do not read it as latency).']
     return '\n'.join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from scalablevit.compare import accuracy_metrics
-    from scalablevit.export import export_onnx
-    from scalablevit.model import create_model
+    from scalablevit.core.compare import accuracy_metrics
+    from scalablevit.host.export import export_onnx
+    from scalablevit.models.scalablevit import create_model
     model = create_model(MODEL, weights=str(args.weights)).eval()
     calib, images, labels = load_data(model, args.calib_size, args.eval_size, args.seed)
     rows = settings(model.depths, args.methods, args.high_precision)
@@ -197,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          activation_ranges(fp32, images))
     print(text)
     if args.out:
-        from scalablevit.fileio import write_text
+        from scalablevit.core.fileio import write_text
         write_text(args.out, text + '\n')
     return 0
 

@@ -6,7 +6,7 @@
 DeepStream's nvinfer stretches every frame or object to the network size (no crop); ImageNet models are
 evaluated with shorter side 256 + center crop 224 (a crop ratio of 0.875). Nothing ImageNet-sized runs here,
 so this measures the same kind of mismatch on the trained Fashion-MNIST model through our own preprocessing
-(``scalablevit.data.resize_crop``, PyTorch FP32): its eval transform is a plain resize 28 -> 64 (on these square
+(``scalablevit.data.transforms.resize_crop``, PyTorch FP32): its eval transform is a plain resize 28 -> 64 (on these square
 images exactly nvinfer's stretch), against resize to round(64 / crop-ratio) then center crop 64, the
 ImageNet-style crop that shows the model its objects 1/crop-ratio larger. Prints a markdown table.
 """
@@ -31,8 +31,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def top1(model: Any, images: np.ndarray, labels: np.ndarray, dcfg: Dict[str, Any]) -> float:
     """Top-1 (%) of ``model`` on uint8 gray ``images`` through ``fmnist.to_model_input`` with ``dcfg``."""
-    from scalablevit.fmnist import to_model_input
-    from scalablevit.runners import TorchRunner, run_batches
+    from scalablevit.core.runners import run_batches
+    from scalablevit.data.fmnist import to_model_input
+    from scalablevit.host.runners import TorchRunner
     with TorchRunner(model, name='torch-fp32') as runner:
         logits = run_batches(runner, to_model_input(images, dcfg), batch_size=256)
     return float((logits.argmax(1) == labels).mean() * 100)
@@ -40,12 +41,12 @@ def top1(model: Any, images: np.ndarray, labels: np.ndarray, dcfg: Dict[str, Any
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from scalablevit.errors import ScalableViTError
-    from scalablevit.fmnist import load_fashion_mnist
-    from scalablevit.model import create_model, data_config
+    from scalablevit.core.errors import ScalableViTError
+    from scalablevit.data.fmnist import load_fashion_mnist
+    from scalablevit.models.scalablevit import create_model, data_config
     if not 0 < args.crop_ratio <= 1:
         raise ScalableViTError(f'--crop-ratio must be in (0, 1], got {args.crop_ratio}')
-    weights = args.weights or Path(__file__).resolve().parents[1] / 'scalablevit' / 'weights' / f'{MODEL}.safetensors'
+    weights = args.weights or Path(__file__).resolve().parents[1] / 'scalablevit' / 'models' / 'weights' / f'{MODEL}.safetensors'
     model = create_model(MODEL, weights=str(weights)).eval()
     images, labels = load_fashion_mnist('test')
     images, labels = images[:args.limit], labels[:args.limit]

@@ -5,7 +5,7 @@ modules that need them, so the on-device path (engine build, TensorRT runner) wo
 """
 from typing import Any
 
-from .errors import CheckpointError, InputSizeError, ScalableViTError
+from .core.errors import CheckpointError, InputSizeError, ScalableViTError
 
 __version__ = '0.1.0'
 __all__ = ['ScalableViT', 'create_model', 'list_models', 'ScalableViTError', 'CheckpointError', 'InputSizeError']
@@ -14,6 +14,6 @@ __all__ = ['ScalableViT', 'create_model', 'list_models', 'ScalableViTError', 'Ch
 def __getattr__(name: str) -> Any:
     # Lazy: `import scalablevit` must not import torch on a Jetson that has only TensorRT.
     if name in ('ScalableViT', 'create_model', 'list_models'):
-        from . import model
+        from .models import scalablevit as model
         return getattr(model, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

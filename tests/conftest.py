@@ -27,6 +27,6 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope='module')
 def fashion_mnist_installed():
     """Modules that need the Fashion-MNIST files fail (not skip) without them: CI installs them."""
-    from scalablevit.fmnist import DEFAULT_ROOT, INSTALL_HINT
+    from scalablevit.data.fmnist import DEFAULT_ROOT, INSTALL_HINT
     if not (DEFAULT_ROOT / 't10k-images-idx3-ubyte.gz').is_file():
         pytest.fail(f'Fashion-MNIST not found in {DEFAULT_ROOT}: {INSTALL_HINT} (or run `make test` as root)')

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scalablevit.errors import ScalableViTError
-from scalablevit.fmnist import load_fashion_mnist
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.data.fmnist import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / 'scalablevit' / 'weights' / 'scalable_vit_fmnist.safetensors'
+WEIGHTS = ROOT / 'scalablevit' / 'models' / 'weights' / 'scalable_vit_fmnist.safetensors'
 
 
 def _cli():
@@ -36,7 +36,7 @@ def labelled_folder(tmp_path_factory):
 @pytest.fixture(scope='module')
 def fmnist_onnx(tmp_path_factory):
     from scalablevit import create_model
-    from scalablevit.export import export_onnx
+    from scalablevit.host.export import export_onnx
     onnx_path = tmp_path_factory.mktemp('fmnist_onnx') / 'model.fp32.onnx'
     export_onnx(create_model('scalable_vit_fmnist', weights=str(WEIGHTS)), onnx_path)
     return onnx_path
@@ -60,7 +60,7 @@ def test_accuracy_without_weights_uses_the_shipped_ones(labelled_folder, fmnist_
     """Without --weights it compared against random weights; now the package's trained weights, as the pipeline."""
     folder, _ = labelled_folder
     out = tmp_path / 'acc'
-    caplog.set_level(logging.INFO, logger='scalablevit.pipeline')
+    caplog.set_level(logging.INFO, logger='scalablevit.models.checkpoint')
     assert _cli().main(['--val', str(folder), '--model', 'fmnist', '--candidate', str(fmnist_onnx),
                         '--out', str(out), '--limit', '40']) == 0
     (report,) = json.loads((out / 'accuracy.json').read_text())

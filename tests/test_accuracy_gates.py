@@ -2,19 +2,19 @@
 
 Every precision is built exactly as `deploy/build_engine.py` builds it (FP32 ONNX, FP16 AutoCast, INT8 Q/DQ
 calibrated on 512 TRAIN images) and evaluated with onnxruntime on a fixed seeded subset of 5,000 TEST images
-against PyTorch FP32. The thresholds are those of scalablevit/accuracy_budgets.json, the file the engine build's
+against PyTorch FP32. The thresholds are those of scalablevit/core/accuracy_budgets.json, the file the engine build's
 gate reads too. The data set must be installed (`make test` does it); without it these tests fail with the hint.
 """
 import json
 
 import pytest
 
-from scalablevit.compare import budget_violations, load_budgets
-from scalablevit.pipeline import HostOptions, HostPipeline
+from scalablevit.core.compare import budget_violations, load_budgets
+from scalablevit.host.pipeline import HostOptions, HostPipeline
 
 EVAL_IMAGES = 5000
 # Measured on this setup (2-core CPU, onnxruntime 1.24.4, modelopt 0.47.0, seed 0), top-1 on the 5,000 images:
-# PyTorch FP32 91.96 %; see the README's accuracy table for the full-test-set numbers.
+# PyTorch FP32 91.96 %; see docs/accuracy.md for the full-test-set numbers.
 
 
 pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')

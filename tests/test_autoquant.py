@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 pytest.importorskip('modelopt.onnx.quantization')
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 @pytest.fixture(scope='module')
 def massive_weights(tmp_path_factory):
     from massive_activations import build
-    from scalablevit.checkpoint import save_weights
+    from scalablevit.models.checkpoint import save_weights
     model, channels = build()
     path = tmp_path_factory.mktemp('massive') / 'fmnist_massive.safetensors'
     save_weights(model, path)
@@ -37,7 +37,7 @@ def massive_weights(tmp_path_factory):
 
 
 def _build(out, weights, policy, **options):
-    from scalablevit.pipeline import HostOptions, HostPipeline
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
     return HostPipeline(HostOptions(precision='int8', out=out, weights=weights, int8_policy=policy, **SMALL,
                                     **options)).run()
 
@@ -52,8 +52,8 @@ def fixed_and_auto(massive_weights, tmp_path_factory):
 def test_outlier_model_keeps_its_accuracy(massive_weights):
     """The construction changes no prediction in FP32: same top-1 on the test images as the shipped weights."""
     import torch
-    from scalablevit.fmnist import fashion_mnist_sets
-    from scalablevit.model import create_model
+    from scalablevit.data.fmnist import fashion_mnist_sets
+    from scalablevit.models.scalablevit import create_model
     weights, channels = massive_weights
     assert set(channels) == {'stages.2.0.norm1', 'stages.2.1.norm2', 'stages.3.1.norm2'}
     from massive_activations import WEIGHTS
@@ -92,7 +92,7 @@ def test_auto_moves_the_layers_reading_the_outliers(fixed_and_auto):
     assert 'INT8 auto policy' in md and all(f'`{n}`' in md for n in facts['moved'])
     # the moved layers no longer read INT8 and run FP16 (the census of the deployed file)
     import onnx
-    from scalablevit.census import layers_of
+    from scalablevit.host.census import layers_of
     dtypes = {la.name: la.dtype for la in layers_of(onnx.load(str(out / 'model.int8.onnx')))}
     assert all(dtypes[n] == 'fp16' for n in facts['moved'])
 
@@ -100,8 +100,8 @@ def test_auto_moves_the_layers_reading_the_outliers(fixed_and_auto):
 def test_rewrite_equals_a_fresh_calibration_with_that_exclusion(fixed_and_auto, tmp_path):
     """The search reroutes one calibrated graph; modelopt run afresh with the chosen exclusion gives the same file."""
     import onnxruntime as ort
-    from scalablevit.data import ImageSet
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.data.store import ImageSet
+    from scalablevit.host.quantize import quantize_int8
     _, auto, out = fixed_and_auto
     exact = ['^' + n.replace('.', r'\.') + '$' for n in auto['int8_auto']['moved']]
     fresh = tmp_path / 'fresh.onnx'
@@ -115,8 +115,8 @@ def test_rewrite_equals_a_fresh_calibration_with_that_exclusion(fixed_and_auto, 
 
 def test_unreachable_target_stops_with_one_line(massive_weights, tmp_path, monkeypatch, capsys):
     """A bound too small for the target: the build exits 1 with one line saying the budget was not met."""
-    from scalablevit import autoquant
     from scalablevit.cli import build_engine, run_cli
+    from scalablevit.host import autoquant
     monkeypatch.setattr(autoquant, 'MAX_STEPS', 2)
     weights, _ = massive_weights
     argv = ['--model', 'fmnist', '--weights', str(weights), '--precision', 'int8', '--int8-policy', 'auto',
@@ -139,7 +139,7 @@ def test_unreachable_target_stops_with_one_line(massive_weights, tmp_path, monke
     ('cosine=1.5', 'auto-none', 'between 0 and 1'),
 ])
 def test_bad_target_is_one_error_before_any_work(target, policy, message, tmp_path):
-    from scalablevit.pipeline import HostOptions
+    from scalablevit.host.pipeline import HostOptions
     with pytest.raises(ScalableViTError, match=message):
         HostOptions(model='scalable_vit_fmnist', precision='int8', int8_policy=policy, int8_target=target,
                     out=tmp_path / 'b').validate()
@@ -147,7 +147,7 @@ def test_bad_target_is_one_error_before_any_work(target, policy, message, tmp_pa
 
 
 def test_target_tightens_the_budget_only():
-    from scalablevit.autoquant import parse_target, target_budget
+    from scalablevit.host.autoquant import parse_target, target_budget
     budget = {'min_top1_agreement': 0.99, 'max_top1_drop': 0.5, 'min_cosine_min': 0.95}
     assert parse_target(' drop=0.2 , agreement=99.9') == 'agreement=99.9,drop=0.2'
     assert target_budget(budget, 'agreement=99.9,drop=0.2,cosine=0.99') == {
@@ -156,9 +156,9 @@ def test_target_tightens_the_budget_only():
 
 
 def test_auto_without_reference_images_is_one_clear_error(massive_weights, tmp_path):
-    from scalablevit.export import export_onnx
-    from scalablevit.model import create_model
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.export import export_onnx
+    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.models.scalablevit import create_model
     model = create_model('scalable_vit_fmnist').eval()
     export_onnx(model, tmp_path / 'm.onnx')
     images = np.zeros((2, 3, 64, 64), np.float32)

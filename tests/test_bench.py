@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import bench, roofline, stats
-from scalablevit.bench import BenchConfig, RunnerSpec
-from scalablevit.bundle import Bundle
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import sha256_file, write_json
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeRunner, Runner, TorchRunner
+from scalablevit.benchmarks import harness, roofline
+from scalablevit.benchmarks.harness import RunnerSpec
+from scalablevit.core import peaks, timing
+from scalablevit.core import stats
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import sha256_file, write_json
+from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME, Runner
+from scalablevit.core.timing import BenchConfig
+from scalablevit.host.runners import OnnxRuntimeRunner, TorchRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'scalable_vit_test'
@@ -114,12 +118,12 @@ def test_sweep_on_real_cpu_runners(backend, bundle):
     runner = TorchRunner(_torch_model()) if backend == 'torch' else \
         OnnxRuntimeRunner(str(bundle / 'model.fp32.onnx'), threads=1)
     with runner:
-        sweep = bench.batch_sweep(runner, SHAPE, [1, 2], FAST)
+        sweep = timing.batch_sweep(runner, SHAPE, [1, 2], FAST)
     assert [b['batch'] for b in sweep] == [1, 2]
     for block in sweep:
         _check_block(block, block['batch'])
         assert block['gpu_p50'] is None and block['gpu_throughput_ips'] is None  # CPU runners: no GPU clock
-    entry = bench.bench_entry(runner.name, backend, 'fp32', sweep)
+    entry = harness.bench_entry(runner.name, backend, 'fp32', sweep)
     assert entry['latency_ms'] is sweep[0]
     json.dumps(entry)  # plain data
 
@@ -143,7 +147,7 @@ class GpuClockRunner(Runner):
 
 def test_gpu_time_reported_apart_from_end_to_end():
     with GpuClockRunner() as runner:
-        block = bench.benchmark(runner, (3, 4, 4), 2, BenchConfig(warmup=0, iters=8))
+        block = timing.benchmark(runner, (3, 4, 4), 2, BenchConfig(warmup=0, iters=8))
     assert (block['gpu_p50'], block['gpu_min'], block['gpu_max'], block['gpu_mean']) == pytest.approx((2.5, 1, 4, 2.5))
     assert block['gpu_throughput_ips'] == pytest.approx(2 * 1000 / 2.5)
     assert block['p50'] >= 2.0  # end-to-end includes the 2 ms sleep the GPU clock does not see
@@ -151,14 +155,14 @@ def test_gpu_time_reported_apart_from_end_to_end():
 
 def test_min_seconds_and_warmup_seconds_extend_the_runs():
     with GpuClockRunner() as runner:
-        timed = bench.time_runs(runner, (3, 4, 4), 1, BenchConfig(warmup=1, warmup_s=0.05, iters=2, min_s=0.1))
+        timed = timing.time_runs(runner, (3, 4, 4), 1, BenchConfig(warmup=1, warmup_s=0.05, iters=2, min_s=0.1))
     assert len(timed.e2e_s) > 2 and timed.end - timed.start >= 0.1 and timed.warmup_runs > 1
     assert timed.images_per_s == pytest.approx(len(timed.e2e_s) / (timed.end - timed.start))
 
 
 def test_observer_fields_join_the_block():
     with GpuClockRunner() as runner:
-        (block,) = bench.batch_sweep(runner, (3, 4, 4), [3], BenchConfig(warmup=0, iters=2),
+        (block,) = timing.batch_sweep(runner, (3, 4, 4), [3], BenchConfig(warmup=0, iters=2),
                                      observer=lambda batch, timed: {'seen': (batch, len(timed.e2e_s))})
     assert block['seen'] == (3, 2)
 
@@ -166,17 +170,17 @@ def test_observer_fields_join_the_block():
 # --------------------------------------------------------------------------------------- report files
 def _report():
     with GpuClockRunner() as runner:
-        sweep = bench.batch_sweep(runner, (3, 4, 4), [1, 4], BenchConfig(warmup=0, iters=4))
-    entries = [bench.bench_entry('gpu-clock-fp16', 'gpu-clock', 'fp16', sweep)]
+        sweep = timing.batch_sweep(runner, (3, 4, 4), [1, 4], BenchConfig(warmup=0, iters=4))
+    entries = [harness.bench_entry('gpu-clock-fp16', 'gpu-clock', 'fp16', sweep)]
     roofline.add_roofline(entries, 4.265, 'jetson-orin-nano-8gb')
-    return {'kind': 'latency', 'model': MODEL, 'input_shape': [3, 4, 4], 'config': bench.config_dict(FAST),
+    return {'kind': 'latency', 'model': MODEL, 'input_shape': [3, 4, 4], 'config': timing.config_dict(FAST),
             'results': entries, 'notes': ['a note']}
 
 
 def test_report_json_markdown_and_png(tmp_path):
     from PIL import Image
     report = _report()
-    paths = bench.write_bench_report(tmp_path, report)
+    paths = harness.write_bench_report(tmp_path, report)
     assert json.loads(paths['json'].read_text()) == json.loads(json.dumps(report))
     md = paths['md'].read_text().splitlines()
     rows = [line for line in md if line.startswith('| gpu-clock-fp16 |')]
@@ -189,7 +193,7 @@ def test_report_json_markdown_and_png(tmp_path):
 def test_plots_skipped_without_matplotlib(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import fails as on a bare Jetson image
-    paths = bench.write_bench_report(tmp_path, _report())
+    paths = harness.write_bench_report(tmp_path, _report())
     assert paths['png'] is None and paths['json'].is_file() and 'plots skipped' in caplog.text
     assert not list(tmp_path.glob('*.png'))
 
@@ -210,18 +214,18 @@ def test_roofline_arithmetic():
 
 
 def test_device_table():
-    peaks = roofline.load_peaks()
+    table = peaks.load_peaks()
     for key in ('jetson-orin-nano-4gb', 'jetson-orin-nano-8gb', 'jetson-agx-orin-32gb', 'jetson-agx-orin-64gb',
                 'rtx-4090', 'a100', 'h100-sxm', 'l4'):
-        entry = peaks[key]
+        entry = table[key]
         assert entry['int8_dense'] > entry['fp16_dense'] > 0 and entry['source']
         assert entry['int8_sparse'] == pytest.approx(2 * entry['int8_dense'])
     # Jetson figures: clock x tensor cores x 512 INT8 MACs x 2 reproduces the dense INT8 peak within 3 %
-    for entry in (e for e in peaks.values() if e['kind'] == 'jetson'):
+    for entry in (e for e in table.values() if e['kind'] == 'jetson'):
         derived = entry['gpu_clock_mhz'] * 1e6 * entry['tensor_cores'] * 1024 / 1e12
         assert derived == pytest.approx(entry['int8_dense'], rel=0.03)
     with pytest.raises(ScalableViTError, match="did you mean 'jetson-orin-nano-8gb'"):
-        roofline.device_peak('jetson-orin-nano-8g', 'int8')
+        peaks.device_peak('jetson-orin-nano-8g', 'int8')
 
 
 def test_device_detection():
@@ -243,30 +247,30 @@ def test_device_detection():
 def test_file_precision_comes_from_the_file_not_its_name(bundle, tmp_path):
     """Precision is what the file declares (ONNX metadata, engine manifest), whatever it is called."""
     import onnx
-    from scalablevit.export import stamp_metadata
-    assert bench.file_precision(bundle / 'model.fp32.onnx') == 'fp32'  # from the graph: no float16, no Q/DQ
-    assert bench.file_precision(bundle / 'model.fp16.onnx') == 'fp16'
+    from scalablevit.host.export import stamp_metadata
+    assert harness.file_precision(bundle / 'model.fp32.onnx') == 'fp32'  # from the graph: no float16, no Q/DQ
+    assert harness.file_precision(bundle / 'model.fp16.onnx') == 'fp16'
     for precision in ('fp32', 'fp16'):
         model = onnx.load(str(bundle / f'model.{precision}.onnx'))
         stamp_metadata(model, {'model': MODEL, **({'precision': 'fp16'} if precision == 'fp16' else {})})
         onnx.save(model, str(tmp_path / f'model.{precision}.int8.onnx'))  # a misleading name
-    assert bench.file_precision(tmp_path / 'model.fp16.int8.onnx') == 'fp16'
-    assert bench.file_precision(tmp_path / 'model.fp32.int8.onnx') == 'fp32'
+    assert harness.file_precision(tmp_path / 'model.fp16.int8.onnx') == 'fp16'
+    assert harness.file_precision(tmp_path / 'model.fp32.int8.onnx') == 'fp32'
     engine = tmp_path / 'scalable_vit_small-fp16.engine'
     engine.write_bytes(b'plan')
-    assert bench.file_precision(engine) == 'unknown'  # no engine manifest beside it
+    assert harness.file_precision(engine) == 'unknown'  # no engine manifest beside it
     write_json(tmp_path / 'scalable_vit_small-fp16.engine.json', {'precision': 'int8'})
-    assert bench.file_precision(engine) == 'int8'
+    assert harness.file_precision(engine) == 'int8'
 
 
 def test_bundle_specs_verify_hashes(bundle, tmp_path):
-    onnx, engines = bench.bundle_specs(Bundle.open(bundle))
+    onnx, engines = harness.bundle_specs(Bundle.open(bundle))
     assert [s.precision for s in onnx] == ['fp32', 'fp16'] and engines == []
     assert Bundle.open(bundle).input_shape == SHAPE and Bundle.open(bundle).model == MODEL
     tampered = _copy_bundle(bundle, tmp_path / 'b')
     (tampered / 'model.fp16.onnx').write_bytes(b'not the exported model')
     with pytest.raises(ScalableViTError, match='model.fp16.onnx does not match the bundle manifest'):
-        bench.bundle_specs(Bundle.open(tampered))
+        harness.bundle_specs(Bundle.open(tampered))
 
 
 def test_compare_bundle(bundle, tmp_path):
@@ -307,7 +311,7 @@ def test_compare_bundle_skips_engines_without_tensorrt(bundle, tmp_path):
     (copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine').write_bytes(b'plan')
     write_json(copy / 'engines' / 'model.fp16.desktop.0123456789ab.engine.json', {'precision': 'fp16'})
     (copy / 'engines' / 'other.plan').write_bytes(b'plan')
-    _, engines = bench.bundle_specs(Bundle.open(copy))
+    _, engines = harness.bundle_specs(Bundle.open(copy))
     assert [(s.backend, s.precision) for s in engines] == [('tensorrt', 'fp16'), ('tensorrt', 'fp16')]
     out = tmp_path / 'cmp'
     assert _load_cli('compare_bundle').main([str(copy), '--no-torch', '--iters', '1', '--warmup', '0',
@@ -367,7 +371,7 @@ def test_unknown_backend_suggests():
 def _gpu_reason():
     if importlib.util.find_spec('tensorrt') is None:
         return 'tensorrt not importable'
-    from scalablevit.cuda import cuda_status
+    from scalablevit.device.cuda import cuda_status
     ok, reason = cuda_status()
     return None if ok else reason
 
@@ -379,12 +383,12 @@ def test_tensorrt_engine_reports_gpu_time(bundle, tmp_path, cuda_graph):
     reason = _gpu_reason()
     if reason:
         pytest.skip(reason)
-    from scalablevit.engine import build_engine
+    from scalablevit.device.engine import build_engine
     engine = tmp_path / 'model.fp32.desktop.engine'
     build_engine(bundle / 'model.fp32.onnx', engine, 'desktop', 'fp32', chw=SHAPE, onnx_opset=17)
-    with bench.make_runner(RunnerSpec('tensorrt', 'fp32', engine), cuda_graph=cuda_graph) as runner:
-        assert bench.input_shape_of(runner) == SHAPE
-        sweep = bench.batch_sweep(runner, SHAPE, [1, 2], FAST)
+    with harness.make_runner(RunnerSpec('tensorrt', 'fp32', engine), cuda_graph=cuda_graph) as runner:
+        assert timing.input_shape_of(runner) == SHAPE
+        sweep = timing.batch_sweep(runner, SHAPE, [1, 2], FAST)
     for block in sweep:
         _check_block(block, block['batch'])
         assert block['gpu_p50'] is not None and 0 < block['gpu_p50'] <= block['p50']

@@ -1,29 +1,29 @@
 """Precision census, FP16 islands and the TensorRT cost estimate, on real exports and real modelopt models.
 
 The trained Fashion-MNIST model (shipped weights) is exported, quantized INT8 with FP16 elsewhere (the default) and
-with FP32 elsewhere, and converted to FP16; the census of each is checked against ``scalablevit.complexity`` and
+with FP32 elsewhere, and converted to FP16; the census of each is checked against ``scalablevit.models.complexity`` and
 against what the graph holds, and the estimate must rank the plans the way a GPU would.
 """
 import onnx
 import pytest
 
-from scalablevit.census import Layer, census, census_violations, layers_of
-from scalablevit.compare import load_budgets
-from scalablevit.complexity import model_complexity
-from scalablevit.costmodel import estimate
-from scalablevit.roofline import load_peaks
+from scalablevit.core.compare import load_budgets
+from scalablevit.core.peaks import load_peaks
+from scalablevit.host.census import Layer, census, census_violations, layers_of
+from scalablevit.host.costmodel import estimate
+from scalablevit.models.complexity import model_complexity
 
 MODEL = 'scalable_vit_fmnist'
-WEIGHTS = 'scalablevit/weights/scalable_vit_fmnist.safetensors'
+WEIGHTS = 'scalablevit/models/weights/scalable_vit_fmnist.safetensors'
 
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     """FP32 export, INT8 (FP16 elsewhere), INT8 (FP32 elsewhere) and FP16 of the trained model, with their infos."""
-    from scalablevit.export import export_onnx
-    from scalablevit.fmnist import fashion_mnist_sets
-    from scalablevit.model import create_model
-    from scalablevit.quantize import convert_fp16, quantize_int8
+    from scalablevit.data.fmnist import fashion_mnist_sets
+    from scalablevit.host.export import export_onnx
+    from scalablevit.host.quantize import convert_fp16, quantize_int8
+    from scalablevit.models.scalablevit import create_model
     work = tmp_path_factory.mktemp('census')
     model = create_model(MODEL, weights=WEIGHTS).eval()
     fp32 = work / 'model.fp32.onnx'
@@ -51,8 +51,8 @@ def test_macs_equal_the_model_complexity(files):
 
 
 def test_macs_equal_complexity_for_a_config_with_c_ratio_and_mlp_ratios(tmp_path):
-    from scalablevit.export import export_onnx
-    from scalablevit.model import create_model
+    from scalablevit.host.export import export_onnx
+    from scalablevit.models.scalablevit import create_model
     export_onnx(create_model('scalable_vit_test').eval(), tmp_path / 'test.onnx')
     summary = census(layers_of(onnx.load(str(tmp_path / 'test.onnx'))))
     assert summary['macs']['total'] == pytest.approx(model_complexity('scalable_vit_test', 224)['gmacs'] * 1e9,
@@ -94,10 +94,11 @@ def test_islands_name_every_fp32_mac_and_the_gate_holds_the_rest(files):
 def test_range_rule_makes_islands_and_int8_islands_keep_their_qdq_fused(files, tmp_path, monkeypatch):
     """A range limit of 20 flags real tensors of this model: they stay FP32, named with their measured values, and
     an island that is an INT8 MatMul still reads its DequantizeLinear directly (no Cast breaks TensorRT's fusion)."""
-    from scalablevit import fp16_rules
-    from scalablevit.fmnist import fashion_mnist_sets
-    from scalablevit.model import data_config
-    from scalablevit.quantize import quantize_int8, quantized_nodes
+    from scalablevit.data.fmnist import fashion_mnist_sets
+    from scalablevit.host import fp16_rules
+    from scalablevit.host.qdq import quantized_nodes
+    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.models.scalablevit import data_config
     monkeypatch.setattr(fp16_rules, 'RANGE_LIMIT', 20.0)
     fp32 = tmp_path / 'model.fp32.onnx'
     onnx.save(files['fp32'][0], str(fp32))

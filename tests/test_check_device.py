@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
-from scalablevit import compat, cuda, device, numerics, selftest
-from scalablevit.bundle import Bundle
-from scalablevit.compare import accuracy_metrics, budget_violations
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import sha256_file
+from scalablevit.core import compat, numerics
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.compare import accuracy_metrics, budget_violations
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import sha256_file
+from scalablevit.device import cuda, pipeline as device_pipeline, selftest
 
 REPO = Path(__file__).resolve().parents[1]
 NO_HOST_TOOLS = "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'onnxruntime', 'modelopt')]; "
@@ -78,13 +79,13 @@ def test_fixture_references_pass_their_budgets_and_stay_close_to_the_same_onnx(f
 
 
 def test_the_self_test_bounds_use_the_fixture_model_depth():
-    from scalablevit.model import model_config
+    from scalablevit.models.scalablevit import model_config
     assert tuple(model_config(selftest.fixture_manifest()['model'])['depths']) == selftest.FIXTURE_DEPTHS
     assert selftest.SAME_GRAPH_MIN_COSINE['fp16'] == numerics.min_cosine('fp16', selftest.FIXTURE_DEPTHS) < 0.9999
 
 
 def _fixture_tolerance(precision: str, stored: np.ndarray) -> float:
-    from scalablevit.model import model_config
+    from scalablevit.models.scalablevit import model_config
     return numerics.logit_tolerance(precision, model_config(selftest.fixture_manifest()['model'])['depths'],
                                     float(np.abs(stored).max()))
 
@@ -97,7 +98,8 @@ def _assert_within_format(logits: np.ndarray, stored: np.ndarray, precision: str
 @pytest.mark.numerics
 def test_onnxruntime_reproduces_the_fixture_logits(fixture_bundles):
     pytest.importorskip('onnxruntime')
-    from scalablevit.runners import OnnxRuntimeRunner, run_batches
+    from scalablevit.core.runners import run_batches
+    from scalablevit.host.runners import OnnxRuntimeRunner
     for precision, path in fixture_bundles.items():
         bundle = Bundle.open(path)
         ref = bundle.reference()
@@ -107,8 +109,8 @@ def test_onnxruntime_reproduces_the_fixture_logits(fixture_bundles):
 
 
 def _fixture_model():
-    from scalablevit.model import create_model
-    weights = REPO / 'scalablevit' / 'weights' / 'scalable_vit_fmnist.safetensors'
+    from scalablevit.models.scalablevit import create_model
+    weights = REPO / 'scalablevit' / 'models' / 'weights' / 'scalable_vit_fmnist.safetensors'
     assert sha256_file(weights) == selftest.fixture_manifest()['made_with']['weights_sha256']
     return create_model(selftest.fixture_manifest()['model'], weights=str(weights)).eval()
 
@@ -143,7 +145,7 @@ def test_the_format_bounds_catch_a_wrong_graph(fixture_bundles):
 
 
 def test_the_int8_fixture_was_made_with_todays_int8_defaults():
-    from scalablevit.quantize import Int8Settings
+    from scalablevit.host.int8_policy import Int8Settings
     made = selftest.fixture_manifest()['onnx']['int8']['quantization']
     today = Int8Settings().record()
     assert {k: made.get(k) for k in today} == today, \
@@ -162,16 +164,16 @@ def test_a_modified_fixture_archive_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_fixture_bundle_stops_where_tensorrt_is_needed(fixture_bundles):
-    from scalablevit.trt_env import trt_status
+    from scalablevit.device.trt_env import trt_status
     if trt_status()[0]:
         pytest.skip('TensorRT and a GPU are present: the build would start')
     with pytest.raises(ScalableViTError, match='TensorRT is not usable here: '):
-        device.build_bundle_engine(fixture_bundles['int8'], 'jetson-orin-nano')
+        device_pipeline.build_bundle_engine(fixture_bundles['int8'], 'jetson-orin-nano')
 
 
 # ------------------------------------------------------------------------------------------ the command
 def test_check_device_runs_to_tensorrt_and_stops_with_one_line(tmp_path):
-    from scalablevit.trt_env import trt_status
+    from scalablevit.device.trt_env import trt_status
     if trt_status()[0]:
         pytest.skip('TensorRT and a GPU are present: the checks would run')
     out = tmp_path / 'check'
@@ -197,8 +199,8 @@ def test_check_device_runs_to_tensorrt_and_stops_with_one_line(tmp_path):
 
 
 def test_check_device_refuses_a_bad_option_in_one_line(tmp_path):
-    from scalablevit.cli.check_device import main
     from scalablevit.cli import run_cli
+    from scalablevit.cli.check_device import main
     with pytest.raises(SystemExit) as exit_:
         run_cli(main, ['--precision', 'int4', '--out', str(tmp_path / 'x')])
     assert exit_.value.code == 1 and not (tmp_path / 'x').exists()

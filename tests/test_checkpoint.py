@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scalablevit import CheckpointError, create_model
-from scalablevit.checkpoint import read_state_dict, save_weights
-from scalablevit.model import load_weights, matching_variants
+from scalablevit.models.checkpoint import read_state_dict, save_weights
+from scalablevit.models.scalablevit import load_weights, matching_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 

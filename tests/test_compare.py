@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from scalablevit.compare import accuracy_metrics, budget_violations, check_budget, gate_status
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.compare import accuracy_metrics, budget_violations, check_budget, gate_status
+from scalablevit.core.errors import ScalableViTError
 
 
 def test_metrics_on_known_logits():
@@ -57,7 +57,7 @@ def _flipped(n: int, lost: int, won: int = 0):
 
 def test_clopper_pearson_matches_its_closed_forms():
     """With no success (or no failure) the exact interval has a closed form: 1 - (a/2)^(1/n) and (a/2)^(1/n)."""
-    from scalablevit.compare import binomial_interval
+    from scalablevit.core.compare import binomial_interval
     for n in (1, 7, 100, 10000):
         assert binomial_interval(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), rel=1e-9)
         assert binomial_interval(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), rel=1e-9)
@@ -69,7 +69,7 @@ def test_clopper_pearson_matches_its_closed_forms():
 
 
 def test_one_flipped_image_of_100_is_not_enough_to_decide():
-    from scalablevit.compare import UNDECIDED, budget_verdict
+    from scalablevit.core.compare import UNDECIDED, budget_verdict
     m = accuracy_metrics(*_flipped(100, lost=1))
     assert m['paired'] == {'both_right': 99, 'reference_only': 1, 'candidate_only': 0, 'both_wrong': 0}
     assert m['top1_drop'] == pytest.approx(1.0)
@@ -83,7 +83,7 @@ def test_one_flipped_image_of_100_is_not_enough_to_decide():
 
 
 def test_a_two_point_drop_on_10000_images_fails():
-    from scalablevit.compare import budget_verdict
+    from scalablevit.core.compare import budget_verdict
     m = accuracy_metrics(*_flipped(10000, lost=250, won=50))
     assert m['top1_drop'] == pytest.approx(2.0) and m['top1_drop_bound'][0] > 0.5
     verdict = budget_verdict(m, 'int8')
@@ -94,7 +94,7 @@ def test_a_two_point_drop_on_10000_images_fails():
 
 
 def test_agreement_is_decided_by_its_bound():
-    from scalablevit.compare import budget_verdict
+    from scalablevit.core.compare import budget_verdict
     few = accuracy_metrics(*_flipped(100, lost=2)[:2])    # 98 % on 100 images: the bound reaches 99 %
     many = accuracy_metrics(*_flipped(10000, lost=200)[:2])  # 98 % on 10,000: it does not
     assert few['top1_agreement_bound'][1] >= 0.99 > many['top1_agreement_bound'][1]

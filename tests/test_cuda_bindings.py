@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from scalablevit import compat
+from scalablevit.core import compat
 
 REPO = Path(__file__).resolve().parents[1]
 LIST = REPO / 'tests' / 'data' / 'cuda_bindings.txt'
@@ -27,7 +27,7 @@ VERSIONS = [line.strip() for line in LIST.read_text().splitlines() if line.strip
 CHILD = """
 import importlib.metadata, json
 import numpy
-from scalablevit import cuda
+from scalablevit.device import cuda
 facts = {'binding_version': importlib.metadata.version('cuda-python'), 'status': list(cuda.cuda_status()),
          'numpy': numpy.__version__}
 for name, make in (('stream', cuda.Stream), ('allocation', lambda: cuda.DeviceBuffer(16))):

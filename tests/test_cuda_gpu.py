@@ -1,6 +1,6 @@
 """The CUDA layer on a real GPU, without TensorRT: identity, allocation, pinned copies, streams, events, graphs.
 
-Needs a CUDA device and a CUDA binding (cuda-python, or pycuda where it is what ``scalablevit.cuda`` picks);
+Needs a CUDA device and a CUDA binding (cuda-python, or pycuda where it is what ``scalablevit.device.cuda`` picks);
 skipped with the reason elsewhere (``SCALABLEVIT_REQUIRE_GPU=1`` turns the skip into a failure). Runs as
 ``pytest -m cuda`` on any NVIDIA GPU, TensorRT or not.
 """
@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import compat, cuda
-from scalablevit.errors import ScalableViTError
-from scalablevit.trt_env import gpu_identity
+from scalablevit.core import compat
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.device import cuda
+from scalablevit.device.trt_env import gpu_identity
 
 CUDA_OK, CUDA_REASON = cuda.cuda_status()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason=CUDA_REASON)]
@@ -122,7 +123,7 @@ def test_failed_capture_leaves_the_stream_usable():
 
 def test_the_cuda_layer_runs_without_tensorrt():
     code = ("import sys; sys.modules['tensorrt'] = None\n"
-            "import numpy as np\nfrom scalablevit import cuda\n"
+            "import numpy as np\nfrom scalablevit.device import cuda\n"
             "with cuda.Stream() as s, cuda.PinnedHostBuffer((4,), np.float32) as h, cuda.DeviceBuffer(16) as d:\n"
             "    h.array[...] = 3; s.copy_to_device(d, h.array); h.array[...] = 0; s.copy_to_host(h.array, d)\n"
             "    s.synchronize(); print(h.array.tolist())\n")

@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scalablevit import data
-from scalablevit.data import (SAMPLE_PHOTOS, FileHashes, ImageSet, ImageStream, StoredImages, calibration_and_validation,
-                              calibration_set, calibration_stream_and_validation, image_batches,
-                              find_images, load_folder, load_image, load_labelled_folder, load_npz, load_sample_photo,
-                              photo_crops, preprocess, resize_crop, source_signature, split_files, split_photos)
-from scalablevit.errors import ScalableViTError
-from scalablevit.model import data_config
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.data import sets, transforms
+from scalablevit.data.images import find_images, load_image
+from scalablevit.data.photos import SAMPLE_PHOTOS, load_sample_photo
+from scalablevit.data.sets import (CROPS_PER_PHOTO, FileHashes, calibration_and_validation, calibration_set,
+                                   calibration_stream_and_validation, load_folder, load_labelled_folder, photo_crops,
+                                   source_signature, split_files, split_photos)
+from scalablevit.data.store import ImageSet, ImageStream, StoredImages, image_batches, load_npz
+from scalablevit.data.transforms import preprocess, resize_crop
+from scalablevit.models.scalablevit import data_config
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET = data_config('scalable_vit_small')
@@ -135,7 +138,7 @@ def test_extreme_aspect_ratio_resamples_only_the_crop_window(monkeypatch):
     assert out.size == (224, 224)
     photo = load_sample_photo('chelsea')
     full = np.asarray(resize_crop(photo, IMAGENET), dtype=np.int16)
-    monkeypatch.setattr(data, 'MAX_RESIZE_SIDE', 100)
+    monkeypatch.setattr(transforms, 'MAX_RESIZE_SIDE', 100)
     boxed = np.asarray(resize_crop(photo, IMAGENET), dtype=np.int16)
     assert np.abs(full - boxed).max() <= 1 and (full != boxed).mean() < 0.01
 
@@ -160,14 +163,14 @@ def test_file_hashes_key_on_content_and_cache_only_accelerates(tmp_path):
 
 
 def test_counts_beyond_the_source_are_capped_with_a_warning(caplog, monkeypatch):
-    monkeypatch.setattr(data, 'CROPS_PER_PHOTO', 2)
+    monkeypatch.setattr(sets, 'CROPS_PER_PHOTO', 2)
     crops = photo_crops(['astronaut', 'coffee'], 10 ** 9, FMNIST)
     assert len(crops) == 4 and '1000000000 images asked for, capped to 4' in caplog.text
-    monkeypatch.setattr(data, 'MAX_SET_BYTES', 3 * (3 * 64 * 64 * 4))
+    monkeypatch.setattr(sets, 'MAX_SET_BYTES', 3 * (3 * 64 * 64 * 4))
     calib, val = calibration_and_validation(FMNIST, calib_size=100, val_size=100)
     assert len(calib) == 3 and len(val) == 3 and 'of memory' in caplog.text
     # the real limits: the bundled photos never exceed ~1 GB at 224, no set exceeds MAX_SET_BYTES
-    assert 2 * len(SAMPLE_PHOTOS) * data.CROPS_PER_PHOTO * 3 * 224 * 224 * 4 < 2 ** 30 * 2
+    assert 2 * len(SAMPLE_PHOTOS) * CROPS_PER_PHOTO * 3 * 224 * 224 * 4 < 2 ** 30 * 2
 
 
 # ---------------------------------------------------------------------------------------------- loading

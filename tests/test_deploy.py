@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit.deepstream import NETWORK_MODE, export_deepstream
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import sha256_file, write_json
-from scalablevit.fmnist import CLASSES, load_fashion_mnist, resize_images, to_model_input
-from scalablevit.pipeline import HostOptions, HostPipeline
-from scalablevit.predict import softmax
-from scalablevit.runners import OnnxRuntimeRunner
-from scalablevit.triton import export_triton, parse_model_config
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import sha256_file, write_json
+from scalablevit.data.fmnist import CLASSES, load_fashion_mnist, resize_images, to_model_input
+from scalablevit.host.pipeline import HostOptions, HostPipeline
+from scalablevit.host.runners import OnnxRuntimeRunner
+from scalablevit.serve.deepstream import NETWORK_MODE, export_deepstream
+from scalablevit.serve.predict import softmax
+from scalablevit.serve.triton import export_triton, parse_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_COUNT = 300
-MODEL_TOP1 = 91.88  # scalable_vit_fmnist, PyTorch FP32, full test set (README)
+MODEL_TOP1 = 91.88  # scalable_vit_fmnist, PyTorch FP32, full test set (scalablevit/models/weights/README.md)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -276,7 +276,7 @@ def test_triton_onnx_repository(bundles, tmp_path):
     manifest = json.loads((bundle / 'manifest.json').read_text())
     assert name == 'scalable_vit_fmnist_int8_onnx' and cfg.name == name
     assert cfg.platform == 'onnxruntime_onnx' and cfg.backend == 'onnxruntime'
-    from scalablevit.targets import load_target
+    from scalablevit.device.targets import load_target
     target = load_target('jetson-agx-orin')
     assert cfg.max_batch_size == target.batch_max
     assert cfg.HasField('dynamic_batching')

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 pytest.importorskip('modelopt.onnx.quantization')
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 @pytest.fixture(scope='module')
 def bundles(tmp_path_factory):
     from massive_activations import build
-    from scalablevit.checkpoint import save_weights
-    from scalablevit.pipeline import HostOptions, HostPipeline
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
+    from scalablevit.models.checkpoint import save_weights
     out = tmp_path_factory.mktemp('divergence')
     model, _ = build()
     save_weights(model, out / 'massive.safetensors')
@@ -40,7 +40,7 @@ def _images(bundle, count=16):
 
 
 def test_fp32_against_itself_is_exact(bundles):
-    from scalablevit.divergence import divergence_report
+    from scalablevit.host.divergence import divergence_report
     plain, _ = bundles
     fp32 = plain / 'model.fp32.onnx'
     report = divergence_report(fp32, fp32, _images(plain))
@@ -52,7 +52,7 @@ def test_fp32_against_itself_is_exact(bundles):
 
 def test_int8_error_grows_with_depth_and_matches_the_plain_run(bundles):
     import onnxruntime as ort
-    from scalablevit.divergence import divergence_report
+    from scalablevit.host.divergence import divergence_report
     plain, _ = bundles
     images = _images(plain)
     report = divergence_report(plain / 'model.fp32.onnx', plain / 'model.int8.onnx', images)
@@ -69,7 +69,7 @@ def test_int8_error_grows_with_depth_and_matches_the_plain_run(bundles):
 
 
 def test_divergence_is_located_at_the_injected_outlier(bundles):
-    from scalablevit.divergence import divergence_report
+    from scalablevit.host.divergence import divergence_report
     _, massive = bundles
     report = divergence_report(massive / 'model.fp32.onnx', massive / 'model.int8.onnx', _images(massive))
     first = report['first_block']
@@ -85,7 +85,7 @@ def test_divergence_is_located_at_the_injected_outlier(bundles):
 
 def test_batches_are_sized_to_the_memory_budget(bundles):
     import onnx
-    from scalablevit.divergence import batch_size_for, probes
+    from scalablevit.host.divergence import batch_size_for, probes
     plain, _ = bundles
     ref, cand = (onnx.load(str(plain / f)) for f in ('model.fp32.onnx', 'model.int8.onnx'))
     found = probes(ref, cand)

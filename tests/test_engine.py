@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import compat, cuda, device, engine, engine_rules, inspector, jetson, targets, trt_env
-from scalablevit.bundle import check_precision
-from scalablevit.targets import Target
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import sha256_file, write_json
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, Runner
+from scalablevit.core import compat
+from scalablevit.core.bundle import check_precision
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import sha256_file, write_json
+from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME, Runner
+from scalablevit.device import (cuda, engine, engine_rules, inspector, jetson, pipeline as device_pipeline, targets,
+                                trt_env)
+from scalablevit.device.targets import Target
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -438,7 +440,7 @@ def test_bundle_with_a_modified_onnx_is_refused_before_building(tmp_path):
     bundle = _bundle(tmp_path)
     (bundle / 'model.fp32.onnx').write_bytes(b'someone else\'s model')
     with pytest.raises(ScalableViTError, match=r'ONNX .*model.fp32.onnx does not match the bundle manifest'):
-        device.build_bundle_engine(bundle, 'desktop')
+        device_pipeline.build_bundle_engine(bundle, 'desktop')
     assert not (bundle / 'engines').exists()
 
 
@@ -446,21 +448,21 @@ def test_bundle_with_a_modified_reference_or_bad_manifest_is_refused(tmp_path):
     bundle = _bundle(tmp_path)
     np.savez(bundle / 'reference.npz', input=np.zeros((1, 3, 224, 224), np.float32), logits=np.zeros((1, 10)))
     with pytest.raises(ScalableViTError, match=r'reference .*reference.npz does not match the bundle manifest'):
-        device.build_bundle_engine(bundle, 'desktop')
+        device_pipeline.build_bundle_engine(bundle, 'desktop')
     manifest = json.loads((bundle / 'manifest.json').read_text())
     write_json(bundle / 'manifest.json', {**manifest, 'deploy_onnx': 'model.int8.onnx'})
     with pytest.raises(ScalableViTError, match="an fp32 bundle must deploy 'model.fp32.onnx' from its onnx entry"):
-        device.build_bundle_engine(bundle, 'desktop')
+        device_pipeline.build_bundle_engine(bundle, 'desktop')
     del manifest['reference']
     write_json(bundle / 'manifest.json', manifest)
     with pytest.raises(ScalableViTError, match="bundle manifest .* is missing 'reference'"):
-        device.build_bundle_engine(bundle, 'desktop')
+        device_pipeline.build_bundle_engine(bundle, 'desktop')
 
 
 @pytest.mark.skipif(trt_env.trt_status()[0], reason='TensorRT and a GPU are present: the build would start')
 def test_bundle_build_without_tensorrt_says_why(tmp_path):
     with pytest.raises(ScalableViTError, match='TensorRT is not usable here: (tensorrt not importable|no CUDA)'):
-        device.build_bundle_engine(_bundle(tmp_path), 'desktop')
+        device_pipeline.build_bundle_engine(_bundle(tmp_path), 'desktop')
 
 
 class _ScaleRunner(Runner):
@@ -488,10 +490,10 @@ def test_run_padded_respects_the_profile_and_drops_padding():
     images = np.random.default_rng(1).standard_normal((7, 3, 4, 4), dtype=np.float32)
     expected = images.mean(axis=(1, 2, 3))[:, None] * np.arange(4, dtype=np.float32)
     with _ScaleRunner() as runner:
-        np.testing.assert_allclose(device.run_padded(runner, images, 1, 3), expected, rtol=1e-6)
+        np.testing.assert_allclose(device_pipeline.run_padded(runner, images, 1, 3), expected, rtol=1e-6)
         assert runner.batches == [3, 3, 1]
         runner.batches.clear()
-        np.testing.assert_allclose(device.run_padded(runner, images, 4, 4), expected, rtol=1e-6)  # DLA: fixed batch
+        np.testing.assert_allclose(device_pipeline.run_padded(runner, images, 4, 4), expected, rtol=1e-6)  # DLA: fixed batch
         assert runner.batches == [4, 4]
 
 
@@ -555,8 +557,9 @@ def test_unknown_cuda_binding_is_refused(monkeypatch):
 def test_device_modules_import_without_torch_or_onnxruntime():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; "
             "sys.modules['modelopt'] = None; sys.modules['onnx'] = None; "
-            "import scalablevit.device, scalablevit.engine, scalablevit.trt_runner, scalablevit.cuda, scalablevit.bundle; "
-            "print(scalablevit.targets.load_target('jetson-orin-nano').name)")
+            "import importlib, pkgutil, scalablevit.device as d; "
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(d.__path__, 'scalablevit.device.')]; "
+            "from scalablevit.device.targets import load_target; print(load_target('jetson-orin-nano').name)")
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr

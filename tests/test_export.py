@@ -14,12 +14,13 @@ from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
 import scalablevit
-from scalablevit.errors import InputSizeError, ScalableViTError
-from scalablevit.export import (ExportOnnx, check_layernorm_fused, check_onnx, check_tensorrt_ops, export_onnx,
-                                read_metadata, stamp_metadata)
-from scalablevit.fileio import sha256_file
-from scalablevit.model import create_model
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeRunner, TorchRunner
+from scalablevit.core.errors import InputSizeError, ScalableViTError
+from scalablevit.core.fileio import sha256_file
+from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME
+from scalablevit.host.export import (ExportOnnx, check_layernorm_fused, check_onnx, check_tensorrt_ops, export_onnx,
+                                     read_metadata, stamp_metadata)
+from scalablevit.host.runners import OnnxRuntimeRunner, TorchRunner
+from scalablevit.models.scalablevit import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / 'deploy' / 'export_onnx.py'
@@ -243,7 +244,7 @@ def test_cli_bad_input_exits_1_with_one_line(tmp_path, args, message):
 
 
 def test_cli_with_weights_stamps_their_hash(tmp_path):
-    checkpoint = pytest.importorskip('scalablevit.checkpoint')
+    checkpoint = pytest.importorskip('scalablevit.models.checkpoint')
     model = _model(seed=3)
     weights = tmp_path / 'w.safetensors'
     checkpoint.save_weights(model, weights)
@@ -258,7 +259,7 @@ def test_cli_with_weights_stamps_their_hash(tmp_path):
 @pytest.mark.slow
 def test_cli_exports_scalable_vit_small(tmp_path):
     """The default model at 224 through the CLI; ORT equals torch FP32 within 1e-4 at batch 1."""
-    checkpoint = pytest.importorskip('scalablevit.checkpoint')
+    checkpoint = pytest.importorskip('scalablevit.models.checkpoint')
     model = _model('scalable_vit_small', seed=5)
     weights = tmp_path / 's.safetensors'
     checkpoint.save_weights(model, weights)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit.errors import ScalableViTError
-from scalablevit.fmnist import CLASSES, DEFAULT_ROOT, INSTALL_HINT, load_fashion_mnist, to_model_input
-from scalablevit.model import data_config
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.data.fmnist import CLASSES, DEFAULT_ROOT, INSTALL_HINT, load_fashion_mnist, to_model_input
+from scalablevit.models.scalablevit import data_config
 
-WEIGHTS = Path(__file__).resolve().parents[1] / 'scalablevit' / 'weights' / 'scalable_vit_fmnist.safetensors'
+WEIGHTS = Path(__file__).resolve().parents[1] / 'scalablevit' / 'models' / 'weights' / 'scalable_vit_fmnist.safetensors'
 ACCURACY_SUBSET = 5000  # first 5000 test images (500 per class +- a few)
 
 
@@ -77,7 +77,7 @@ def test_unknown_split_suggests_closest():
 def test_to_model_input_equals_preprocess(test_split):
     from PIL import Image
 
-    from scalablevit.data import preprocess
+    from scalablevit.data.transforms import preprocess
     cfg = data_config('scalable_vit_fmnist')
     images = test_split[0][:1000]
     batch = to_model_input(images, cfg)
@@ -93,7 +93,7 @@ def test_committed_weights_reach_90_percent(test_split):
     import torch
     from safetensors import safe_open
 
-    from scalablevit.model import create_model
+    from scalablevit.models.scalablevit import create_model
     assert WEIGHTS.stat().st_size <= 5 * 2 ** 20
     with safe_open(str(WEIGHTS), 'pt') as f:
         assert f.metadata()['model'] == 'scalable_vit_fmnist'

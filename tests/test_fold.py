@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from scalablevit import data
-from scalablevit.errors import ScalableViTError
-from scalablevit.export import export_onnx, load_onnx, onnx_data_config, op_histogram, read_metadata
-from scalablevit.fmnist import load_fashion_mnist, resize_images
-from scalablevit.fold import FoldedConv2d, fold_normalization
-from scalablevit.model import create_model
-from scalablevit.runners import OnnxRuntimeRunner
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.data.fmnist import load_fashion_mnist, resize_images
+from scalablevit.data.store import load_npz
+from scalablevit.data.transforms import folded_config, normalize, normalize_in_model, preprocess
+from scalablevit.host.export import export_onnx, load_onnx, onnx_data_config, op_histogram, read_metadata
+from scalablevit.host.runners import OnnxRuntimeRunner
+from scalablevit.models.fold import FoldedConv2d, fold_normalization
+from scalablevit.models.scalablevit import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST_WEIGHTS = ROOT / 'scalablevit' / 'weights' / 'scalable_vit_fmnist.safetensors'
+FMNIST_WEIGHTS = ROOT / 'scalablevit' / 'models' / 'weights' / 'scalable_vit_fmnist.safetensors'
 EXACT = 1e-5  # the bound on |folded - unfolded| logits, onnxruntime FP32
 
 
@@ -48,7 +49,7 @@ def exports(request, tmp_path_factory):
 def test_folded_onnx_on_pixels_equals_unfolded_on_normalized_pixels(exports):
     model, plain, folded = exports
     x = _pixels(model.data_cfg['input_size'][-1])
-    expected = _logits(plain, data.normalize(x, model.data_cfg))
+    expected = _logits(plain, normalize(x, model.data_cfg))
     got = _logits(folded, x)
     assert np.abs(got - expected).max() <= EXACT
     assert np.abs(expected).max() > 0.5  # real logits, not a degenerate output
@@ -63,7 +64,7 @@ def test_folded_onnx_on_real_images(tmp_path):
     images, _ = load_fashion_mnist('test')
     pixels = resize_images(images[:64], model.data_cfg).astype(np.float32)
     pixels = np.repeat(pixels[:, None], 3, axis=1)
-    expected = _logits(tmp_path / 'plain.onnx', data.normalize(pixels, model.data_cfg))
+    expected = _logits(tmp_path / 'plain.onnx', normalize(pixels, model.data_cfg))
     assert np.abs(_logits(tmp_path / 'folded.onnx', pixels) - expected).max() <= EXACT
 
 
@@ -78,7 +79,7 @@ def test_the_border_term_is_what_makes_it_exact(exports):
     assert border[2:-2, 2:-2].max() == 0 and border[0].min() > 0  # only the outputs that reach the padding
     x = torch.from_numpy(_pixels(size))
     with torch.no_grad():
-        reference = model(torch.from_numpy(data.normalize(x.numpy(), model.data_cfg)))
+        reference = model(torch.from_numpy(normalize(x.numpy(), model.data_cfg)))
         exact = folded(x)
         stem.border.zero_()
         naive = folded(x)
@@ -95,7 +96,7 @@ def test_non_zero_padding_needs_no_border_term():
     assert folded.patch_embeds[0].proj.border.abs().max() == 0
     x = torch.from_numpy(_pixels(224, n=2))
     with torch.no_grad():
-        diff = folded(x) - model(torch.from_numpy(data.normalize(x.numpy(), model.data_cfg)))
+        diff = folded(x) - model(torch.from_numpy(normalize(x.numpy(), model.data_cfg)))
     assert diff.abs().max() < EXACT
 
 
@@ -104,7 +105,7 @@ def test_metadata_and_preprocessing_say_what_the_model_expects(exports):
     meta_plain, meta_folded = read_metadata(load_onnx(plain)), read_metadata(load_onnx(folded))
     assert meta_plain['normalize_in_model'] == 'False' and meta_folded['normalize_in_model'] == 'True'
     cfg = onnx_data_config(meta_folded)
-    assert data.normalize_in_model(cfg) and not data.normalize_in_model(onnx_data_config(meta_plain))
+    assert normalize_in_model(cfg) and not normalize_in_model(onnx_data_config(meta_plain))
     assert cfg['mean'] == model.data_cfg['mean']  # still recorded: what the model does inside
     # one extra node: the border Add after the stem conv (node names keep the INT8 policy's stem pattern)
     names = [n.name for n in load_onnx(folded).graph.node]
@@ -116,9 +117,9 @@ def test_preprocess_of_a_folded_config_is_the_pixels():
     from PIL import Image
     cfg = create_model('scalable_vit_test').data_cfg
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 300, 3), dtype=np.uint8))
-    raw = data.preprocess(image, data.folded_config(cfg))
+    raw = preprocess(image, folded_config(cfg))
     assert raw.dtype == np.float32 and raw.shape == (3, 224, 224) and raw.max() <= 255 and (raw == np.round(raw)).all()
-    assert np.array_equal(data.normalize(raw, cfg), data.preprocess(image, cfg))  # bit for bit
+    assert np.array_equal(normalize(raw, cfg), preprocess(image, cfg))  # bit for bit
 
 
 def test_refusals():
@@ -146,7 +147,7 @@ def test_cli_export_with_fold(tmp_path):
 # ------------------------------------------------------------------------------------------- pipeline
 @pytest.fixture(scope='module')
 def folded_int8(tmp_path_factory):
-    from scalablevit.pipeline import HostOptions, HostPipeline
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
     out = tmp_path_factory.mktemp('folded') / 'int8'
     report = HostPipeline(HostOptions(model='fmnist', precision='int8', out=out, calib_size=64, val_size=64,
                                       fold_normalization=True)).run()
@@ -159,13 +160,13 @@ def test_pipeline_records_the_fold_and_feeds_pixels(folded_int8):
     assert m['input']['preprocessing']['normalize_in_model'] is True
     assert m['stages']['export']['facts']['normalize_in_model'] is True
     ref = np.load(out / 'reference.npz')
-    calib = data.load_npz(out / 'calibration.npz')
+    calib = load_npz(out / 'calibration.npz')
     for images in (ref['input'], calib.images):
         assert images.min() >= 0 and images.max() == 255 and (images == np.round(images)).all()
     # the reference logits are the UNfolded PyTorch model on normalized pixels: the folded FP32 ONNX matches them
     model = create_model('fmnist', weights=str(FMNIST_WEIGHTS)).eval()
     with torch.no_grad():
-        torch_logits = model(torch.from_numpy(data.normalize(ref['input'], model.data_cfg))).numpy()
+        torch_logits = model(torch.from_numpy(normalize(ref['input'], model.data_cfg))).numpy()
     assert np.abs(torch_logits - ref['logits']).max() < 1e-5
     assert np.abs(_logits(out / 'model.fp32.onnx', ref['input']) - ref['logits']).max() <= EXACT
 
@@ -178,7 +179,7 @@ def test_folded_int8_bundle_keeps_its_accuracy(folded_int8):
 
 
 def test_folded_and_plain_bundles_do_not_share_a_default_directory():
-    from scalablevit.pipeline import HostOptions
+    from scalablevit.host.pipeline import HostOptions
     assert HostOptions(model='fmnist', precision='int8', fold_normalization=True).validate().out.name == \
         'scalable_vit_fmnist-int8-folded'
 

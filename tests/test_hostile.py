@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from scalablevit.bundle import Bundle
-from scalablevit.checkpoint import save_weights
-from scalablevit.errors import ScalableViTError
-from scalablevit.model import create_model
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.models.checkpoint import save_weights
+from scalablevit.models.scalablevit import create_model
 from test_reliability import (ROOT, SMALL, _env, build, cli, copy_bundle, failed, manifest, passed, snapshot,
                               start)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from scalablevit.exportdir import MARKER, PAUSE_ENV
-from scalablevit.fileio import write_json
-from scalablevit.pipeline import HostOptions, HostPipeline
-from scalablevit.triton import model_config_text, parse_model_config
+from scalablevit.core.fileio import write_json
+from scalablevit.host.pipeline import HostOptions, HostPipeline
+from scalablevit.serve.exportdir import MARKER, PAUSE_ENV
+from scalablevit.serve.triton import model_config_text, parse_model_config
 from tests.test_deploy import _fake_engine, _read_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_triton_entry_is_old_or_new_whole_when_killed_at_the_swap(bundle, tmp_pa
 
 def test_triton_rewrite_without_rename_exchange(bundle, tmp_path, monkeypatch):
     """The fallback for file systems without RENAME_EXCHANGE: two renames, same result, nothing left over."""
-    from scalablevit import exportdir
-    from scalablevit.triton import export_triton
+    from scalablevit.serve import exportdir
+    from scalablevit.serve.triton import export_triton
     repo = tmp_path / 'repo'
     export_triton(bundle, repo)
     monkeypatch.setattr(exportdir, '_exchange', lambda a, b: False)
@@ -169,7 +169,7 @@ def test_triton_refuses_a_truncated_engine(bundle, tmp_path):
 # ------------------------------------------------------------------------------------------------ Triton: item 7
 def _target_file(tmp_path: Path, batch_max: int, batch_min: int = 1) -> Path:
     path = tmp_path / f'target_{batch_min}_{batch_max}.json'
-    data = json.loads((ROOT / 'scalablevit' / 'targets' / 'desktop.json').read_text())
+    data = json.loads((ROOT / 'scalablevit' / 'device' / 'targets' / 'desktop.json').read_text())
     data['batch'] = {'min': batch_min, 'opt': batch_min, 'max': batch_max}
     path.write_text(json.dumps(data))
     return path

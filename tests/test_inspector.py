@@ -3,7 +3,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from scalablevit.inspector import layer_precisions, precision_mismatches, tensor_dtype
+from scalablevit.device.inspector import layer_precisions, precision_mismatches, tensor_dtype
 
 DATA = Path(__file__).parent / 'data' / 'tensorrt'
 
@@ -53,9 +53,9 @@ def test_layer_names_only_output_has_no_precisions():
 
 def test_engine_report_flags_layers_above_the_onnx_precision(tmp_path):
     """The device pipeline's check on a real TensorRT 10.4 engine description and a census asking INT8 for one conv."""
-    from scalablevit.bundle import Bundle
-    from scalablevit.device import _engine_precision
-    from scalablevit.report import render_markdown
+    from scalablevit.core.bundle import Bundle
+    from scalablevit.core.report import render_markdown
+    from scalablevit.device.pipeline import _engine_precision
     engine_manifest = {'layers': {'per_layer': _layers('resnet18_fp16_trt10.4_rtx3060.graph.json')}}
     bundle = Bundle(tmp_path, {'census': {'node_dtypes': {'/conv1/Conv': 'int8', '/fc/Gemm': 'fp16'}}})
     checked = _engine_precision(engine_manifest, bundle)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import jetson
-from scalablevit.bench import BenchConfig, batch_sweep
-from scalablevit.errors import ScalableViTError
-from scalablevit.runners import OnnxRuntimeRunner
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.timing import BenchConfig, batch_sweep
+from scalablevit.device import jetson
+from scalablevit.host.runners import OnnxRuntimeRunner
 
 DATA = Path(__file__).parent / 'data' / 'jetson'
 ROOT = Path(__file__).resolve().parents[1]

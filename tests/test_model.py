@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from scalablevit import numerics
-from scalablevit.complexity import complexity_table, model_complexity
-from scalablevit.errors import InputSizeError
-from scalablevit.model import ScalableViT, create_model, model_config
+from scalablevit.core import numerics
+from scalablevit.core.errors import InputSizeError
+from scalablevit.models.complexity import complexity_table, model_complexity
+from scalablevit.models.scalablevit import ScalableViT, create_model, model_config
 
 DATA = Path(__file__).parent / 'data'
 

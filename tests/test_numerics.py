@@ -1,11 +1,11 @@
-"""The format bounds of scalablevit.numerics: their arithmetic and what they allow; the numpy under test."""
+"""The format bounds of scalablevit.core.numerics: their arithmetic and what they allow; the numpy under test."""
 import os
 
 import numpy as np
 import pytest
 
-from scalablevit import numerics
-from scalablevit.model import model_config
+from scalablevit.core import numerics
+from scalablevit.models.scalablevit import model_config
 
 
 def test_depth_counts_every_block_stage_and_the_head():

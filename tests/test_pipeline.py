@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from scalablevit.checkpoint import save_weights
-from scalablevit.model import create_model
-from scalablevit.pipeline import HostOptions, HostPipeline
+from scalablevit.host.pipeline import HostOptions, HostPipeline
+from scalablevit.models.checkpoint import save_weights
+from scalablevit.models.scalablevit import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(model='scalable_vit_test', calib_size=16, val_size=8)
@@ -50,7 +50,7 @@ def test_manifest_describes_every_artifact(int8_bundle):
     assert m['deploy_onnx'] == 'model.int8.onnx' and m['untrained'] is True and m['weights'] is None
     assert m['input'] == {'name': 'input', 'shape': [None, 3, 224, 224], 'preprocessing': m['input']['preprocessing']}
     assert m['onnx']['fp32']['opset'] == 17 and m['onnx']['int8']['opset'] >= 19
-    from scalablevit.fileio import sha256_file
+    from scalablevit.core.fileio import sha256_file
     for entry in m['onnx'].values():
         assert sha256_file(out / entry['file']) == entry['sha256']
     assert m['calibration']['count'] == 16 and m['reference']['samples'] == 8
@@ -87,7 +87,7 @@ def test_stage_records_hold_peak_memory_per_stage_and_part(int8_bundle):
 def test_nested_steps_record_what_each_part_allocated():
     """A part that allocates 200 MB records it: its peak is at least that much above its start; the outer step
     keeps the parts in the order they ran."""
-    from scalablevit.steps import timed_step
+    from scalablevit.core.steps import timed_step
     with timed_step('outer') as outer:
         with timed_step('small'):
             pass
@@ -115,7 +115,7 @@ def test_rerun_reuses_finished_stages_and_force_rebuilds(int8_bundle):
 
 
 def test_interrupted_run_resumes_after_last_finished_stage(tmp_path, monkeypatch):
-    from scalablevit import quantize
+    from scalablevit.host import quantize
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -140,7 +140,7 @@ def test_trained_weights_are_hashed_and_gated(tmp_path):
     assert report['status'] == 'passed' and 'warning' not in report
     assert report['accuracy']['top1_agreement'] == 1.0 and report['accuracy']['max_abs_diff'] < 1e-4
     manifest = json.loads((tmp_path / 'b' / 'manifest.json').read_text())
-    from scalablevit.fileio import sha256_file
+    from scalablevit.core.fileio import sha256_file
     assert manifest['weights']['sha256'] == sha256_file(weights)
 
 

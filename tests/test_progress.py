@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scalablevit.progress import MIN_ITEMS, LogProgress, progress
+from scalablevit.core.progress import MIN_ITEMS, LogProgress, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ class FakeClock:
 def test_log_progress_reports_each_tenth_with_rate_and_eta(caplog):
     clock = FakeClock()
     advance = LogProgress(200, 'calibration', clock=clock)
-    with caplog.at_level(logging.INFO, logger='scalablevit.progress'):
+    with caplog.at_level(logging.INFO, logger='scalablevit.core.progress'):
         for _ in range(100):      # 100 batches of 2 images, one second each
             clock.now += 1.0
             advance(2)
@@ -34,7 +34,7 @@ def test_log_progress_reports_each_tenth_with_rate_and_eta(caplog):
 def test_log_progress_reports_every_half_minute_when_slow(caplog):
     clock = FakeClock()
     advance = LogProgress(1000, 'validation', clock=clock)
-    with caplog.at_level(logging.INFO, logger='scalablevit.progress'):
+    with caplog.at_level(logging.INFO, logger='scalablevit.core.progress'):
         for _ in range(4):        # 4 images in 2 minutes: far from a tenth, four half minutes
             clock.now += 30.0
             advance(1)
@@ -45,7 +45,7 @@ def test_log_progress_reports_every_half_minute_when_slow(caplog):
 def test_a_fast_job_logs_nothing(caplog):
     clock = FakeClock()
     advance = LogProgress(1000, 'validation', clock=clock)
-    with caplog.at_level(logging.INFO, logger='scalablevit.progress'):
+    with caplog.at_level(logging.INFO, logger='scalablevit.core.progress'):
         for _ in range(100):      # done in 4 s: its step's own "done in" line is enough
             clock.now += 0.04
             advance(10)
@@ -53,7 +53,7 @@ def test_a_fast_job_logs_nothing(caplog):
 
 
 def test_small_jobs_report_nothing(caplog):
-    with caplog.at_level(logging.INFO, logger='scalablevit.progress'):
+    with caplog.at_level(logging.INFO, logger='scalablevit.core.progress'):
         advance = progress(MIN_ITEMS - 1, 'validation')
         for _ in range(MIN_ITEMS - 1):
             advance(1)

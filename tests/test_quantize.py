@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 from weights_util import fill_weights
 
 onnx = pytest.importorskip('onnx')
@@ -21,14 +21,14 @@ ort = pytest.importorskip('onnxruntime')
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG_MATMUL = re.compile(r'/(qkv|q|k|v|kv|proj|fc1|fc2)/MatMul$')
-# Tolerances on 16 test images, random-weight model (trained-model numbers: README, bench/int8_sweep.py).
+# Tolerances on 16 test images, random-weight model (trained-model numbers: docs/quantization.md, bench/int8_sweep.py).
 INT8_MIN_COSINE_MEAN = 0.98
 INT8_MIN_AGREEMENT = 0.8
 FP16_MAX_REL_DIFF = 1e-2  # max |fp16 - fp32| / max |fp32| over the logits
 
 
 def _images(data_cfg, count, offset):
-    from scalablevit.fmnist import DEFAULT_ROOT, load_fashion_mnist, to_model_input
+    from scalablevit.data.fmnist import DEFAULT_ROOT, load_fashion_mnist, to_model_input
     if (DEFAULT_ROOT / 'train-images-idx3-ubyte.gz').is_file():
         images, _ = load_fashion_mnist('test')
         return to_model_input(images[offset:offset + count], data_cfg)
@@ -37,8 +37,8 @@ def _images(data_cfg, count, offset):
 
 @pytest.fixture(scope='module')
 def fp32(tmp_path_factory):
-    from scalablevit.export import export_onnx
-    from scalablevit.model import create_model
+    from scalablevit.host.export import export_onnx
+    from scalablevit.models.scalablevit import create_model
     model = fill_weights(create_model('scalable_vit_fmnist'), seed=0).eval()
     path = tmp_path_factory.mktemp('fp32') / 'model.fp32.onnx'
     export_onnx(model, path)
@@ -47,7 +47,7 @@ def fp32(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def int8(fp32, tmp_path_factory):
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_int8
     path, calib, _ = fp32
     out = tmp_path_factory.mktemp('int8') / 'model.int8.onnx'
     info = quantize_int8(path, out, calib)
@@ -77,7 +77,7 @@ def test_int8_quantizes_every_big_matmul(int8):
 
 
 def test_int8_default_policy_keeps_its_hazards_out(int8):
-    from scalablevit.quantize import HAZARDS
+    from scalablevit.host.int8_policy import HAZARDS
     model = onnx.load(str(int8[0]))
     dq = _dq_inputs(model)
     hazards = re.compile('|'.join((HAZARDS['residual_add'], HAZARDS['stem_conv'], HAZARDS['attention_bmm'])))
@@ -100,7 +100,7 @@ def test_int8_zero_points_all_zero_int8(int8):
 
 
 def test_int8_opset_metadata_and_info(int8, fp32):
-    from scalablevit.export import read_metadata
+    from scalablevit.host.export import read_metadata
     path, info = int8
     model = onnx.load(str(path))
     opset = next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
@@ -112,7 +112,7 @@ def test_int8_opset_metadata_and_info(int8, fp32):
 
 
 def test_int8_agrees_with_fp32_on_onnxruntime(int8, fp32):
-    from scalablevit.compare import accuracy_metrics
+    from scalablevit.core.compare import accuracy_metrics
     path, _, images = fp32
     m = accuracy_metrics(_run(path, images), _run(int8[0], images))
     assert m['cosine_mean'] >= INT8_MIN_COSINE_MEAN and m['top1_agreement'] >= INT8_MIN_AGREEMENT, m
@@ -124,7 +124,7 @@ def test_int8_leaves_only_the_output_file(int8, fp32):
 
 
 def test_int8_exclusions_are_honoured(fp32, tmp_path):
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_int8
     path, calib, _ = fp32
     out = tmp_path / 'excluded.onnx'
     info = quantize_int8(path, out, calib, method='max', policy='none', exclude_op_types=['Add', 'Conv'],
@@ -152,8 +152,9 @@ def test_int8_from_stored_images_has_the_scales_of_the_array(int8, fp32, tmp_pat
     """Calibration read a batch at a time from the stored set (the pipeline's way) gives bit-identical Q/DQ scales,
     FP16 islands and calibration hash to calibration on the array in memory; the batch chosen from the model size
     is 8 for this small model, the batch every calibration used before it was chosen."""
-    from scalablevit.data import ImageSet, StoredImages
-    from scalablevit.quantize import DEFAULT_CALIB_BATCH, quantize_int8
+    from scalablevit.data.store import ImageSet, StoredImages
+    from scalablevit.host.int8_policy import DEFAULT_CALIB_BATCH
+    from scalablevit.host.quantize import quantize_int8
     path, calib, _ = fp32
     stored = ImageSet(calib, 'test', [str(i) for i in range(len(calib))]).save_npz(tmp_path / 'calib.npz')
     info = quantize_int8(path, tmp_path / 'stored.onnx', StoredImages(stored))
@@ -170,8 +171,8 @@ def test_the_graph_does_not_depend_on_the_batch_and_max_scales_neither(fp32, tmp
     """Batches 1, 3 (a ragged last batch) and 8 give the same Q/DQ nodes (modelopt's GEMV exclusions are decided at
     one probe batch, not on the first calibration batch), and max gives bit-identical scales (the max over all
     images). Entropy's scales may move with the batch: onnxruntime's histograms take their bin width from the first
-    batch (README, "Calibration results")."""
-    from scalablevit.quantize import quantize_int8
+    batch (docs/host-memory.md, "Calibration results and the batch")."""
+    from scalablevit.host.quantize import quantize_int8
     path, calib, _ = fp32
     scales = {}
     for batch in (1, 3, 8):
@@ -186,7 +187,7 @@ def test_the_graph_does_not_depend_on_the_batch_and_max_scales_neither(fp32, tmp
 
 # ------------------------------------------------------------------------------------------- FP16
 def test_fp16_float32_io_and_agreement(fp32, tmp_path):
-    from scalablevit.quantize import convert_fp16, fp32_compute_nodes
+    from scalablevit.host.quantize import convert_fp16, fp32_compute_nodes
     path, calib, images = fp32
     out = tmp_path / 'model.fp16.onnx'
     info = convert_fp16(path, out, keep_fp32_op_types=['Softmax'], calibration=calib[:8])
@@ -219,7 +220,7 @@ def test_fp16_float32_io_and_agreement(fp32, tmp_path):
     (dict(high_precision_dtype='bf16'), 'high-precision dtype'),
 ])
 def test_int8_bad_input_is_one_clear_error(fp32, tmp_path, kwargs, message):
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_int8
     path, calib, _ = fp32
     args = {'calibration': calib[:4], **kwargs}
     out = tmp_path / 'model.int8.onnx'
@@ -229,7 +230,7 @@ def test_int8_bad_input_is_one_clear_error(fp32, tmp_path, kwargs, message):
 
 
 def test_missing_or_foreign_onnx_is_one_clear_error(tmp_path, fp32):
-    from scalablevit.quantize import convert_fp16, quantize_int8
+    from scalablevit.host.quantize import convert_fp16, quantize_int8
     calib = fp32[1][:4]
     with pytest.raises(ScalableViTError, match='file not found'):
         quantize_int8(tmp_path / 'missing.onnx', tmp_path / 'out.onnx', calib)
@@ -241,7 +242,7 @@ def test_missing_or_foreign_onnx_is_one_clear_error(tmp_path, fp32):
 
 
 def test_cuda_calibration_never_falls_back_to_cpu(fp32, tmp_path):
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_int8
     if 'CUDAExecutionProvider' in ort.get_available_providers():
         pytest.skip('onnxruntime has CUDA here; the refusal path needs a CPU-only onnxruntime')
     with pytest.raises(ScalableViTError, match='CUDAExecutionProvider'):
@@ -249,7 +250,7 @@ def test_cuda_calibration_never_falls_back_to_cpu(fp32, tmp_path):
 
 
 def test_already_quantized_input_is_refused(int8, fp32, tmp_path):
-    from scalablevit.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_int8
     with pytest.raises(ScalableViTError, match='already quantized'):
         quantize_int8(int8[0], tmp_path / 'again.onnx', fp32[1][:4])
 
@@ -269,7 +270,8 @@ def test_cli_fp16_prints_info_and_bad_precision_is_one_line(fp32, tmp_path):
 
 def test_layernorms_at_risk_of_fp16_overflow_stay_fp32(fp32, tmp_path, monkeypatch):
     """A limit of 0 marks every LayerNorm as at risk: both paths must then keep them all FP32, named by the rule."""
-    from scalablevit import fp16_rules, quantize
+    from scalablevit.host import fp16_rules
+    from scalablevit.host import quantize
     monkeypatch.setattr(fp16_rules, 'LAYERNORM_LIMIT', 0.0)
     path, calib, images = fp32
     layernorms = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == 'LayerNormalization'}

@@ -22,11 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-from scalablevit import data
-from scalablevit.bundle import Bundle
-from scalablevit.checkpoint import read_state_dict, save_weights
-from scalablevit.errors import ScalableViTError
-from scalablevit.model import create_model, data_config
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.data import sets
+from scalablevit.data.sets import split_photos
+from scalablevit.data.transforms import preprocess
+from scalablevit.models.checkpoint import read_state_dict, save_weights
+from scalablevit.models.scalablevit import create_model, data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--model', 'test', '--calib-size', '4', '--val-size', '4']
@@ -303,7 +305,7 @@ def test_device_command_is_shell_quoted_and_runs(fp32_bundle):
 # ------------------------------------------------------------------------------------ one writer a time
 def test_a_held_lock_refuses_a_second_writer_with_its_pid(tmp_path):
     out = tmp_path / 'b'
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys\nfrom scalablevit.bundle import Bundle\n'
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys\nfrom scalablevit.core.bundle import Bundle\n'
                                'b = Bundle.create(sys.argv[1])\nprint("locked", flush=True)\nsys.stdin.read()',
                                str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -401,7 +403,7 @@ def test_sixteen_bit_images_are_scaled_and_oversized_ones_skipped(hostile_run, h
     assert ref.shape == (1, 3, 224, 224)
     eight_bit = Image.fromarray(((ramp.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)).convert('RGB')
     cfg = data_config('scalable_vit_test')
-    np.testing.assert_allclose(ref[0], data.preprocess(eight_bit, cfg), atol=1e-6)
+    np.testing.assert_allclose(ref[0], preprocess(eight_bit, cfg), atol=1e-6)
     white = (1 - np.asarray(cfg['mean'])) / np.asarray(cfg['std'])
     assert (np.isclose(ref[0], white[:, None, None], atol=1e-5)).mean() < 0.05  # clipping made 89 % white
 
@@ -409,13 +411,13 @@ def test_sixteen_bit_images_are_scaled_and_oversized_ones_skipped(hostile_run, h
 def test_calib_size_beyond_the_bundled_photos_is_capped(fp32_bundle, tmp_path, monkeypatch, capsys, caplog):
     """--calib-size 1000000000 with the bundled photos built crops until the kernel killed the process."""
     from scalablevit.cli import build_engine, run_cli
-    monkeypatch.setattr(data, 'CROPS_PER_PHOTO', 2)  # the real 128 per photo would take a minute here
+    monkeypatch.setattr(sets, 'CROPS_PER_PHOTO', 2)  # the real 128 per photo would take a minute here
     out = copy_bundle(fp32_bundle[0], tmp_path / 'b')
     with pytest.raises(SystemExit) as done:
         run_cli(build_engine.main, ['--model', 'test', '--precision', 'fp32', '--calib-size', '1000000000',
                                     '--val-size', '2', '--out', str(out)])
     assert done.value.code == 0, capsys.readouterr().err
-    calib_photos = data.split_photos(0)[0]
+    calib_photos = split_photos(0)[0]
     expected = 2 * len(calib_photos)
     assert (f'1000000000 images asked for, capped to {expected}: the {len(calib_photos)} bundled photos give at '
             'most 2 crops each') in caplog.text

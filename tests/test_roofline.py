@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from scalablevit import roofline
-from scalablevit.errors import ScalableViTError
+from scalablevit.benchmarks import roofline
+from scalablevit.core import peaks
+from scalablevit.core.errors import ScalableViTError
 
 DATA = Path(__file__).parent / 'data' / 'jetson'
 
 
 # --------------------------------------------------------------------------------------- device table
 def test_every_device_has_both_ceilings_with_sources():
-    for key in roofline.load_peaks():
-        limits = roofline.device_limits(key)
+    for key in peaks.load_peaks():
+        limits = peaks.device_limits(key)
         assert limits['int8_tops'] > limits['fp16_tflops'] > 0 and limits['fp32_tflops'] > 0, key
         assert limits['mem_bw_gbs'] > 0 and limits['source'] and limits['mem_bw_source'], key
         assert limits['estimate'] is False
@@ -25,21 +26,21 @@ def test_every_device_has_both_ceilings_with_sources():
 
 def test_jetson_bandwidth_is_emc_clock_times_bus_width():
     """LPDDR5: EMC MHz x 2 (double data rate) x bus bits / 8 reproduces every Jetson datasheet GB/s within 1%."""
-    jetsons = {k: e for k, e in roofline.load_peaks().items() if e['kind'] == 'jetson'}
+    jetsons = {k: e for k, e in peaks.load_peaks().items() if e['kind'] == 'jetson'}
     assert {f'jetson-orin-nx-{size}{s}' for size in ('8gb', '16gb') for s in ('', '-super')} <= set(jetsons)
     for key, e in jetsons.items():
         derived = e['mem_clock_mhz'] * 2 * e['mem_bus_bits'] / 8 / 1e3
         assert derived == pytest.approx(e['mem_bw_gbs'], rel=0.01), key
-    nano = roofline.device_limits('jetson-orin-nano-4gb')
-    assert (nano['mem_bw_gbs'], roofline.device_limits('jetson-orin-nano-8gb')['mem_bw_gbs']) == (34, 68)
-    assert roofline.device_limits('jetson-orin-nano-8gb-super')['mem_bw_gbs'] == 102
-    assert roofline.device_limits('jetson-agx-orin-32gb')['mem_bw_gbs'] == 204.8
-    assert roofline.device_limits('jetson-orin-nx-16gb')['mem_bw_gbs'] == 102.4
+    nano = peaks.device_limits('jetson-orin-nano-4gb')
+    assert (nano['mem_bw_gbs'], peaks.device_limits('jetson-orin-nano-8gb')['mem_bw_gbs']) == (34, 68)
+    assert peaks.device_limits('jetson-orin-nano-8gb-super')['mem_bw_gbs'] == 102
+    assert peaks.device_limits('jetson-agx-orin-32gb')['mem_bw_gbs'] == 204.8
+    assert peaks.device_limits('jetson-orin-nx-16gb')['mem_bw_gbs'] == 102.4
 
 
 def test_unknown_device_names_the_closest():
     with pytest.raises(ScalableViTError, match="did you mean 'jetson-orin-nx-16gb'"):
-        roofline.device_limits('jetson-orin-nx-16g')
+        peaks.device_limits('jetson-orin-nx-16g')
 
 
 # --------------------------------------------------------------------------------------- the roofline

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 
 import trt_contract as tc
-from scalablevit import compat, cuda, engine, selftest, trt_env
-from scalablevit.engine_rules import target_platform_problem
-from scalablevit.errors import ScalableViTError
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME
-from scalablevit.targets import list_targets, load_target, target_from_dict
+from scalablevit.core import compat
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME
+from scalablevit.device import cuda, engine, selftest, trt_env
+from scalablevit.device.engine_rules import target_platform_problem
+from scalablevit.device.targets import list_targets, load_target, target_from_dict
 
 SURFACES = {p.stem.split('-', 1)[1]: p for p in tc.SURFACES}
 VERSIONS = list(SURFACES)
@@ -244,7 +245,7 @@ def test_build_load_and_run_against_the_surface(standin, target, precision, tmp_
     flags = [args[0].name for name, args, _ in trt.calls if name == 'IBuilderConfig.set_flag']
     assert flags == manifest['builder_flags']
     assert manifest['layers']['total'] == 1
-    from scalablevit.trt_runner import TrtRunner  # noqa: PLC0415
+    from scalablevit.device.trt_runner import TrtRunner  # noqa: PLC0415
     batch = min(2, target.batch_max)
     with TrtRunner(lambda: engine.load_engine(tmp_path / 'model.engine', env=env)) as runner:
         out = runner.infer({INPUT_NAME: np.ones((batch, *CHW), np.float32)})[OUTPUT_NAME]
@@ -294,8 +295,8 @@ def test_a_broken_name_in_engine_py_fails_the_static_check(tmp_path):
 @pytest.mark.parametrize('standin', [('10.3.0', 'desktop')], indirect=True)
 def test_a_broken_call_signature_in_engine_py_fails_the_stand_in_run(standin, tmp_path):
     """The mutant module runs against the stand-in: the wrong argument type is named with the real signature."""
-    module = types.ModuleType('scalablevit._engine_mutant')
-    module.__package__ = 'scalablevit'
+    module = types.ModuleType('scalablevit.device._engine_mutant')
+    module.__package__ = 'scalablevit.device'
     exec(compile(_mutant(tmp_path, 'signature').read_text(), 'engine.py', 'exec'), module.__dict__)
     onnx = tmp_path / 'model.onnx'
     onnx.write_bytes(b'x')

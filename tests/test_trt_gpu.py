@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalablevit import compat, cuda, device, engine, engine_rules, trt_env
-from scalablevit.bundle import Bundle
-from scalablevit.compare import accuracy_metrics, check_budget
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import sha256_file, write_json
-from scalablevit.runners import INPUT_NAME, OUTPUT_NAME
-from scalablevit.selftest import extract_fixture, same_graph_violations
-from scalablevit.targets import load_target
+from scalablevit.core import compat
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.compare import accuracy_metrics, check_budget
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import sha256_file, write_json
+from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME
+from scalablevit.device import cuda, engine, engine_rules, pipeline as device_pipeline, trt_env
+from scalablevit.device.selftest import extract_fixture, same_graph_violations
+from scalablevit.device.targets import load_target
 
 TRT_OK, TRT_REASON = trt_env.trt_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not TRT_OK, reason=TRT_REASON)]
@@ -73,9 +74,9 @@ def _build(bundles, precision, target, work, cache_dir, env, name=None) -> tuple
 
 
 def _tensorrt(engine_path, images, batch=(1, 8), **kwargs) -> np.ndarray:
-    from scalablevit.trt_runner import TrtRunner
+    from scalablevit.device.trt_runner import TrtRunner
     with TrtRunner(engine_path, **kwargs) as runner:
-        return device.run_padded(runner, images, *batch)
+        return device_pipeline.run_padded(runner, images, *batch)
 
 
 def _compare(precision, logits, reference, weakly_typed) -> None:
@@ -108,7 +109,7 @@ def test_fp32_engine_matches_onnxruntime_and_pytorch(fp32_engine, reference, cac
 
 
 def test_dynamic_batch_gpu_time_and_profile_limit(fp32_engine, reference):
-    from scalablevit.trt_runner import TrtRunner
+    from scalablevit.device.trt_runner import TrtRunner
     images = reference['input']
     with TrtRunner(fp32_engine) as runner:
         assert runner.input_metadata() == {INPUT_NAME: (np.dtype(np.float32), (None, 3, 64, 64))}
@@ -121,7 +122,7 @@ def test_dynamic_batch_gpu_time_and_profile_limit(fp32_engine, reference):
 
 
 def test_cuda_graph_replay_matches_plain_enqueue(fp32_engine, reference):
-    from scalablevit.trt_runner import TrtRunner
+    from scalablevit.device.trt_runner import TrtRunner
     if cuda.api().name != 'cuda-python':
         with pytest.raises(ScalableViTError, match='CUDA graphs need the cuda-python binding'):
             TrtRunner(fp32_engine, cuda_graph=True).activate()
@@ -170,7 +171,7 @@ def test_same_compute_capability_engine_or_its_refusal(bundles, reference, targe
 
 
 def test_tensor_types_numpy_cannot_hold_are_named(env):
-    from scalablevit.trt_runner import numpy_dtype
+    from scalablevit.device.trt_runner import numpy_dtype
     trt = env.trt
     assert numpy_dtype(trt, trt.float32, 'input') == np.float32
     for name in ('bfloat16', 'fp8'):  # no numpy type: tensorrt.nptype raises a bare TypeError
@@ -181,7 +182,7 @@ def test_tensor_types_numpy_cannot_hold_are_named(env):
 
 # ------------------------------------------------------------------------------------------ manifest checks
 def test_manifest_mismatch_is_refused_naming_what_differs(work, fp32_engine, env):
-    from scalablevit.trt_runner import TrtRunner
+    from scalablevit.device.trt_runner import TrtRunner
     copy = work / 'edited' / fp32_engine.name
     copy.parent.mkdir()
     shutil.copy(fp32_engine, copy)
@@ -210,7 +211,7 @@ def test_manifest_mismatch_is_refused_naming_what_differs(work, fp32_engine, env
 
 # ------------------------------------------------------------------------------------------ bundles
 def test_bundle_engine_build_cache_and_force(bundles, target_file, cache_dir, env):
-    first = device.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
+    first = device_pipeline.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
     assert first.parent == bundles['fp32'] / 'engines' and first.name.startswith('model.fp32.gpu-test.')
     report_path = first.with_name(first.stem + '.report.json')
     report = json.loads(report_path.read_text())
@@ -220,11 +221,11 @@ def test_bundle_engine_build_cache_and_force(bundles, target_file, cache_dir, en
     assert not report['engine']['reused']
     built_at = first.stat().st_mtime_ns
 
-    again = device.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
+    again = device_pipeline.build_bundle_engine(bundles['fp32'], target_file, timing_cache_dir=cache_dir, env=env)
     assert again == first and first.stat().st_mtime_ns == built_at
     assert json.loads(report_path.read_text())['engine']['reused']
 
-    forced = device.build_bundle_engine(bundles['fp32'], target_file, force=True, timing_cache_dir=cache_dir, env=env)
+    forced = device_pipeline.build_bundle_engine(bundles['fp32'], target_file, force=True, timing_cache_dir=cache_dir, env=env)
     assert forced == first and first.stat().st_mtime_ns > built_at
     assert not json.loads(report_path.read_text())['engine']['reused']
 
@@ -240,7 +241,7 @@ def test_bundle_engine_over_budget_fails_and_is_not_kept(bundles, work, target_f
     manifest['reference']['sha256'] = sha256_file(bundle / 'reference.npz')
     write_json(bundle / 'manifest.json', manifest)
     with pytest.raises(ScalableViTError, match='exceeds the fp32 accuracy budget'):
-        device.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir, env=env)
+        device_pipeline.build_bundle_engine(bundle, target_file, timing_cache_dir=cache_dir, env=env)
     assert not list((bundle / 'engines').glob('*.engine'))
     reports = list((bundle / 'engines').glob('*.report.json'))
     assert len(reports) == 1 and not json.loads(reports[0].read_text())['budget']['passed']

@@ -17,9 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SURFACES = sorted((ROOT / 'tests' / 'data' / 'tensorrt' / 'surfaces').glob('tensorrt-*.json'),
                   key=lambda p: tuple(int(x) for x in p.stem.split('-')[1].split('.')))
-DEVICE_CODE = [ROOT / 'scalablevit' / f'{m}.py' for m in ('engine', 'engine_rules', 'trt_env', 'trt_runner', 'device',
-                                                          'selftest', 'inspector', 'cuda')] + \
-              [ROOT / 'tests' / 'test_trt_gpu.py']
+DEVICE_CODE = sorted((ROOT / 'scalablevit' / 'device').glob('*.py')) + [ROOT / 'tests' / 'test_trt_gpu.py']
 
 
 def load_surface(path: Path) -> Dict[str, Any]:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Make the device self-test fixtures (``scalablevit/fixtures/fmnist.*``) with the real host pipeline.
+"""Make the device self-test fixtures (``scalablevit/device/fixtures/fmnist.*``) with the real host pipeline.
 
 For each precision the host pipeline builds a bundle of the trained ``scalable_vit_fmnist`` (the weights shipped in
-``scalablevit/weights/``): export, Fashion-MNIST calibration (train split) and held-out images (test split),
+``scalablevit/models/weights/``): export, Fashion-MNIST calibration (train split) and held-out images (test split),
 modelopt INT8 / FP16, onnxruntime validation against PyTorch FP32; each must pass its accuracy gate. From the
 held-out images the first ``--samples`` whose PyTorch top-1 margin is at least ``--min-margin`` logits are kept
 (with 64 images one flipped near-tie is 1.6 % agreement, so a correct engine could fail its budget on noise), with
@@ -29,15 +29,16 @@ from typing import Any, Dict, NoReturn, Optional, Sequence
 import numpy as np
 
 from scalablevit import __version__
-from scalablevit.bundle import PRECISIONS, Bundle
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.compare import accuracy_metrics
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import human_size, sha256_bytes, write_bytes, write_json
-from scalablevit.pipeline import HostOptions, HostPipeline
-from scalablevit.report import tool_versions, utc_now
-from scalablevit.runners import OnnxRuntimeRunner, run_batches
-from scalablevit.selftest import FIXTURE, FIXTURE_FORMAT, FIXTURES_DIR
+from scalablevit.core.bundle import PRECISIONS, Bundle
+from scalablevit.core.compare import accuracy_metrics
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import human_size, sha256_bytes, write_bytes, write_json
+from scalablevit.core.report import tool_versions, utc_now
+from scalablevit.core.runners import run_batches
+from scalablevit.device.selftest import FIXTURE, FIXTURES_DIR, FIXTURE_FORMAT
+from scalablevit.host.pipeline import HostOptions, HostPipeline
+from scalablevit.host.runners import OnnxRuntimeRunner
 
 MODEL = 'scalable_vit_fmnist'
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: fixed timestamps make the files reproducible

@@ -30,11 +30,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from scalablevit.checkpoint import save_weights
-from scalablevit.model import create_model
+from scalablevit.models.checkpoint import save_weights
+from scalablevit.models.scalablevit import create_model
 
 MODEL = 'scalable_vit_fmnist'
-WEIGHTS = Path(__file__).resolve().parents[1] / 'scalablevit' / 'weights' / f'{MODEL}.safetensors'
+WEIGHTS = Path(__file__).resolve().parents[1] / 'scalablevit' / 'models' / 'weights' / f'{MODEL}.safetensors'
 # (LayerNorm, the Linear that reads it alone)
 SITES: Tuple[Tuple[str, str], ...] = (('stages.2.0.norm1', 'stages.2.0.attn.qkv'),
                                       ('stages.2.1.norm2', 'stages.2.1.mlp.fc1'),
@@ -77,7 +77,7 @@ def amplify(state_dict: Dict[str, torch.Tensor], channels: Dict[str, int], facto
 def build(factor: float = DEFAULT_FACTOR, weights: Path = WEIGHTS, probe_images: int = PROBE_IMAGES
           ) -> Tuple[torch.nn.Module, Dict[str, int]]:
     """The amplified model and the channel chosen at each site (largest on the first TRAIN images)."""
-    from scalablevit.fmnist import fashion_mnist_sets
+    from scalablevit.data.fmnist import fashion_mnist_sets
     model = create_model(MODEL, weights=str(weights)).eval()
     calib, _ = fashion_mnist_sets(model.data_cfg, probe_images, 1, seed=0)
     channels = largest_channels(model, calib.images, [ln for ln, _ in SITES])

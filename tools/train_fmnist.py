@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the reference ScalableViT ('scalable_vit_fmnist') on Fashion-MNIST, deterministically, on a CPU.
 
-Train inputs go once through the eval resize (``scalablevit.fmnist.resize_images``, the same pixels as
+Train inputs go once through the eval resize (``scalablevit.data.fmnist.resize_images``, the same pixels as
 ``preprocess``) and are kept as uint8; each batch is then augmented on tensors (random crop with zero
 padding, horizontal flip) and normalized. The test set goes through ``to_model_input``, the eval transform.
 Recipe: AdamW, linear warmup then per-step cosine decay, label smoothing. Run it as the weights README says
@@ -20,14 +20,14 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from scalablevit.checkpoint import save_weights  # noqa: E402
 from scalablevit.cli import ArgumentParser, run_cli  # noqa: E402
-from scalablevit.fileio import human_size  # noqa: E402
-from scalablevit.fmnist import load_fashion_mnist, resize_images, to_model_input  # noqa: E402
-from scalablevit.model import ScalableViT, create_model  # noqa: E402
+from scalablevit.core.fileio import human_size  # noqa: E402
+from scalablevit.data.fmnist import load_fashion_mnist, resize_images, to_model_input  # noqa: E402
+from scalablevit.models.checkpoint import save_weights  # noqa: E402
+from scalablevit.models.scalablevit import ScalableViT, create_model  # noqa: E402
 
 MODEL = 'scalable_vit_fmnist'
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / 'scalablevit' / 'weights' / f'{MODEL}.safetensors'
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / 'scalablevit' / 'models' / 'weights' / f'{MODEL}.safetensors'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

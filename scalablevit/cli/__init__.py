@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 Main = Callable[[Optional[Sequence[str]]], Optional[int]]
 

@@ -19,17 +19,18 @@ from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scalablevit.bench import RunnerSpec, file_precision, make_runner
+from scalablevit.benchmarks.harness import RunnerSpec, file_precision, make_runner
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.compare import accuracy_metrics
-from scalablevit.data import labelled_files, load_files
-from scalablevit.progress import progress
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import write_json, write_text
-from scalablevit.model import data_config, resolve_model_name
-from scalablevit.pipeline import UNTRAINED_SEED, shipped_weights
-from scalablevit.report import make_report
-from scalablevit.runners import run_batches
+from scalablevit.core.compare import accuracy_metrics
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import write_json, write_text
+from scalablevit.core.progress import progress
+from scalablevit.core.report import make_report
+from scalablevit.core.runners import run_batches
+from scalablevit.data.sets import labelled_files, load_files
+from scalablevit.host.pipeline import UNTRAINED_SEED
+from scalablevit.models.checkpoint import shipped_weights
+from scalablevit.models.scalablevit import data_config, resolve_model_name
 
 CHUNK = 256  # images decoded at a time
 logger = logging.getLogger('bench.accuracy')
@@ -53,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def spec_for(path: Path) -> RunnerSpec:
     backend = 'tensorrt' if path.suffix in ('.engine', '.plan') else 'onnxruntime'
     if backend == 'onnxruntime' and path.is_file():
-        from scalablevit.export import load_onnx, read_metadata
+        from scalablevit.host.export import load_onnx, read_metadata
         if read_metadata(load_onnx(path)).get('normalize_in_model') == 'True':
             raise ScalableViTError(f'{path} takes RGB 0-255 (--fold-normalization) but every runner here gets '
                                    'normalized images: compare its unfolded export, or use deploy/predict.py')

@@ -3,7 +3,7 @@
 Host (any machine, CPU is fine):
     python deploy/build_engine.py --precision int8 [--model scalable_vit_small] [--weights W.pth] [--calib DIR]
 exports the FP32 ONNX, builds the calibration and held-out sets, quantizes (INT8 Q/DQ or FP16 AutoCast),
-validates the deployed ONNX with onnxruntime against PyTorch FP32 and writes the bundle (see README).
+validates the deployed ONNX with onnxruntime against PyTorch FP32 and writes the bundle (see docs/pipeline.md).
 Then, when TensorRT and a CUDA device are available, it builds and validates the engine for --target.
 
 Device (Jetson / GPU box, needs only tensorrt, numpy and a CUDA binding):
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
     p.add_argument('--int8-policy', default='default',
                    help='INT8 exclusion policy: default | none | auto | auto-none (auto: the fewest layers moved out '
-                        'of INT8 that meet the accuracy budget; see README)')
+                        'of INT8 that meet the accuracy budget; see docs/auto-int8.md)')
     p.add_argument('--int8-target', help="auto policies: a tighter budget, e.g. 'agreement=99.5,drop=0.2' "
                                          "(top-1 agreement in %%, top-1 drop in points, cosine=worst cosine)")
     p.add_argument('--int8-high-precision', default='fp16',
@@ -48,7 +48,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
     p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
     p.add_argument('--fold-normalization', action='store_true',
-                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (DeepStream; see README Deploy)')
+                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (DeepStream; see docs/deploy.md)')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
     p.add_argument('--batch', type=int, nargs=3, metavar=('MIN', 'OPT', 'MAX'),
                    help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
@@ -60,8 +60,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def host(args: argparse.Namespace) -> Path:
-    from scalablevit.compare import UNDECIDED
-    from scalablevit.pipeline import HostOptions, HostPipeline
+    from scalablevit.core.compare import UNDECIDED
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
     options = HostOptions(
         model=args.model, precision=args.precision, weights=args.weights, out=args.out, calib_dir=args.calib,
         fold_normalization=args.fold_normalization, calib_batch=args.calib_batch,
@@ -88,7 +88,7 @@ def host(args: argparse.Namespace) -> Path:
 
 def resolve_target(args: argparse.Namespace) -> Any:
     """The target preset or file, with --batch applied; checked before any work starts."""
-    from scalablevit.targets import load_target, target_from_dict
+    from scalablevit.device.targets import load_target, target_from_dict
     target = load_target(args.target)
     if args.batch:
         lo, opt, hi = args.batch
@@ -107,8 +107,8 @@ def device_command(bundle: Path, args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from scalablevit.bundle import Bundle
-    from scalablevit.trt_env import probe_tensorrt
+    from scalablevit.core.bundle import Bundle
+    from scalablevit.device.trt_env import probe_tensorrt
     args = parse_args(argv)
     # Device mode verifies the bundle (manifest schema, every sha256) before anything else: a modified or
     # foreign bundle is refused here, not reported complete because TensorRT happens to be missing.
@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'TensorRT stage skipped: {reason}. The host bundle is complete and verified; on the target run: '
               f'{device_command(bundle.path, args)}')
         return 0
-    from scalablevit.device import build_bundle_engine
+    from scalablevit.device.pipeline import build_bundle_engine
     with bundle.lock():  # one writer of engines/ at a time
         engine = build_bundle_engine(bundle, target, force=args.force, env=env)
     print(f'engine: {engine}')

@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
-from scalablevit.bundle import PRECISIONS
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.selftest import SelfTestOptions, run_self_test
+from scalablevit.core.bundle import PRECISIONS
+from scalablevit.device.selftest import SelfTestOptions, run_self_test
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

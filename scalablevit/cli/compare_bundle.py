@@ -19,14 +19,15 @@ from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 import numpy as np
 
-from scalablevit.bench import (REFERENCE_NAME, BenchConfig, RunnerSpec, add_speedups, batch_sweep, bundle_specs,
-                               check_batch, config_dict, make_runner, render_compare_markdown)
-from scalablevit.bundle import Bundle
+from scalablevit.benchmarks.harness import (REFERENCE_NAME, RunnerSpec, add_speedups, bundle_specs, make_runner,
+                                            render_compare_markdown)
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.compare import accuracy_metrics
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import write_json, write_text
-from scalablevit.runners import run_batches
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.compare import accuracy_metrics
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import write_json, write_text
+from scalablevit.core.runners import run_batches
+from scalablevit.core.timing import BenchConfig, batch_sweep, check_batch, config_dict
 
 logger = logging.getLogger('bench.compare_bundle')
 
@@ -71,7 +72,7 @@ def collect_specs(args: argparse.Namespace, bundle: Any, notes: List[str]) -> Li
 def torch_accuracy_ok(bundle: Any) -> Tuple[bool, Optional[int], str]:
     """Can the torch row reproduce the reference? (yes when untrained: same seed; or the weights file is here)."""
     if bundle.untrained:
-        from scalablevit import pipeline
+        from scalablevit.host import pipeline
         return True, getattr(pipeline, 'UNTRAINED_SEED', 0), 'random weights re-created from the pipeline seed'
     if bundle.weights_file is not None:
         return True, None, f'weights {bundle.weights_file}'
@@ -81,7 +82,7 @@ def torch_accuracy_ok(bundle: Any) -> Tuple[bool, Optional[int], str]:
 
 def torch_input(bundle: Any, images: np.ndarray) -> np.ndarray:
     """The reference images as the PyTorch model takes them: normalized when the bundle's ONNX takes RGB 0-255."""
-    from scalablevit.data import normalize, normalize_in_model
+    from scalablevit.data.transforms import normalize, normalize_in_model
     dcfg = bundle.manifest['input'].get('preprocessing') or {}
     return normalize(images, dcfg) if normalize_in_model(dcfg) else images
 
@@ -108,16 +109,16 @@ def measure(spec: RunnerSpec, args: argparse.Namespace, bundle: Any, ref: Dict[s
 
 def precision_plan(path: Path, device: str, batch: int) -> Dict[str, Any]:
     """The ONNX file's precision census (MAC shares) and its TensorRT cost estimate on ``device``."""
-    from scalablevit.census import census, layers_of
-    from scalablevit.costmodel import estimate
-    from scalablevit.export import load_onnx
+    from scalablevit.host.census import census, layers_of
+    from scalablevit.host.costmodel import estimate
+    from scalablevit.host.export import load_onnx
     layers = layers_of(load_onnx(path))
     return {'mac_share': census(layers)['mac_share'], 'estimate': estimate(layers, device, batch)}
 
 
 def estimate_device(args: argparse.Namespace, bundle: Any) -> str:
-    from scalablevit.roofline import device_limits
-    from scalablevit.targets import load_target
+    from scalablevit.core.peaks import device_limits
+    from scalablevit.device.targets import load_target
     device = args.device_peak or load_target(bundle.manifest.get('target', 'desktop')).reference_device or 'rtx-4090'
     device_limits(device)  # an unknown key fails here, with the closest name
     return device
@@ -145,11 +146,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               'samples': int(len(ref['input'])), 'labelled': 'labels' in ref,
               'untrained': bundle.untrained,
               'baseline': baseline, 'config': config_dict(config), 'rows': rows, 'notes': notes}
-    from scalablevit.report import environment
+    from scalablevit.core.report import environment
     report['environment'] = environment()
     out = args.out or bundle.path / 'compare'
     if not args.no_plots:
-        from scalablevit.plots import plot_accuracy_vs_latency
+        from scalablevit.core.plots import plot_accuracy_vs_latency
         metric = ('top1_candidate', 'top-1 vs labels (%)') if report['labelled'] else \
             ('top1_agreement', 'top-1 agreement with PyTorch FP32 (%)')
         plot_accuracy_vs_latency(rows, out / 'compare_accuracy_vs_latency.png', metric=metric[0],

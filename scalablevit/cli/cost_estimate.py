@@ -5,7 +5,7 @@
 
 For each file: the precision census (share of MACs in INT8 / FP16 / FP32) and, per device of device_peaks.json
 (default: the reference devices of every target in scalablevit/targets) and batch size, the estimated time of
-one batch (``scalablevit.costmodel``: per layer, max of MACs over the peak of its dtype and bytes over the memory
+one batch (``scalablevit.host.costmodel``: per layer, max of MACs over the peak of its dtype and bytes over the memory
 bandwidth; no fusion, no launch overhead). It compares precision plans on one device; it is not a latency: benchmark
 the engine for that. Writes <out>/cost_estimate.json and cost_estimate.md (default out: results/cost_estimate).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -27,8 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def resolve_devices(requested: Optional[List[str]]) -> List[str]:
-    from scalablevit.roofline import device_limits, load_peaks
-    from scalablevit.targets import list_targets, load_target
+    from scalablevit.core.peaks import device_limits, load_peaks
+    from scalablevit.device.targets import list_targets, load_target
     if requested == ['all']:
         return list(load_peaks())
     if requested:
@@ -41,9 +41,9 @@ def resolve_devices(requested: Optional[List[str]]) -> List[str]:
 
 def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
     """(model, precision plan, ONNX file) of a bundle directory or an ONNX file."""
-    from scalablevit.bench import file_precision
+    from scalablevit.benchmarks.harness import file_precision
     if path.is_dir():
-        from scalablevit.bundle import Bundle
+        from scalablevit.core.bundle import Bundle
         bundle = Bundle.open(path)
         onnx_path, _ = bundle.deploy_onnx()
         plan = bundle.precision.upper()
@@ -57,9 +57,9 @@ def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
 
 
 def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int]) -> List[Dict[str, Any]]:
-    from scalablevit.census import census, layers_of
-    from scalablevit.costmodel import estimate_table
-    from scalablevit.export import load_onnx
+    from scalablevit.host.census import census, layers_of
+    from scalablevit.host.costmodel import estimate_table
+    from scalablevit.host.export import load_onnx
     rows = []
     for path in paths:
         model, plan, onnx_path = deployed_onnx(path)
@@ -72,8 +72,8 @@ def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequen
 
 def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence[int]) -> str:
     """One table per model: a row per device and batch, a column per precision plan (ms per batch)."""
-    from scalablevit.costmodel import LIMITS_NOTE
-    from scalablevit.roofline import device_limits
+    from scalablevit.core.peaks import device_limits
+    from scalablevit.host.costmodel import LIMITS_NOTE
     lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}']
     for model in dict.fromkeys(r['model'] for r in rows):
         plans = [r for r in rows if r['model'] == model]
@@ -89,7 +89,7 @@ def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from scalablevit.fileio import write_json, write_text
+    from scalablevit.core.fileio import write_json, write_text
     args = parse_args(argv)
     if any(b < 1 for b in args.batch):
         raise ScalableViTError(f'--batch sizes must be positive (got {args.batch})')

@@ -3,7 +3,7 @@
     python bench/device_check.py [--out out/device-check.json] [--repeats 5] [--iters 20]
 
 Runs the CUDA-layer tests with SCALABLEVIT_REQUIRE_GPU=1, ScalableViT-S in PyTorch on CUDA in FP32 and FP16
-against CPU FP32 (bounds from scalablevit.numerics), and PyTorch CUDA latency of S at batch 1 and 8 in FP32 and
+against CPU FP32 (bounds from scalablevit.core.numerics), and PyTorch CUDA latency of S at batch 1 and 8 in FP32 and
 FP16 (CUDA events, median and min-max over the repeats, checked against the device's peak). Without CUDA it
 refuses in one line. `make device-check` runs it.
 """
@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
+from scalablevit.benchmarks.gpu_check import GpuCheckOptions, run_gpu_check
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.gpu_check import GpuCheckOptions, run_gpu_check
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

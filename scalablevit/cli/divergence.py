@@ -17,13 +17,13 @@ from typing import NoReturn, Optional, Sequence, Tuple
 import numpy as np
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 DEFAULT_SAMPLES = 32
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from scalablevit.divergence import DEFAULT_THRESHOLD
+    from scalablevit.host.divergence import DEFAULT_THRESHOLD
     p = ArgumentParser(description=__doc__)
     p.add_argument('--bundle', type=Path, help='bundle directory: its FP32 ONNX, deployed ONNX and reference images')
     p.add_argument('--fp32', type=Path, help='FP32 ONNX (without --bundle)')
@@ -60,7 +60,7 @@ def resolve(args: argparse.Namespace) -> Tuple[Path, Path, np.ndarray, Path]:
     if args.bundle:
         if args.fp32 or args.inputs:
             raise ScalableViTError('--bundle brings its own FP32 ONNX and images: drop --fp32 / --inputs')
-        from scalablevit.bundle import Bundle
+        from scalablevit.core.bundle import Bundle
         bundle = Bundle.open(args.bundle)
         fp32 = bundle.onnx_files().get('fp32')
         if fp32 is None:
@@ -73,8 +73,8 @@ def resolve(args: argparse.Namespace) -> Tuple[Path, Path, np.ndarray, Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from scalablevit.progress import progress
-    from scalablevit.divergence import divergence_report, write_divergence
+    from scalablevit.core.progress import progress
+    from scalablevit.host.divergence import divergence_report, write_divergence
     args = parse_args(argv)
     if args.batch is not None and args.batch < 1:
         raise ScalableViTError(f'--batch must be positive, got {args.batch}')

@@ -7,7 +7,7 @@ Writes <out>/config_infer_<model>.txt, labels.txt (all classes on one ';'-separa
 (the bundle's ONNX plus a Softmax: nvinfer's default classifier parser reads probabilities) and deepstream.json.
 net-scale-factor/offsets reproduce the bundle's normalization exactly; a model with a per-channel std (ImageNet)
 is refused unless it was built with --fold-normalization. The batch size is the engine profile's maximum, or
-the --target's. See README "Deploy". Installed, the same command is `scalablevit-export-deepstream`.
+the --target's. See docs/deploy.md. Installed, the same command is `scalablevit-export-deepstream`.
 """
 import argparse
 from pathlib import Path
@@ -34,8 +34,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from scalablevit.deepstream import export_deepstream
-    from scalablevit.deployable import Deployable
+    from scalablevit.serve.deepstream import export_deepstream
+    from scalablevit.serve.deployable import Deployable
     out = args.out or Deployable.open(args.source, args.bundle).bundle.path / 'deepstream'
     record = export_deepstream(args.source, out, bundle=args.bundle, target=args.target,
                                process_mode=args.process_mode, gie_id=args.gie_id,

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import human_size, sha256_file
-from scalablevit.steps import timed_step
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import human_size, sha256_file
+from scalablevit.core.steps import timed_step
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -34,15 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--input-size', help="SIZE or HxW (default: the model's data config, e.g. 224)")
     p.add_argument('--no-simplify', action='store_true', help='skip the onnxslim simplification')
     p.add_argument('--fold-normalization', action='store_true',
-                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (for DeepStream, see README)')
+                   help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (for DeepStream, see docs/deploy.md)')
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     input_size = parse_size(args.input_size) if args.input_size else None
-    from scalablevit.export import ExportOnnx
-    from scalablevit.model import create_model
+    from scalablevit.host.export import ExportOnnx
+    from scalablevit.models.scalablevit import create_model
     model = create_model(args.model, weights=args.weights)
     # Build the stage first: a bad opset or input size fails before anything is written.
     stage = ExportOnnx(model, opset=args.opset, input_size=input_size, simplify=not args.no_simplify,

@@ -28,7 +28,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from scalablevit.triton import export_triton
+    from scalablevit.serve.triton import export_triton
     record = export_triton(args.source, args.repo, name=args.name, bundle=args.bundle, target=args.target)
     where = args.repo / record['name']
     print(f"{where}: {record['backend']} backend, {record['precision']}, max_batch_size {record['max_batch_size']} "

@@ -15,14 +15,15 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional
 
+from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
+                                            write_bench_report)
+from scalablevit.benchmarks.roofline import add_roofline, detect_local_device, resolve_gmacs
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, bundle_specs, config_dict,
-                               file_precision, input_shape_of, make_runner, write_bench_report)
-from scalablevit.bundle import Bundle
-from scalablevit.errors import ScalableViTError
-from scalablevit.jetson import PowerMonitor, describe_jetson, jetson_info
-from scalablevit.census import bytes_per_image
-from scalablevit.roofline import add_roofline, detect_local_device, resolve_gmacs
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.timing import BenchConfig, batch_sweep, config_dict, input_shape_of
+from scalablevit.device.jetson import PowerMonitor, describe_jetson, jetson_info
+from scalablevit.host.census import bytes_per_image
 
 logger = logging.getLogger('bench.jetson')
 
@@ -105,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      if b.get('power') and not b['power']['available']})
     notes += sorted({f"power: {b['power']['note']}" for e in entries for b in e['sweep']
                      if (b.get('power') or {}).get('available')})
-    from scalablevit.report import environment
+    from scalablevit.core.report import environment
     report = {'kind': 'jetson', 'model': model, 'input_shape': list(shape), 'config': config_dict(config),
               'jetson': info, 'tegrastats_interval_ms': None if args.no_power else args.interval,
               'idle_samples': len(power.idle), 'gmacs': gmacs, 'gmacs_source': gmacs_source, 'device_peak': device,

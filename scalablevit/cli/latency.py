@@ -14,12 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
+from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
+                                            write_bench_report)
+from scalablevit.benchmarks.roofline import add_roofline, cpu_limits, detect_local_device, resolve_gmacs
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.bench import (BenchConfig, RunnerSpec, batch_sweep, bench_entry, bundle_specs, config_dict,
-                               file_precision, input_shape_of, make_runner, write_bench_report)
-from scalablevit.bundle import Bundle
-from scalablevit.errors import ScalableViTError
-from scalablevit.roofline import add_roofline, cpu_limits, detect_local_device, resolve_gmacs
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.timing import BenchConfig, batch_sweep, config_dict, input_shape_of
 
 logger = logging.getLogger('bench.latency')
 
@@ -76,8 +77,8 @@ def onnx_traffic(path: Optional[Path]) -> Optional[Callable[[Dict[str, Any]], fl
     for the roofline's memory ceiling; None without a file."""
     if path is None:
         return None
-    from scalablevit.census import bytes_per_image, census, layers_of
-    from scalablevit.export import load_onnx
+    from scalablevit.host.census import bytes_per_image, census, layers_of
+    from scalablevit.host.export import load_onnx
     summary = census(layers_of(load_onnx(path)))
     return lambda block: bytes_per_image(summary, block['batch'])
 
@@ -89,7 +90,7 @@ def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -
     if bundle:
         return bundle.input_shape
     if model:
-        from scalablevit.model import data_config
+        from scalablevit.models.scalablevit import data_config
         size = int(data_config(model)['input_size'][-1])
         return 3, size, size
     return None
@@ -119,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     notes = [f'threads: {args.threads or "library default"}; onnxruntime providers: {args.providers}']
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs; torch counts a registered --model)')
-    from scalablevit.report import environment
+    from scalablevit.core.report import environment
     report = {'kind': 'latency', 'model': model, 'input_shape': list(shape), 'config': config_dict(config),
               'gmacs': gmacs, 'gmacs_source': gmacs_source, 'device_peak': device, 'environment': environment(),
               'results': entries, 'notes': notes}

@@ -2,9 +2,9 @@
 
 From --images DIR: a seeded sample of the folder's images. Without it: seeded random crops of the photos
 bundled with scikit-image (no download). Either way the set is the calibration half of the split the
-pipeline uses (scalablevit.data.calibration_and_validation with the same --seed, --val-size and --val), so it
+pipeline uses (scalablevit.data.sets.calibration_and_validation with the same --seed, --val-size and --val), so it
 never shares an image (or, for the built-in photos, a source photo) with the pipeline's validation set.
-Preprocessing is the model's eval transform (scalablevit.data.preprocess).
+Preprocessing is the model's eval transform (scalablevit.data.transforms.preprocess).
 """
 import argparse
 import time
@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.data import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set
-from scalablevit.fmnist import fashion_mnist_sets
-from scalablevit.errors import ScalableViTError
-from scalablevit.fileio import human_size
+from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.fileio import human_size
+from scalablevit.data.fmnist import fashion_mnist_sets
+from scalablevit.data.sets import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.input_size is not None and args.input_size <= 0:
         raise ScalableViTError(f'--input-size must be positive, got {args.input_size}')
-    from scalablevit.model import data_config  # imports torch: only after the arguments are checked
+    from scalablevit.models.scalablevit import data_config  # imports torch: only after the arguments are checked
     data_cfg = data_config(args.model)
     start = time.perf_counter()
     if args.images is None and args.val is None and data_cfg.get('labels') == 'fashion-mnist':

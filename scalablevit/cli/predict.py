@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError
+from scalablevit.core.errors import ScalableViTError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def source(args: argparse.Namespace) -> Any:
     """The ModelSource the flags name."""
-    from scalablevit import predict
+    from scalablevit.serve import predict
     if args.bundle:
         return predict.from_bundle(args.bundle)
     if args.engine:
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ScalableViTError('--engine-bundle goes with --engine')
     if args.model and (args.bundle or args.engine):
         raise ScalableViTError('--model goes with --weights or --onnx; a bundle or engine names its own model')
-    from scalablevit.predict import image_files, predict
+    from scalablevit.serve.predict import image_files, predict
     files = image_files(args.images)
     model = source(args)
     results = predict(model, files, top=args.top)

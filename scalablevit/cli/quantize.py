@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.errors import ScalableViTError, unknown_choice
-from scalablevit.quantize import (CALIB_BATCH_MEMORY, CALIBRATION_DEVICES, CALIBRATION_METHODS,
-                                  DEFAULT_CALIB_BATCH, FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES,
-                                  INT8_HIGH_PRECISION, INT8_POLICIES)
+from scalablevit.core.errors import ScalableViTError, unknown_choice
+from scalablevit.host.int8_policy import (CALIBRATION_DEVICES, CALIBRATION_METHODS, CALIB_BATCH_MEMORY,
+                                          DEFAULT_CALIB_BATCH, FP16_KEEP_FP32_OP_TYPES, HIGH_PRECISION_DTYPES,
+                                          INT8_HIGH_PRECISION, INT8_POLICIES)
 
 PRECISIONS = ('int8', 'fp16')
 
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def load_images(path: Path):
     """The images of an image-set .npz, read from the file a batch at a time (see data.StoredImages)."""
-    from scalablevit.data import StoredImages
+    from scalablevit.data.store import StoredImages
     return StoredImages(path)
 
 
@@ -63,10 +63,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or args.onnx.with_name(f'model.{args.precision}.onnx')
     if out.resolve() == args.onnx.resolve():
         raise ScalableViTError(f'--out {out} would overwrite the FP32 input')
-    from scalablevit import quantize
+    from scalablevit.host import int8_policy, quantize
     if args.precision == 'int8':  # every INT8 option is checked before the images are read
         mha = None if args.disable_mha_qdq is None else args.disable_mha_qdq == 'on'
-        settings = quantize.Int8Settings(
+        settings = int8_policy.Int8Settings(
             method=args.method, policy=args.policy, exclude_op_types=args.exclude_op_types,
             exclude_nodes=args.exclude_nodes, disable_mha_qdq=mha, high_precision_dtype=args.high_precision,
             calibration_device=args.device, batch_size=args.batch)

@@ -1,0 +1,2 @@
+"""The model: ScalableViT in PyTorch, checkpoints, complexity, the normalization fold, class names, shipped weights.
+"""
