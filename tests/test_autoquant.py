@@ -1,10 +1,11 @@
 """--int8-policy auto on real quantized models: the trained Fashion-MNIST ScalableViT with outlier channels.
 
 The model is the shipped one with three LayerNorm output channels made 200x larger and the Linear reading each
-scaled back (tools/massive_activations.py: the same function in FP32, channels of |x| ~800-1500). Under the fixed
-default policy its INT8 bundle fails the gate; auto moves the Linears that read the outliers to FP16. Built through
-the host pipeline (deploy/build_engine.py's path) on 256 TRAIN images to calibrate and 1,000 TEST images to
-validate, so each build takes seconds.
+scaled back (tools/massive_activations.py: the same function in FP32, channels of |x| ~800-1500). With max
+calibration (the outlier channel sets every scale of its tensor) the fixed default policy fails the gate and auto
+moves the Linears that read the outliers to FP16; entropy calibration, the default, clips the outliers and passes
+without moving anything. Built through the host pipeline (deploy/build_engine.py's path) on 256 TRAIN images to
+calibrate and 1,000 TEST images to validate, so each build takes seconds.
 """
 import json
 import sys
@@ -46,7 +47,13 @@ def _build(out, weights, policy, **options):
 def fixed_and_auto(massive_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp('bundles')
     weights, _ = massive_weights
-    return _build(out / 'default', weights, 'default'), _build(out / 'auto', weights, 'auto'), out / 'auto'
+    return (_build(out / 'default', weights, 'default', int8_method='max'),
+            _build(out / 'auto', weights, 'auto', int8_method='max'), out / 'auto')
+
+
+def test_entropy_calibration_passes_the_outlier_model_without_a_search(massive_weights, tmp_path):
+    report = _build(tmp_path / 'entropy', massive_weights[0], 'default')
+    assert report['status'] == 'passed' and report['accuracy']['top1_agreement'] >= 0.99
 
 
 def test_outlier_model_keeps_its_accuracy(massive_weights):
@@ -106,7 +113,7 @@ def test_rewrite_equals_a_fresh_calibration_with_that_exclusion(fixed_and_auto, 
     exact = ['^' + n.replace('.', r'\.') + '$' for n in auto['int8_auto']['moved']]
     fresh = tmp_path / 'fresh.onnx'
     quantize_int8(out / 'model.fp32.onnx', fresh, ImageSet.load_npz(out / 'calibration.npz').images,
-                  policy='default', exclude_nodes=exact)
+                  policy='default', method='max', exclude_nodes=exact)  # the bundle's calibration
     images = np.load(out / 'reference.npz')['input'][:200]
     run = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider']).run(['logits'], {'input': images})[0]
            for p in (out / 'model.int8.onnx', fresh)]

@@ -67,8 +67,14 @@ def bundle(tmp_path_factory) -> Path:
     import onnx
     path = tmp_path_factory.mktemp('bundle')
     model = _torch_model()
+    from scalablevit.host.export import stamp_metadata
     fp32 = _export(model, path / 'model.fp32.onnx')
-    onnx.save(float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(path / 'model.fp16.onnx'))
+    plain = onnx.load(str(fp32))
+    stamp_metadata(plain, {'model': MODEL, 'normalize_in_model': False})  # what readers hold the manifest against
+    onnx.save(plain, str(fp32))
+    fp16 = float16.convert_float_to_float16(plain, keep_io_types=True)
+    stamp_metadata(fp16, {'model': MODEL, 'normalize_in_model': False})
+    onnx.save(fp16, str(path / 'model.fp16.onnx'))
     x = np.random.default_rng(1).standard_normal((6, *SHAPE)).astype(np.float32)
     with torch.inference_mode():
         logits = model(torch.from_numpy(x)).numpy()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scalablevit.core import compat
-from scalablevit.core.bundle import check_precision
+from scalablevit.core.manifest import check_precision
 from scalablevit.core.errors import ScalableViTError
 from scalablevit.core.fileio import sha256_file, write_json
 from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME, Runner

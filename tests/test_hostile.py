@@ -266,7 +266,53 @@ SCHEMA_CASES = {
                            "onnx entry 'int8' points at 'model.fp32.onnx'"),
     'unfinished': (lambda m: [m['stages'].pop('quantize'), m.pop('reference')],
                    "the build did not finish (stage 'quantize' never completed; finished: export, data)"),
+    'killed while validating': (lambda m: m.pop('validation'),
+                                "the build did not finish (stage 'validate' never completed"),
 }
+# Every other nested value a reader acts on (second hostile round): the same one check, held in-process (every reader
+# goes through Bundle.open, as the cases above show through three command lines).
+MORE_SCHEMA_CASES = {
+    'normalize_in_model "false"': (lambda m: m['input']['preprocessing'].update(normalize_in_model='false'),
+                                   'normalize_in_model must be true or false, got "false"'),
+    'untrained deleted': (lambda m: m.pop('untrained'), "is missing 'untrained'"),
+    'mean 1e300': (lambda m: m['input']['preprocessing'].update(mean=[1e300] * 3),
+                   'mean must be three finite numbers, in [0, 1]'),
+    'std 1e-300': (lambda m: m['input']['preprocessing'].update(std=[1e-300] * 3),
+                   'std must be three finite numbers, each above 0, in [0.001, 1]'),
+    'classes "10"': (lambda m: m['input']['preprocessing'].update(num_classes='10'),
+                     'num_classes must be an integer in 1..100000, got "10"'),
+    'classes disagree': (lambda m: m['input']['preprocessing'].update(num_classes=5),
+                         "num_classes 5 is not the output's 10"),
+    'output 0 classes': (lambda m: m['output'].update(num_classes=0),
+                         'output.num_classes must be an integer in 1..100000, got 0'),
+    'output true classes': (lambda m: m['output'].update(num_classes=True),
+                            "field 'num_classes' must be an integer, got true"),
+    'labels of another size': (lambda m: m['input']['preprocessing'].update(labels='imagenet-1k'),
+                               'labels imagenet-1k name 1000 classes, the model has 10'),
+    'labels a path': (lambda m: m['input']['preprocessing'].update(labels='../../etc/passwd'),
+                      'labels must be one of imagenet-1k, fashion-mnist or null'),
+    'model a path': (lambda m: m.update(model='../x'), 'model must be a name'),
+    'target a path': (lambda m: m.update(target='../../etc/passwd'), 'target must be a name'),
+    'input name': (lambda m: m['input'].update(name=''), "the model's tensors are 'input' and 'logits'"),
+    'static batch': (lambda m: m['input'].update(shape=[1, 3, 224, 224]), 'input.shape must be [null, 3, S, S]'),
+    'opset -1': (lambda m: m.update(opset=-1), 'opset must be an integer in 7..30, got -1'),
+    'entry opset -3': (lambda m: m['onnx']['int8'].update(opset=-3), "onnx entry 'int8' opset must be an integer"),
+    'samples -1': (lambda m: m['reference'].update(samples=-1), 'reference.samples must be an integer in 1..'),
+    'gmacs NaN': (lambda m: m.update(gmacs=float('nan')), "field 'gmacs' must be an integer or a number, got NaN"),
+    'sha not hex': (lambda m: m['reference'].update(sha256='x' * 64), 'sha256 must be 64 lowercase hex digits'),
+}
+
+
+@pytest.mark.parametrize('case', MORE_SCHEMA_CASES)
+def test_every_value_a_reader_acts_on_is_checked(int8_bundle, tmp_path, case):
+    out = copy_bundle(int8_bundle, tmp_path / 'b')
+    m = manifest(out)
+    change, expected = MORE_SCHEMA_CASES[case]
+    change(m)
+    write_manifest(out, m)
+    with pytest.raises(ScalableViTError) as raised:
+        Bundle.open(out)
+    assert expected in str(raised.value) and '\n' not in str(raised.value)
 
 
 @pytest.mark.parametrize('case', SCHEMA_CASES)
@@ -329,3 +375,121 @@ def test_a_duplicate_int8_target_key_is_refused(tmp_path):
     line = failed(build(*TINY, '--precision', 'int8', '--int8-target', 'agreement=99.9,agreement=99',
                         '--out', tmp_path / 'o'))
     assert 'agreement is given twice' in line and not (tmp_path / 'o').exists()
+
+
+# ------------------------------------------------------------------------------------------- second hostile round
+def test_weights_are_loaded_from_the_bytes_that_were_hashed(head5, tmp_path, monkeypatch):
+    """The writer hashes the weights, then loads them: a file replaced in between is refused, never loaded under
+    the recorded hash (the race of the second round); a reader given the recorded hash refuses another file."""
+    from scalablevit.host import pipeline
+    from scalablevit.host.pipeline import HostOptions, HostPipeline
+    weights = tmp_path / 'w.safetensors'
+    weights.write_bytes(head5.read_bytes())
+    real = pipeline.sha256_file
+
+    def hash_then_replace(path):
+        digest = real(path)
+        torch.manual_seed(9)
+        save_weights(create_model('test', num_classes=5), weights)  # another fine-tune, same path
+        return digest
+    monkeypatch.setattr(pipeline, 'sha256_file', hash_then_replace)
+    with pytest.raises(ScalableViTError, match='is not the checkpoint that was recorded'):
+        HostPipeline(HostOptions(model='test', precision='fp32', weights=str(weights), calib_size=2, val_size=2,
+                                 out=tmp_path / 'b')).run()
+    with pytest.raises(ScalableViTError, match='is not the checkpoint that was recorded'):
+        create_model('test', weights=str(head5), weights_sha256='0' * 64)
+
+
+def test_a_classifier_of_no_class_is_refused(tmp_path):
+    state = create_model('test').state_dict()
+    state['head.3.weight'], state['head.3.bias'] = torch.zeros(0, 4096), torch.zeros(0)
+    weights = tmp_path / 'h0.pth'
+    torch.save(state, weights)
+    for run in (lambda: build(*TINY, '--precision', 'fp32', '--weights', weights, '--out', tmp_path / 'b'),
+                lambda: cli('deploy/export_onnx.py', '--model', 'test', '--weights', weights, '--out', tmp_path / 'x')):
+        assert "its classifier 'head.3.weight' has 0 classes" in failed(run())
+    assert not (tmp_path / 'b').exists() and not (tmp_path / 'x').exists()
+
+
+def test_a_head_key_with_and_without_the_module_prefix_is_refused(head5, tmp_path):
+    state = dict(create_model('test', weights=str(head5)).state_dict())
+    state['module.head.3.bias'] = state['head.3.bias']
+    weights = tmp_path / 'both.pth'
+    torch.save(state, weights)
+    assert "holds both 'module.head.3.bias' and 'head.3.bias'" in failed(
+        cli('deploy/export_onnx.py', '--model', 'test', '--weights', weights, '--out', tmp_path / 'x'))
+
+
+def test_predict_on_an_onnx_follows_its_graph(head5, photo, tmp_path):
+    """An ONNX exported at 448 with a 5-class head: predict takes the input side and class count from the graph."""
+    onnx = tmp_path / 'x448.onnx'
+    passed(cli('deploy/export_onnx.py', '--model', 'test', '--weights', head5, '--input-size', '448', '--out', onnx))
+    (five,) = top(predict(photo, '--onnx', onnx, '--json'))
+    assert sorted(t['label'] for t in five) == [f'class {i}' for i in range(5)]
+
+
+def test_a_manifest_that_describes_another_onnx_is_refused(int8_bundle, photo, tmp_path):
+    """Edits the schema cannot catch alone are held against the deployed ONNX itself."""
+    for case, change, expected in [
+            ('folded', lambda m: m['input']['preprocessing'].update(normalize_in_model=True),
+             'its normalization is not in the model, the bundle manifest says it is'),
+            ('model', lambda m: m.update(model='scalable_vit_small'),
+             "exported from 'scalable_vit_test', expected 'scalable_vit_small'")]:
+        out = copy_bundle(int8_bundle, tmp_path / case)
+        m = manifest(out)
+        change(m)
+        write_manifest(out, m)
+        line = failed(predict(photo, '--bundle', out))
+        assert expected in line and 'scalablevit-verified-' not in line, line  # names the bundle's file
+
+
+def test_a_manifest_link_out_of_the_bundle_and_linked_tool_folders(int8_bundle, tmp_path):
+    out = copy_bundle(int8_bundle, tmp_path / 'b')
+    elsewhere = tmp_path / 'elsewhere.json'
+    (out / 'manifest.json').rename(elsewhere)
+    (out / 'manifest.json').symlink_to(elsewhere)
+    with pytest.raises(ScalableViTError, match='is a link to .*outside the bundle'):
+        Bundle.open(out)
+    # --force removes a linked tool folder's link, never what it points at
+    out = copy_bundle(int8_bundle, tmp_path / 'c')
+    user = tmp_path / 'user-folder'
+    user.mkdir()
+    (user / 'keep.txt').write_text('mine')
+    for name in ('deepstream', 'divergence'):
+        (out / name).symlink_to(user, target_is_directory=True)
+    passed(build(*SMALL, '--precision', 'int8', '--out', out, '--force'))
+    assert (user / 'keep.txt').read_text() == 'mine' and not (out / 'deepstream').exists()
+
+
+def test_int8_flags_with_another_precision_are_refused(tmp_path):
+    for flags in (['--int8-target', 'agreement=99.9'], ['--calib-batch', '2']):
+        line = failed(build(*TINY, '--precision', 'fp32', *flags, '--out', tmp_path / 'b'))
+        assert f'{flags[0]}: for --precision int8 only, not fp32' in line
+    assert not (tmp_path / 'b').exists()
+
+
+def test_verified_copies_of_a_killed_reader_are_swept(int8_bundle, tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    stale = tmp_path / f'scalablevit-verified-{dead.stdout.strip()}-x'
+    stale.mkdir()
+    (stale / 'model.int8.onnx').write_bytes(b'a killed reader left this')
+    live = tmp_path / f'scalablevit-verified-{os.getpid()}-y'
+    live.mkdir()
+    with Bundle.open(int8_bundle) as bundle:
+        copy = bundle.deploy_onnx()[0]
+        assert copy.is_file() and copy.parent.name.startswith(f'scalablevit-verified-{os.getpid()}-')
+    assert not stale.exists() and live.exists()
+
+
+def test_a_reader_refuses_weights_changed_since_the_bundle_recorded_them(head5, tmp_path):
+    weights = tmp_path / 'w.safetensors'
+    weights.write_bytes(head5.read_bytes())
+    out = tmp_path / 'b'
+    passed(build(*TINY, '--precision', 'fp32', '--weights', weights, '--out', out))
+    torch.manual_seed(11)
+    save_weights(create_model('test', num_classes=5), weights)  # retrained, saved over the same path
+    line = failed(cli('bench/compare_bundle.py', out, '--iters', '1', '--warmup', '0', '--no-plots',
+                      '--out', tmp_path / 'c'))
+    assert f'{weights} is not the checkpoint that was recorded' in line

@@ -197,9 +197,9 @@ def _eleven_classes(m):
     (['--target', '{huge}'], None, 'max_batch_size (the batch maximum) must be an integer from 1 to 2147483647, '
                                    'got 1000000000000'),
     (['--target', '{min2}'], None, 'target batch range 2..64 does not start at 1'),
-    ([], _output_list, "output name must be a non-empty string without control characters, got ['logits', 'probs']"),
+    ([], _output_list, "'output': field 'name' must be a string, got [\"logits\", \"probs\"]"),
     ([], _huge_dims, f'input.shape must be [null, 3, S, S] with S in 1..4096 (got [null, 3, {10 ** 30}, 224])'),
-    ([], _eleven_classes, '10 class names for an output of 11 classes'),
+    ([], _eleven_classes, "num_classes 10 is not the output's 11"),
 ])
 def test_triton_refuses_an_invalid_config(bundle, tmp_path, args, edit, message):
     source = _edited(bundle, tmp_path, edit) if edit else bundle
@@ -249,8 +249,10 @@ def _unfolded(mean, std):
 
 
 @pytest.mark.parametrize('edit, message', [
-    (_unfolded([0.5] * 3, [0, 0, 0]), 'std must be three finite numbers, each above 0, got [0, 0, 0]'),
-    (_unfolded([float('nan')] * 3, [0.5] * 3), 'mean must be three finite numbers, got [NaN, NaN, NaN]'),
+    (_unfolded([0.5] * 3, [0, 0, 0]), 'std must be three finite numbers, each above 0, in [0.001, 1] (statistics of '
+                                      '0..1 pixels), got [0, 0, 0]'),
+    (_unfolded([float('nan')] * 3, [0.5] * 3), 'mean must be three finite numbers, in [0, 1] (statistics of 0..1 '
+                                               'pixels), got [NaN, NaN, NaN]'),
     (_unfolded([-0.5] * 3, [0.5] * 3), 'got [-0.5, -0.5, -0.5]'),
     (_unfolded([0.5] * 3, 'abc'), 'input.preprocessing: field \'std\' must be an array, got "abc"'),
 ])

@@ -30,7 +30,8 @@ import numpy as np
 
 from scalablevit import __version__
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.core.bundle import PRECISIONS, Bundle
+from scalablevit.core.bundle import Bundle
+from scalablevit.core.manifest import PRECISIONS
 from scalablevit.core.compare import accuracy_metrics
 from scalablevit.core.errors import ScalableViTError
 from scalablevit.core.fileio import human_size, sha256_bytes, write_bytes, write_json

@@ -11,9 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.bundle import ENGINE_SUFFIXES, Bundle
 from ..core.errors import ScalableViTError, unknown_choice
-from ..core.fileio import read_json, write_json, write_text
+from ..core.fileio import write_json, write_text
 from ..core.runners import Runner
-from ..core.timing import TimedRuns
 from ..host.costmodel import LIMITS_NOTE
 
 logger = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ class RunnerSpec:
     path: Optional[Path] = None
     model: Optional[str] = None
     weights: Optional[Path] = None
+    weights_sha256: Optional[str] = None  # what a bundle recorded: the weights loaded must carry it
     name: str = ''
 
     def __post_init__(self) -> None:
@@ -52,12 +52,13 @@ class RunnerSpec:
 
 def file_precision(path: Path, default: str = 'unknown') -> str:
     """The precision of a model file from its content, never its name: an engine's manifest (``<engine>.json``,
-    else ``default``) or what an ONNX graph holds (``export.onnx_precision``)."""
+    else ``default``; checked as every reader checks it) or what an ONNX graph holds (``export.onnx_precision``)."""
     path = Path(path)
     if path.suffix in ENGINE_SUFFIXES:
-        from ..device.engine import manifest_path
-        sidecar = manifest_path(path)
-        return str(read_json(sidecar).get('precision') or default) if sidecar.is_file() else default
+        from ..device.engine import manifest_path, read_engine_manifest
+        if not manifest_path(path).is_file():
+            return default
+        return str(read_engine_manifest(path, complete=False).get('precision') or default)
     try:
         from ..host.export import load_onnx, onnx_precision
     except ImportError:  # a device without onnx: the precision is not knowable here
@@ -66,8 +67,13 @@ def file_precision(path: Path, default: str = 'unknown') -> str:
 
 
 def bundle_specs(bundle: Bundle) -> Tuple[List[RunnerSpec], List[RunnerSpec]]:
-    """Runner specs for a bundle's ONNX files (verified, precision from the manifest) and its engines."""
-    onnx = [RunnerSpec('onnxruntime', p, f, name=f'onnxruntime-{p}') for p, f in bundle.onnx_files().items()]
+    """Runner specs for a bundle's ONNX files (verified, each held against what the manifest says of the model,
+    precision from the manifest) and its engines."""
+    from ..host.export import check_bundle_onnx
+    files = bundle.onnx_files()
+    for precision, copy in files.items():
+        check_bundle_onnx(copy, bundle.manifest, bundle.file(bundle.manifest['onnx'][precision]['file']))
+    onnx = [RunnerSpec('onnxruntime', p, f, name=f'onnxruntime-{p}') for p, f in files.items()]
     engines = [RunnerSpec('tensorrt', p, f, name=f'tensorrt-{p}-{f.stem}')
                for f in bundle.engines() for p in [file_precision(f, default=bundle.precision)]]
     return onnx, engines
@@ -78,7 +84,8 @@ def _torch_model(spec: RunnerSpec, seed: Optional[int]) -> Any:
     from ..models.scalablevit import create_model
     if seed is not None:
         torch.manual_seed(seed)
-    return create_model(spec.model, weights=str(spec.weights) if spec.weights else None)
+    return create_model(spec.model, weights=str(spec.weights) if spec.weights else None,
+                        weights_sha256=spec.weights_sha256)
 
 
 def make_runner(spec: RunnerSpec, torch_device: str = 'cpu', providers: Sequence[str] = ('CPUExecutionProvider',),

@@ -8,15 +8,19 @@ stderr: ``error: <message>`` with exit code 1 (bad command-line arguments includ
 ``ArgumentParser``); Ctrl-C exits with 130 (128 + SIGINT) and SIGTERM with 143 (128 + SIGTERM), each after
 the ``finally`` blocks and context managers on the way out have removed temporary files and released locks,
 with one line and no traceback. Any other exception is a bug and keeps its traceback.
+
+The flags several tools share are checked here, once: ``check_input_size`` (--input-size against the model),
+``thread_count`` (--threads) and ``onnx_provider`` (--providers) are what every tool with those flags uses.
 """
 import argparse
+import importlib.util
 import logging
 import os
 import signal
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence
 
-from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.errors import InputSizeError, ScalableViTError
 
 Main = Callable[[Optional[Sequence[str]]], Optional[int]]
 
@@ -47,6 +51,62 @@ class ArgumentParser(argparse.ArgumentParser):
         if parsed.verbose:
             setup_logging(verbose=True)
         return parsed
+
+
+# ------------------------------------------------------------------------------------------- shared flags
+MAX_THREADS_PER_CPU = 4  # --threads beyond this many per CPU only oversubscribes (each thread costs a stack)
+
+
+def int_in(lo: int, hi: int, why: str = '') -> Callable[[str], int]:
+    """argparse ``type``: an integer from ``lo`` to ``hi`` (``why`` says where the bound comes from)."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f'must be an integer from {lo} to {hi}{why}, got {text}')
+        return value
+    return integer
+
+
+def thread_count(text: str) -> int:
+    """argparse ``type`` of ``--threads``: 1 to MAX_THREADS_PER_CPU x the CPUs of this machine."""
+    cpus = os.cpu_count() or 1
+    return int_in(1, MAX_THREADS_PER_CPU * cpus, f' ({MAX_THREADS_PER_CPU} x the {cpus} CPUs here)')(text)
+
+
+def available_providers() -> List[str]:
+    """The execution providers of the onnxruntime installed here (none without onnxruntime)."""
+    if importlib.util.find_spec('onnxruntime') is None:
+        return []
+    import onnxruntime
+    return list(onnxruntime.get_available_providers())
+
+
+def onnx_provider(text: str) -> str:
+    """argparse ``type`` of ``--providers``: a provider this onnxruntime has (onnxruntime itself would only warn
+    and fall back to another)."""
+    available = available_providers()
+    if text not in available:
+        have = ', '.join(available) if available else 'none: onnxruntime is not installed'
+        raise argparse.ArgumentTypeError(f"onnxruntime here has no provider '{text}' (available: {have})")
+    return text
+
+
+def check_input_size(size: Optional[int], model: Optional[str] = None) -> None:
+    """The one check of every tool's ``--input-size`` (None: the tool's default): the side must tile ``model``
+    (``check_model_input_size``: a multiple of its window grid, up to MAX_INPUT_SIDE); without a model, or without
+    torch to build one (a board), a side from 1 to MAX_INPUT_SIDE."""
+    if size is None:
+        return
+    if model is not None and importlib.util.find_spec('torch') is not None:
+        from scalablevit.models.scalablevit import check_model_input_size
+        check_model_input_size(model, size)
+        return
+    from scalablevit.core.manifest import MAX_INPUT_SIDE
+    if not 1 <= size <= MAX_INPUT_SIDE:
+        raise InputSizeError(f'--input-size {size} is not a side from 1 to {MAX_INPUT_SIDE} pixels')
 
 
 def one_line(message: object) -> str:

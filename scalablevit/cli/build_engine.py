@@ -17,8 +17,9 @@ import shlex
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
-from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.cli import ArgumentParser, check_input_size, int_in, run_cli
 from scalablevit.core.errors import ScalableViTError
+from scalablevit.device.targets import MAX_ENGINE_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--fold-normalization', action='store_true',
                    help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (DeepStream; see docs/deploy.md)')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
-    p.add_argument('--batch', type=int, nargs=3, metavar=('MIN', 'OPT', 'MAX'),
+    p.add_argument('--batch', type=int_in(1, MAX_ENGINE_BATCH, ' (an engine profile batch)'), nargs=3,
+                   metavar=('MIN', 'OPT', 'MAX'),
                    help="engine batch profile, overriding the target's (e.g. --batch 1 4 16)")
     p.add_argument('--bundle', type=Path, help='device mode: build the engine from this existing bundle only')
     p.add_argument('--require-engine', action='store_true', help='fail when TensorRT or a GPU is missing')
@@ -88,14 +90,14 @@ def host(args: argparse.Namespace) -> Path:
 
 def resolve_target(args: argparse.Namespace) -> Any:
     """The target preset or file, with --batch applied; checked before any work starts."""
-    from scalablevit.device.targets import load_target, target_from_dict
+    from scalablevit.device.targets import check_engine_batch, load_target, target_from_dict
     target = load_target(args.target)
     if args.batch:
         lo, opt, hi = args.batch
         fields = {**target.settings(), 'reference_device': target.reference_device, 'notes': target.notes}
         target = target_from_dict({**fields, 'batch': {'min': lo, 'opt': opt, 'max': hi}},
                                   source=f'{args.target} with --batch {lo} {opt} {hi}')
-    return target
+    return check_engine_batch(target)
 
 
 def device_command(bundle: Path, args: argparse.Namespace) -> str:
@@ -113,6 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Device mode verifies the bundle (manifest schema, every sha256) before anything else: a modified or
     # foreign bundle is refused here, not reported complete because TensorRT happens to be missing.
     given = Bundle.open(args.bundle) if args.bundle else None
+    check_input_size(args.input_size, given.model if given else args.model)
     target = resolve_target(args)
     env, reason = probe_tensorrt()  # once per run; the device stage gets the result
     if env is None and args.require_engine:  # say so before minutes of host work, not after

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
 from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.core.bundle import PRECISIONS
+from scalablevit.core.manifest import PRECISIONS
 from scalablevit.device.selftest import SelfTestOptions, run_self_test
 
 

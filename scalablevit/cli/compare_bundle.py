@@ -21,7 +21,7 @@ import numpy as np
 
 from scalablevit.benchmarks.harness import (REFERENCE_NAME, RunnerSpec, add_speedups, bundle_specs, make_runner,
                                             render_compare_markdown)
-from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.cli import ArgumentParser, onnx_provider, run_cli, thread_count
 from scalablevit.core.bundle import Bundle
 from scalablevit.core.compare import accuracy_metrics
 from scalablevit.core.errors import ScalableViTError
@@ -40,8 +40,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     BenchConfig.add_arguments(p, warmup=5, iters=30)
     p.add_argument('--no-torch', action='store_true', help='skip the PyTorch row')
     p.add_argument('--torch-device', default='cpu', help='cpu | cuda (default: cpu)')
-    p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
-    p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
+    p.add_argument('--providers', type=onnx_provider, nargs='+', default=['CPUExecutionProvider'],
+                   help='onnxruntime providers')
+    p.add_argument('--threads', type=thread_count, help='CPU threads for torch / onnxruntime')
     p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
     p.add_argument('--device-peak', help="device for the TensorRT cost estimate (a device_peaks.json key; default: "
                                           "the reference device of the bundle's target)")
@@ -58,7 +59,7 @@ def collect_specs(args: argparse.Namespace, bundle: Any, notes: List[str]) -> Li
         notes.append('PyTorch row skipped: torch not installed')
     else:
         specs.append(RunnerSpec('torch', 'fp32', model=bundle.model, weights=bundle.weights_file,
-                                name=f'torch-{args.torch_device}'))
+                                weights_sha256=bundle.weights_sha256, name=f'torch-{args.torch_device}'))
     onnx, engines = bundle_specs(bundle)
     specs += onnx
     if engines:
@@ -118,8 +119,10 @@ def precision_plan(path: Path, device: str, batch: int) -> Dict[str, Any]:
 
 def estimate_device(args: argparse.Namespace, bundle: Any) -> str:
     from scalablevit.core.peaks import device_limits
-    from scalablevit.device.targets import load_target
-    device = args.device_peak or load_target(bundle.manifest.get('target', 'desktop')).reference_device or 'rtx-4090'
+    from scalablevit.device.targets import list_targets, load_target
+    recorded = bundle.manifest.get('target', 'desktop')  # a name; a custom target's file is not on this machine
+    target = load_target(recorded if recorded in list_targets() else 'desktop')
+    device = args.device_peak or target.reference_device or 'rtx-4090'
     device_limits(device)  # an unknown key fails here, with the closest name
     return device
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
-from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.cli import ArgumentParser, check_input_size, run_cli
 from scalablevit.core.errors import ScalableViTError
 from scalablevit.core.fileio import human_size, sha256_file
 from scalablevit.core.steps import timed_step
@@ -48,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stage = ExportOnnx(model, opset=args.opset, input_size=input_size, simplify=not args.no_simplify,
                        fold_normalization=args.fold_normalization,
                        weights_sha256=sha256_file(args.weights) if args.weights else None)
+    for side in input_size or ():  # the stage's check names H x W; this one is every tool's (with the size cap)
+        check_input_size(side, args.model)
     out = Path(args.out or f'out/{model.name}.fp32.onnx')
     with timed_step('export', [out]):
         info = stage(out)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, NoReturn, Optional
 from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
                                             write_bench_report)
 from scalablevit.benchmarks.roofline import add_roofline, detect_local_device, resolve_gmacs
-from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.cli import ArgumentParser, check_input_size, onnx_provider, run_cli
 from scalablevit.core.bundle import Bundle
 from scalablevit.core.errors import ScalableViTError
 from scalablevit.core.timing import BenchConfig, batch_sweep, config_dict, input_shape_of
@@ -33,8 +33,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--bundle', type=Path, help='bundle directory: benchmarks its engines/*.engine')
     p.add_argument('--engine', type=Path, nargs='*', default=[], help='TensorRT engine files')
     p.add_argument('--onnx', type=Path, nargs='*', default=[], help='ONNX files run with onnxruntime (optional)')
-    p.add_argument('--providers', nargs='+', default=['CUDAExecutionProvider', 'CPUExecutionProvider'],
-                   help='onnxruntime providers for --onnx')
+    p.add_argument('--providers', type=onnx_provider, nargs='+',
+                   default=['CUDAExecutionProvider', 'CPUExecutionProvider'], help='onnxruntime providers for --onnx')
     p.add_argument('--input-size', type=int, help='square input side (default: the bundle\'s, else the engine\'s)')
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
     # 5 timed seconds at least: enough tegrastats samples for the power figures
@@ -75,14 +75,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     config = BenchConfig.from_args(args)
     bundle = Bundle.open(args.bundle) if args.bundle else None  # verified before anything else
+    model = args.model or (bundle.model if bundle else None)
+    check_input_size(args.input_size, model)
     info = jetson_info(strict_emc=args.strict_clocks)
     notes = describe_jetson(info)
     for line in notes:
         logger.info('%s', line)
     specs = collect_specs(args, bundle)
     size = args.input_size
-    default_shape = (3, size, size) if size else (bundle.input_shape if bundle else None)
-    model = args.model or (bundle.model if bundle else None)
+    default_shape = (3, size, size) if size is not None else (bundle.input_shape if bundle else None)
     device = detect_local_device(args.device_peak, info)
     power = PowerMonitor(None if args.no_power else args.interval, args.idle_s, notes)
     entries, shape = [], default_shape

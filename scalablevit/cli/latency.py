@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
                                             write_bench_report)
 from scalablevit.benchmarks.roofline import add_roofline, cpu_limits, detect_local_device, resolve_gmacs
-from scalablevit.cli import ArgumentParser, run_cli
+from scalablevit.cli import ArgumentParser, check_input_size, onnx_provider, run_cli, thread_count
 from scalablevit.core.bundle import Bundle
 from scalablevit.core.errors import ScalableViTError
 from scalablevit.core.timing import BenchConfig, batch_sweep, config_dict, input_shape_of
@@ -39,8 +39,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='square input side (default: the bundle\'s or model\'s, else each file\'s own)')
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
     BenchConfig.add_arguments(p)
-    p.add_argument('--threads', type=int, help='CPU threads for torch / onnxruntime')
-    p.add_argument('--providers', nargs='+', default=['CPUExecutionProvider'], help='onnxruntime providers')
+    p.add_argument('--threads', type=thread_count, help='CPU threads for torch / onnxruntime')
+    p.add_argument('--providers', type=onnx_provider, nargs='+', default=['CPUExecutionProvider'],
+                   help='onnxruntime providers')
     p.add_argument('--cuda-graph', action='store_true', help='TensorRT: replay a captured CUDA graph')
     p.add_argument('--gmacs', type=float, help='GMACs per image for the roofline (default: bundle or complexity)')
     p.add_argument('--device-peak', help='device key in scalablevit/device_peaks.json (default: auto-detect)')
@@ -53,11 +54,14 @@ def collect_specs(args: argparse.Namespace) -> Tuple[List[RunnerSpec], Optional[
     """Runner specs, model name, default input shape (C, H, W) or None, and the bundle (or None)."""
     bundle = Bundle.open(args.bundle) if args.bundle else None
     model = args.model or (bundle.model if bundle else None)
+    check_input_size(args.input_size, model)  # before any runner is made
     specs: List[RunnerSpec] = []
     if args.torch or args.model:
         if not model:
             raise ScalableViTError('--torch needs a model: pass --model or --bundle')
+        recorded = not args.weights and bundle  # the bundle's own weights: they must carry its recorded hash
         specs.append(RunnerSpec('torch', 'fp32', model=model, weights=args.weights or (bundle and bundle.weights_file),
+                                weights_sha256=bundle.weights_sha256 if recorded else None,
                                 name=f'torch-{args.torch_device}-fp32'))
     if bundle:
         onnx, engines = bundle_specs(bundle)
@@ -85,7 +89,7 @@ def onnx_traffic(path: Optional[Path]) -> Optional[Callable[[Dict[str, Any]], fl
 
 def default_shape(args: argparse.Namespace, model: Optional[str], bundle: Any) -> Optional[Tuple[int, int, int]]:
     """(C, H, W) from --input-size, the bundle or the model's data config; None: each runner's own input dims."""
-    if args.input_size:
+    if args.input_size is not None:
         return 3, args.input_size, args.input_size
     if bundle:
         return bundle.input_shape

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
-from scalablevit.cli import ArgumentParser, run_cli
-from scalablevit.core.errors import ScalableViTError
+from scalablevit.cli import ArgumentParser, check_input_size, run_cli
 from scalablevit.core.fileio import human_size
 from scalablevit.data.fmnist import fashion_mnist_sets
 from scalablevit.data.sets import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, calibration_set
@@ -39,9 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.input_size is not None and args.input_size <= 0:
-        raise ScalableViTError(f'--input-size must be positive, got {args.input_size}')
-    from scalablevit.models.scalablevit import data_config  # imports torch: only after the arguments are checked
+    check_input_size(args.input_size, args.model)  # before anything is sampled or written
+    from scalablevit.models.scalablevit import data_config
     data_cfg = data_config(args.model)
     start = time.perf_counter()
     if args.images is None and args.val is None and data_cfg.get('labels') == 'fashion-mnist':

@@ -60,6 +60,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise unknown_choice('precision', args.precision, PRECISIONS)
     if not args.onnx.is_file():
         raise ScalableViTError(f'{args.onnx}: file not found')
+    if args.calib is not None and args.calib.is_dir():
+        raise ScalableViTError(f'--calib {args.calib} is a folder: --calib wants the image-set .npz made by '
+                               f'calib/make_calib.py (python calib/make_calib.py --images {args.calib} --model MODEL '
+                               '--out calib.npz)')
     out = args.out or args.onnx.with_name(f'model.{args.precision}.onnx')
     if out.resolve() == args.onnx.resolve():
         raise ScalableViTError(f'--out {out} would overwrite the FP32 input')

@@ -6,8 +6,8 @@ the bundle only while its sha256 is the one the manifest records), the one reade
 one list of precisions. numpy only: a Jetson with TensorRT and no torch reads bundles too.
 
 What it guarantees (docs/reliability.md): a bundle is one model, precision and input size (a writer for
-another one is refused, or starts it clean with ``force``); the manifest is checked against ``_SCHEMA`` on every
-read; a reader verifies every file the manifest lists before anything else; one writer at a time (an OS file
+another one is refused, or starts it clean with ``force``); the manifest is checked against its schema (``core.manifest``) on
+every read; a reader verifies every file the manifest lists before anything else; one writer at a time (an OS file
 lock, ``fcntl.flock`` on ``.lock``); temporary work lives in ``.tmp/`` inside the bundle and is removed on
 success, error and SIGINT/SIGTERM, and what a killed run left there (or as ``.*.tmp`` beside a file) is swept by
 the next writer, who holds the lock and so knows no live run owns it.
@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import math
 import shutil
 import sys
 import tempfile
@@ -40,51 +39,25 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .errors import ScalableViTError, unknown_choice
+from .errors import ScalableViTError
 from .fileio import TMP_PATTERN, PathLike, read_json, sha256_file, write_error, write_json
+from .manifest import PRECISIONS, check_manifest
 from .steps import timed_step
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['PRECISIONS', 'MANIFEST', 'ENGINE_SUFFIXES', 'STAGES', 'check_precision', 'check_preprocessing',
-           'stage_key', 'verify_engine', 'Bundle']
+__all__ = ['MANIFEST', 'ENGINE_SUFFIXES', 'stage_key', 'verify_engine', 'Bundle']
 
-PRECISIONS = ('fp32', 'fp16', 'int8')
 MANIFEST = 'manifest.json'
-SCHEMA = 1
 ENGINE_SUFFIXES = ('.engine', '.plan')
 LOCK = '.lock'
 TEMP_DIR = '.tmp'
+COPY_PREFIX = 'scalablevit-verified-'  # + pid: a reader's private verified copies, in the temp folder
 # The names of the bundle layout: what starting a bundle clean removes (nothing else, whatever a manifest says).
 LAYOUT_FILES = (MANIFEST, *(f'model.{p}.onnx' for p in PRECISIONS), 'calibration.npz', 'reference.npz',
                 'report.json', 'report.md')
 HASH_CACHE = '.cache/image-sha256.json'  # data.FileHashes of the source images (an accelerator)
 LAYOUT_DIRS = ('engines', 'compare', 'deepstream', 'divergence', TEMP_DIR, '.cache')  # the tools' default outputs
-
-# The manifest schema, checked on every read: field -> expected type(s). Fields not listed are free (a newer
-# writer may add some); listed ones must have these types wherever they appear.
-_FILE_ENTRY = {'file': str, 'sha256': str}
-_SCHEMA: Dict[str, Tuple[type, ...]] = {
-    'schema': (int,), 'model': (str,), 'precision': (str,), 'untrained': (bool,), 'weights': (dict, type(None)),
-    'input': (dict,), 'output': (dict,), 'opset': (int,), 'deploy_onnx': (str,), 'gmacs': (int, float),
-    'tools': (dict,), 'onnx': (dict,), 'stages': (dict,), 'calibration': (dict,), 'reference': (dict,),
-    'quantization': (dict,)}
-_PARTS = {'input': {'name': str, 'shape': list}, 'reference': _FILE_ENTRY, 'calibration': _FILE_ENTRY}
-# What a reader needs; the host pipeline writes more (see the module docstring).
-_REQUIRED = ('model', 'precision', 'deploy_onnx', 'onnx', 'input', 'output', 'reference')
-STAGES = ('export', 'data', 'quantize')  # the host pipeline's stages, in order (fp32 has no quantize)
-# Preprocessing bounds: a side beyond MAX_INPUT_SIDE (a 4096 px crop is 201 MB of float32 per image) or a resize
-# beyond MAX_RESIZE_RATIO times the crop is no model's eval transform, only a way to exhaust memory.
-MAX_INPUT_SIDE = 4096
-MAX_RESIZE_RATIO = 4
-INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest')
-
-
-def check_precision(value: str, what: str = 'precision') -> str:
-    """``value`` when it is one of PRECISIONS, else an error suggesting the closest one."""
-    if value not in PRECISIONS:
-        raise unknown_choice(what, value, PRECISIONS)
-    return value
 
 
 def stage_key(*parts: Any) -> str:
@@ -159,8 +132,11 @@ class Bundle:
         bundle = cls(path, {})
         bundle._share_lock()
         try:
+            if (path / MANIFEST).is_symlink() and (path / MANIFEST).resolve().parent != path.resolve():
+                raise ScalableViTError(f'{path / MANIFEST} is a link to {(path / MANIFEST).resolve()}, outside the '
+                                       'bundle: refusing it')
             bundle.manifest = read_json(path / MANIFEST)
-            _check_manifest(bundle.manifest, f'bundle manifest {path / MANIFEST}', complete=True)
+            check_manifest(bundle.manifest, f'bundle manifest {path / MANIFEST}', complete=True)
             bundle.verify()
         except BaseException:
             bundle.close()
@@ -253,6 +229,8 @@ class Bundle:
         stale = [f for folder in (self.path, self.path / 'engines') if folder.is_dir()
                  for f in folder.glob(TMP_PATTERN) if f.is_file()]
         temp = self.path / TEMP_DIR
+        if temp.is_symlink():  # work folders are made here: never inside what a link points at
+            temp.unlink()
         stale_dirs = sorted(temp.iterdir()) if temp.is_dir() else []
         for f in stale:
             f.unlink(missing_ok=True)
@@ -269,7 +247,10 @@ class Bundle:
                 (self.path / name).unlink()
                 removed.append(name)
         for name in LAYOUT_DIRS:
-            if (self.path / name).is_dir():
+            if (self.path / name).is_symlink():  # the link goes, never what it points at
+                (self.path / name).unlink()
+                removed.append(name)
+            elif (self.path / name).is_dir():
                 _remove_tree(self.path / name)
                 removed.append(name + '/')
         if removed:
@@ -282,7 +263,7 @@ class Bundle:
             return {}
         try:
             manifest = read_json(path)
-            _check_manifest(manifest, str(path), complete=False)
+            check_manifest(manifest, str(path), complete=False)
         except ScalableViTError as e:
             raise ScalableViTError(f'{e} (--force starts the bundle clean)') from e
         return manifest
@@ -345,9 +326,14 @@ class Bundle:
 
     @property
     def weights_file(self) -> Optional[Path]:
-        """The weights the bundle was made from, when that file is on this machine."""
+        """The weights the bundle was made from, when that file is on this machine (load it with
+        ``weights_sha256``: the file may have changed since)."""
         file = (self.manifest.get('weights') or {}).get('file')
         return Path(file) if file and Path(file).is_file() else None
+
+    @property
+    def weights_sha256(self) -> Optional[str]:
+        return (self.manifest.get('weights') or {}).get('sha256')
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -378,7 +364,8 @@ class Bundle:
         if name in self._copies:
             return self._copies[name]
         if self._copy_dir is None:
-            self._copy_dir = Path(tempfile.mkdtemp(prefix='scalablevit-verified-'))
+            _sweep_copies()
+            self._copy_dir = Path(tempfile.mkdtemp(prefix=f'{COPY_PREFIX}{os.getpid()}-'))
             atexit.register(_remove_tree, self._copy_dir)  # not on garbage collection: callers keep paths
         copy = self._copy_dir / name
         digest = hashlib.sha256()
@@ -531,6 +518,24 @@ def _match(path: Path, actual: str, expected: str, what: str) -> None:
                                f'{expected[:12]}...): refusing a modified or foreign file')
 
 
+def _sweep_copies() -> None:
+    """Remove the verified copies of readers that died without cleaning up (SIGKILL): their folder names the pid."""
+    for folder in Path(tempfile.gettempdir()).glob(f'{COPY_PREFIX}*'):
+        pid = folder.name[len(COPY_PREFIX):].split('-', 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove_tree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _describe(identity: Dict[str, Any]) -> str:
     return f"{identity.get('model')} {identity.get('precision')} at {identity.get('input_size')} px"
 
@@ -546,127 +551,3 @@ def _remove_tree(folder: Path) -> None:
         shutil.rmtree(folder, onexc=lambda function, path, error: warn(error, path))
     else:
         shutil.rmtree(folder, onerror=lambda function, path, info: warn(info[1], path))
-
-
-_JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string', int: 'an integer', float: 'a number',
-               bool: 'true or false', type(None): 'null'}
-
-
-def _check_manifest(manifest: Any, where: str, complete: bool) -> None:
-    """``manifest`` against ``_SCHEMA``: a JSON object, known fields of the right types, plain file names,
-    and for readers (``complete``) every field of ``_REQUIRED``. One ScalableViTError naming the first fault."""
-    if not isinstance(manifest, dict):
-        raise ScalableViTError(f'{where}: not a bundle manifest (a JSON object is expected, got '
-                               f'{_JSON_TYPES.get(type(manifest), type(manifest).__name__)})')
-    for field, types in _SCHEMA.items():
-        if field in manifest and not isinstance(manifest[field], types):
-            raise ScalableViTError(f"{where}: field '{field}' must be {' or '.join(_JSON_TYPES[t] for t in types)}, "
-                                   f'got {json.dumps(manifest[field])[:40]}')
-    if complete:
-        _check_finished(manifest, where)
-        missing = [k for k in _REQUIRED if k not in manifest]
-        if missing:
-            raise ScalableViTError(f"{where} is missing {', '.join(repr(k) for k in missing)}")
-    if manifest.get('schema', SCHEMA) > SCHEMA:
-        raise ScalableViTError(f"{where}: schema {manifest['schema']} is newer than this scalablevit reads "
-                               f'({SCHEMA}): update the package')
-    if 'precision' in manifest:
-        check_precision(manifest['precision'], f'precision in {where}')
-    for part, fields in _PARTS.items():
-        if part in manifest:
-            _require(manifest[part], fields, f"{where} '{part}'")
-    entries = [(f"{where} onnx entry '{k}'", v) for k, v in manifest.get('onnx', {}).items()]
-    entries += [(f"{where} '{part}'", manifest[part]) for part in ('reference', 'calibration') if part in manifest]
-    for what, entry in entries:
-        _require(entry, _FILE_ENTRY, what)
-        if Path(entry['file']).name != entry['file'] or entry['file'] in ('', '.', '..'):
-            raise ScalableViTError(f"{what}: file '{entry['file']}' must be a plain name inside the bundle")
-    for name, stage in manifest.get('stages', {}).items():
-        _require(stage, {'key': str, 'outputs': dict}, f"{where} stage '{name}'")
-    if complete:
-        _check_deployed(manifest, where)
-        _check_input(manifest['input'], where)
-
-
-def _check_finished(manifest: Dict[str, Any], where: str) -> None:
-    """A manifest whose stages stop short of its precision's is an unfinished build: say so, naming the stage."""
-    done = manifest.get('stages') or {}
-    needed = STAGES if manifest.get('precision', 'fp32') != 'fp32' else STAGES[:2]
-    absent = [s for s in needed if s not in done]
-    if done and absent:
-        raise ScalableViTError(f"{where}: the build did not finish (stage '{absent[0]}' never completed; "
-                               f"finished: {', '.join(s for s in needed if s in done) or 'none'}): rerun the host "
-                               'build for this bundle')
-
-
-def _check_deployed(manifest: Dict[str, Any], where: str) -> None:
-    """The deployed ONNX is the entry of the bundle's precision, and each entry is that precision's file."""
-    for precision, entry in manifest['onnx'].items():
-        check_precision(precision, f"onnx entry in {where}")
-        if entry['file'] != f'model.{precision}.onnx':
-            raise ScalableViTError(f"{where}: onnx entry '{precision}' points at '{entry['file']}', not "
-                                   f"'model.{precision}.onnx': refusing a manifest that mislabels a file")
-    entry = manifest['onnx'].get(manifest['precision'])
-    if entry is None or manifest['deploy_onnx'] != entry['file']:
-        raise ScalableViTError(f"{where}: an {manifest['precision']} bundle must deploy "
-                               f"'model.{manifest['precision']}.onnx' from its onnx entry, not "
-                               f"'{manifest['deploy_onnx']}'")
-
-
-def _check_input(entry: Dict[str, Any], where: str) -> None:
-    """input.shape is [null, 3, S, S] and input.preprocessing (when recorded) agrees with it."""
-    shape = entry['shape']
-    if (len(shape) != 4 or shape[1] != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                    for v in shape[1:]) or shape[2] != shape[3]
-            or not 1 <= shape[2] <= MAX_INPUT_SIDE):
-        raise ScalableViTError(f'{where}: input.shape must be [null, 3, S, S] with S in 1..{MAX_INPUT_SIDE} '
-                               f'(got {json.dumps(shape)[:60]})')
-    if 'preprocessing' in entry:
-        check_preprocessing(entry['preprocessing'], f'{where} input.preprocessing', shape[2])
-
-
-def check_preprocessing(cfg: Any, where: str, side: Optional[int] = None) -> Dict[str, Any]:
-    """``cfg`` as ``data.preprocess`` needs it: input_size [3, S, S] (S = ``side`` when given), an integer resize
-    from S to MAX_RESIZE_RATIO * S, a known interpolation, three finite means and three finite positive stds."""
-    _require(cfg, {'input_size': list, 'resize': int, 'interpolation': str, 'mean': list, 'std': list}, where)
-    size = cfg['input_size']
-    if (len(size) != 3 or size[0] != 3 or not all(_is_int(v) for v in size) or size[1] != size[2]
-            or not 1 <= size[2] <= MAX_INPUT_SIDE or (side is not None and size[2] != side)):
-        raise ScalableViTError(f"{where}: input_size must be [3, S, S] with S in 1..{MAX_INPUT_SIDE}"
-                               f"{f' and S = {side} (the input shape)' if side is not None else ''}, "
-                               f'got {json.dumps(size)[:60]}')
-    crop = size[2]
-    if not _is_int(cfg['resize']) or not crop <= cfg['resize'] <= MAX_RESIZE_RATIO * crop:
-        raise ScalableViTError(f"{where}: resize must be an integer from the crop ({crop}) to "
-                               f"{MAX_RESIZE_RATIO * crop}, got {json.dumps(cfg['resize'])[:40]}")
-    if cfg['interpolation'] not in INTERPOLATIONS:
-        raise unknown_choice(f'interpolation in {where}', cfg['interpolation'], INTERPOLATIONS)
-    for field, low in (('mean', -math.inf), ('std', 0.0)):
-        values = cfg[field]
-        if len(values) != 3 or not all(_is_number(v) and math.isfinite(v) and v > low for v in values):
-            bound = ', each above 0' if field == 'std' else ''
-            raise ScalableViTError(f'{where}: {field} must be three finite numbers{bound}, '
-                                   f'got {json.dumps(values)[:60]}')
-    return cfg
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(mapping: Any, fields: Dict[str, Any], what: str) -> None:
-    """``mapping`` must be a dict holding ``fields`` (name -> expected type, ``object`` for any)."""
-    if not isinstance(mapping, dict):
-        raise ScalableViTError(f'{what} is not a JSON object')
-    missing = [k for k in fields if k not in mapping]
-    if missing:
-        raise ScalableViTError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
-    wrong = [k for k, t in fields.items() if not isinstance(mapping[k], t)]
-    if wrong:
-        expected = fields[wrong[0]]
-        raise ScalableViTError(f"{what}: field {wrong[0]!r} must be {_JSON_TYPES.get(expected, expected.__name__)}, "
-                               f"got {json.dumps(mapping[wrong[0]])[:40]}")

@@ -93,10 +93,14 @@ def write_json(path: PathLike, obj: Any) -> None:
 
 
 def read_json(path: PathLike) -> Any:
+    """The JSON value of the file ``path``; a missing, unreadable, undecodable or too deeply nested file (which
+    would exhaust Python's recursion limit) is one ScalableViTError naming it."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
         raise ScalableViTError(f'{path}: file not found') from e
+    except RecursionError as e:
+        raise ScalableViTError(f'{path}: not readable JSON (nested too deeply)') from e
     except (OSError, ValueError) as e:
         raise ScalableViTError(f'{path}: not readable JSON ({e})') from e
 

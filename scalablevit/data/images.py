@@ -2,7 +2,8 @@
 
 Hostile folders are expected: links are followed but every directory and file is visited once (loops end,
 duplicates are dropped), dangling links are skipped and counted, 16-bit images are scaled to 8 bits (not clipped),
-EXIF orientation is applied, and an image above ``MAX_IMAGE_PIXELS`` is skipped before it is decoded.
+integer or float pixels outside the range they can mean (negative, beyond 16 bits, NaN, Inf) are refused, EXIF
+orientation is applied, and an image above ``MAX_IMAGE_PIXELS`` is skipped before it is decoded.
 """
 import logging
 import os
@@ -44,7 +45,7 @@ def load_image(path: Path) -> Any:
             im.load()
             im = ImageOps.exif_transpose(im)  # a camera's "rotate 90" tag: the pixels as the photo is seen
             if im.mode in _WIDE_MODES:
-                im = _to_8bit(im)
+                im = _to_8bit(im, path)
             elif im.mode == 'F':
                 im = _float_to_8bit(im, path)
             if im.mode in ('RGBA', 'LA', 'P', 'PA'):
@@ -57,23 +58,39 @@ def load_image(path: Path) -> Any:
         raise ScalableViTError(f'{path}: not a readable image ({e})') from e
 
 
-def _to_8bit(image: Any) -> Any:
-    """A 16-bit (or 32-bit integer) gray PIL image as 8-bit 'L', scaled from the 16-bit range with rounding."""
+def _to_8bit(image: Any, path: Path) -> Any:
+    """A 16-bit (or 32-bit integer) gray PIL image as 8-bit 'L', scaled from the 16-bit range with rounding.
+
+    Values outside 0..65535 (a signed 32-bit TIFF's negatives, or more than 16 bits) have no agreed meaning and
+    are refused, as out-of-range floats are, rather than clipped to black or white."""
     from PIL import Image
-    wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+    wide = np.asarray(image, dtype=np.int64)
+    if wide.size and (wide.min() < 0 or wide.max() > 65535):
+        raise ScalableViTError(f'{path}: integer pixels must be within 0..65535 (16 bits), got '
+                               f'{wide.min()}..{wide.max()}')
     return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # uint8 2-D: mode 'L'
 
 
 def _float_to_8bit(image: Any, path: Path) -> Any:
     """A 32-bit float gray PIL image as 8-bit 'L': values in 0..1 are scaled by 255 (what float TIFFs hold),
-    values in 0..255 kept; anything else (NaN, negative, beyond 255) has no agreed meaning and is refused."""
+    values in 0..255 kept; anything else (NaN, Inf, negative, beyond 255) has no agreed meaning and is refused."""
     from PIL import Image
     values = np.asarray(image, dtype=np.float64)
-    if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+    if not np.isfinite(values).all():
         raise ScalableViTError(f'{path}: float pixels must be finite and within 0..1 (or 0..255), got '
-                               f'{np.nanmin(values):.4g}..{np.nanmax(values):.4g}')
+                               f'{_non_finite(values)}')
+    if values.min(initial=0) < 0 or values.max(initial=0) > 255:
+        raise ScalableViTError(f'{path}: float pixels must be finite and within 0..1 (or 0..255), got '
+                               f'{values.min():.4g}..{values.max():.4g}')
     scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
     return Image.fromarray(np.rint(values * scale).astype(np.uint8))
+
+
+def _non_finite(values: np.ndarray) -> str:
+    """How many pixels are NaN, inf and -inf, e.g. 'NaN in 3 of 1,600 pixels'."""
+    counts = ((np.isnan(values), 'NaN'), (np.isposinf(values), 'inf'), (np.isneginf(values), '-inf'))
+    found = [f'{what} in {int(mask.sum()):,}' for mask, what in counts if mask.any()]
+    return f"{' and '.join(found)} of {values.size:,} pixels"
 
 
 # --------------------------------------------------------------------------------------------- folders

@@ -279,11 +279,24 @@ def source_signature(calib_dir: Optional[PathLike] = None, val_dir: Optional[Pat
 
 
 def _folder_signature(folder: Path, hashes: 'FileHashes') -> str:
-    digest = hashlib.sha256()
+    """The folder's path, image count and a digest of every image's relative path and content sha256. A file that
+    cannot be read is skipped and counted, as decoding skips it (it then calibrates and validates nothing): it
+    enters the digest as unreadable, so the key changes when it becomes readable. A folder whose files all read
+    gives the same signature as before unreadable files were counted."""
+    digest, unreadable = hashlib.sha256(), []
     files = find_images(folder)
     for path in files:
-        digest.update(f'{path.relative_to(folder).as_posix()}\t{hashes.sha256(path)}\n'.encode())
-    return f'{folder.resolve()} ({len(files)} images, {digest.hexdigest()[:16]})'
+        try:
+            content = hashes.sha256(path)
+        except ScalableViTError as e:
+            unreadable.append(str(e))
+            content = 'unreadable'
+        digest.update(f'{path.relative_to(folder).as_posix()}\t{content}\n'.encode())
+    if unreadable:
+        logger.warning('%s: skipped %d unreadable of %d image files when hashing them (e.g. %s); they are skipped '
+                       'when the images are loaded too', folder, len(unreadable), len(files), unreadable[0])
+    counted = f', {len(unreadable)} unreadable' if unreadable else ''
+    return f'{folder.resolve()} ({len(files)} images{counted}, {digest.hexdigest()[:16]})'
 
 
 class FileHashes:
@@ -306,15 +319,16 @@ class FileHashes:
                 logger.info('ignoring the hash cache: %s', e)
 
     def sha256(self, file: Path) -> str:
-        st = file.stat()
-        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        key = os.path.realpath(file)
-        entry = self.known.get(key)
-        if not (isinstance(entry, list) and entry[:-1] == stamp):
-            try:
+        """The content sha256 of ``file``; ScalableViTError naming it when it cannot be read (or has vanished)."""
+        try:
+            st = file.stat()
+            stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            key = os.path.realpath(file)
+            entry = self.known.get(key)
+            if not (isinstance(entry, list) and entry[:-1] == stamp):
                 entry = stamp + [sha256_file(file)]
-            except OSError as e:
-                raise ScalableViTError(f'cannot read {file}: {e.strerror}') from e
+        except OSError as e:
+            raise ScalableViTError(f'cannot read {file}: {e.strerror or e}') from e
         self.used[key] = entry
         return entry[-1]
 

@@ -282,6 +282,9 @@ def _write_npz(path: Path, arrays: Dict[str, Any]) -> None:
 def _read_npz(path: Path, lazy: Sequence[str] = ()) -> Dict[str, np.ndarray]:
     """The arrays of an .npz but ``lazy`` ones (checked present, not read), read eagerly so truncation and CRC
     errors surface here, with the file named."""
+    if path.is_dir():
+        raise ScalableViTError(f'{path} is a folder, not an image-set .npz file (calib/make_calib.py makes one from a '
+                               'folder of images)')
     if not path.is_file():
         raise ScalableViTError(f'{path}: image-set file not found')
     try:

@@ -36,10 +36,10 @@ from ..core.fileio import PathLike, atomic_path, human_size, read_json, sha256_f
 from ..core.report import utc_now
 from ..core.runners import INPUT_NAME
 from . import cuda
-from .engine_rules import (MANIFEST_FORMAT, check_engine_compatible, check_target_platform, describe_gpu, identity,
-                           require)
+from .engine_rules import (MANIFEST_FORMAT, check_engine_compatible, check_engine_manifest, check_target_platform,
+                           describe_gpu, identity, require)
 from .inspector import count_layer_devices, layer_placement, layer_precisions
-from .targets import Target, load_target
+from .targets import Target, check_engine_batch, load_target
 from .trt_env import TensorRT, open_tensorrt, trt_logger
 
 logger = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, target: Union[str, 
     """
     env = open_tensorrt(env)
     trt, version, gpu = env.trt, env.version, env.gpu
-    target, onnx_path, engine_path = load_target(target), Path(onnx_path), Path(engine_path)
+    target, onnx_path, engine_path = check_engine_batch(load_target(target)), Path(onnx_path), Path(engine_path)
     compat.check_onnx_opset(onnx_opset, precision, version)
     flags = list(build_flags(target, precision, version) if flags is None else flags)
     log = trt_logger(trt)
@@ -375,15 +375,35 @@ class LoadedEngine:
     manifest: Optional[Dict[str, Any]] = None
 
 
-def read_engine_manifest(engine_path: PathLike) -> Dict[str, Any]:
+def read_engine_manifest(engine_path: PathLike, complete: bool = True, empty_ok: bool = False) -> Dict[str, Any]:
+    """The manifest beside ``engine_path``, checked (``check_engine_manifest``) on every read, by every reader.
+
+    ``complete``: a loader's read (every field a load and an export need); without it only what is present is
+    checked (what ``file_precision`` reads). An empty engine file is refused (no TensorRT plan is 0 bytes) unless
+    ``empty_ok``: where TensorRT deserializes the bytes (``load_engine``, the device pipeline after it), TensorRT
+    is the judge of what is a plan.
+    """
     path = manifest_path(engine_path)
     if not path.is_file():
         raise ScalableViTError(f'no manifest {path.name} beside engine {engine_path}: rebuild the engine with '
                                'deploy/build_engine.py (or load it with check_manifest=False)')
-    manifest = read_json(path)
-    require(manifest, ('engine', 'engine_sha256', 'tensorrt_version', 'gpu', 'compatibility', 'target'),
-             f'engine manifest {path}')
+    where = f'engine manifest {path}'
+    manifest = check_engine_manifest(read_json(path), where)
+    if complete:
+        require(manifest, ('engine', 'engine_sha256', 'tensorrt_version', 'gpu', 'compatibility', 'target',
+                           'precision'), where)
+    if not empty_ok:
+        _refuse_empty(Path(engine_path))
     return manifest
+
+
+def _refuse_empty(engine: Path) -> None:
+    try:
+        empty = engine.stat().st_size == 0
+    except OSError:  # missing or unreadable: the caller's own check names it
+        return
+    if empty:
+        raise ScalableViTError(f'engine {engine} is empty (0 bytes): no TensorRT plan is; rebuild it')
 
 
 def load_engine(engine_path: PathLike, check_manifest: bool = True, env: Optional[TensorRT] = None) -> LoadedEngine:
@@ -393,7 +413,7 @@ def load_engine(engine_path: PathLike, check_manifest: bool = True, env: Optiona
     path = Path(engine_path)
     if not path.is_file():
         raise ScalableViTError(f'engine {path} not found')
-    manifest = read_engine_manifest(path) if check_manifest else None
+    manifest = read_engine_manifest(path, empty_ok=True) if check_manifest else None  # TensorRT judges the bytes
     if manifest is not None:
         check_engine_compatible(manifest, env.version, env.gpu)
     data = verify_engine(path, manifest) if manifest is not None else path.read_bytes()  # the bytes checked
@@ -419,7 +439,7 @@ def cached_engine_ok(engine_path: Path, key: str) -> bool:
     if not (engine_path.is_file() and mpath.is_file()):
         return False
     try:
-        manifest = read_json(mpath)
+        manifest = check_engine_manifest(read_json(mpath), f'engine manifest {mpath}')
     except ScalableViTError as e:
         logger.warning('ignoring cached engine %s: %s', engine_path.name, e)
         return False

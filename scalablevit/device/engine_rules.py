@@ -5,14 +5,19 @@ An engine (and a timing cache) is tied to the TensorRT version and the full GPU 
 Jetson Orin modules all report "Orin", sm_87, so SM count, memory and the board tell them apart), unless it was
 built version-compatible or hardware-compatible; what a TensorRT release supports is ``compat``'s table.
 """
+import json
+import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core import compat
-from ..core.errors import ScalableViTError
-from .targets import Target
+from ..core.errors import ScalableViTError, unknown_choice
+from ..core.manifest import MAX_INPUT_SIDE, PRECISIONS
+from .targets import INT32_MAX, MAX_ENGINE_BATCH, Target, checked_int
 
 __all__ = ['MANIFEST_FORMAT', 'IDENTITY_FIELDS', 'identity', 'describe_gpu', 'engine_compatibility_problem',
-           'check_engine_compatible', 'target_platform_problem', 'check_target_platform', 'require']
+           'check_engine_compatible', 'target_platform_problem', 'check_target_platform', 'require',
+           'check_engine_manifest']
 
 MANIFEST_FORMAT = 'scalablevit-engine/2'
 
@@ -129,3 +134,101 @@ def require(mapping: Dict[str, Any], keys: Sequence[str], what: str) -> None:
     missing = [k for k in keys if k not in mapping]
     if missing:
         raise ScalableViTError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
+
+
+# ============================================================================================ manifest schema
+# field -> the JSON types it must have wherever it is present (readers use nothing else of a manifest)
+_ENGINE_FIELDS: Dict[str, Tuple[type, ...]] = {
+    'format': (str,), 'engine': (str,), 'engine_sha256': (str,), 'engine_bytes': (int,), 'cache_key': (str,),
+    'tensorrt_version': (str,), 'precision': (str,), 'gpu': (dict,), 'compatibility': (dict,), 'target': (dict,),
+    'onnx': (dict,), 'input': (dict,), 'layers': (dict,), 'build_flags': (list,)}
+_JSON_NAMES = {dict: 'an object', list: 'an array', str: 'a string', int: 'an integer', float: 'a number',
+               bool: 'true or false', type(None): 'null'}
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
+def _field(manifest: Dict[str, Any], name: str, types: Tuple[type, ...], where: str) -> None:
+    value = manifest[name]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        names = ' or '.join(_JSON_NAMES[t] for t in types)
+        raise ScalableViTError(f"{where}: field '{name}' must be {names}, got {_show(value)}")
+
+
+def check_engine_manifest(manifest: Any, where: str) -> Dict[str, Any]:
+    """``manifest`` (an engine's ``<engine>.json``) when every field a reader uses has its type and range: a JSON
+    object; precision one of PRECISIONS; sha256 values that are sha256; profile batches from 1 to
+    MAX_ENGINE_BATCH with min <= opt <= max and one C, H, W (each 1..MAX_INPUT_SIDE); the DLA core 32-bit.
+    Fields may be absent (``require`` asks for the ones a reader needs); one error names the first fault."""
+    if not isinstance(manifest, dict):
+        raise ScalableViTError(f'{where}: not an engine manifest (a JSON object is expected, got '
+                               f'{_JSON_NAMES.get(type(manifest), type(manifest).__name__)})')
+    for name, types in _ENGINE_FIELDS.items():
+        if name in manifest:
+            _field(manifest, name, types, where)
+    if 'precision' in manifest and manifest['precision'] not in PRECISIONS:
+        raise unknown_choice(f'precision in {where}', manifest['precision'], PRECISIONS)
+    for name, value in (('engine_sha256', manifest.get('engine_sha256')),
+                        ('onnx.sha256', (manifest.get('onnx') or {}).get('sha256'))):
+        if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            raise ScalableViTError(f'{where}: {name} must be 64 lowercase hex digits, got {_show(value)}')
+    if 'engine' in manifest and (Path(manifest['engine']).name != manifest['engine'] or
+                                 manifest['engine'] in ('', '.', '..')):
+        raise ScalableViTError(f"{where}: engine must be a file name, got {_show(manifest['engine'])}")
+    if manifest.get('engine_bytes', 0) < 0:  # an int here (checked above); an empty file is the reader's to refuse
+        raise ScalableViTError(f"{where}: engine_bytes must be a byte count, got {manifest['engine_bytes']}")
+    if 'tensorrt_version' in manifest:
+        compat.version(manifest['tensorrt_version'])
+    _check_engine_compatibility(manifest.get('compatibility') or {}, where)
+    _check_engine_target(manifest.get('target') or {}, where)
+    profile = (manifest.get('input') or {}).get('profile')
+    if profile is not None:
+        _check_profile(profile, where)
+    return manifest
+
+
+def _check_engine_compatibility(opt_ins: Dict[str, Any], where: str) -> None:
+    if not isinstance(opt_ins.get('version_compatible', False), bool):
+        raise ScalableViTError(f'{where}: compatibility.version_compatible must be true or false, '
+                               f"got {_show(opt_ins['version_compatible'])}")
+    level = opt_ins.get('hardware_compatibility_level', 'none')
+    if not isinstance(level, str) or level not in compat.HARDWARE_COMPAT:
+        raise unknown_choice(f'hardware_compatibility_level in {where}', level if isinstance(level, str) else
+                             _show(level), compat.HARDWARE_COMPAT)
+
+
+def _check_engine_target(target: Dict[str, Any], where: str) -> None:
+    if target.get('dla_core') is not None:
+        checked_int(target['dla_core'], f'{where}: target.dla_core', 0, INT32_MAX)
+    batch = target.get('batch')
+    if batch is not None:
+        if not isinstance(batch, dict):
+            raise ScalableViTError(f'{where}: target.batch must be an object of min, opt, max, got {_show(batch)}')
+        for key in ('min', 'opt', 'max'):
+            if key in batch:
+                checked_int(batch[key], f'{where}: target.batch.{key}', 1, MAX_ENGINE_BATCH)
+
+
+def _check_profile(profile: Any, where: str) -> None:
+    """input.profile: {min, opt, max} shapes [N, C, H, W] as the builder writes them (``engine.profile_shapes``)."""
+    if not isinstance(profile, dict) or set(profile) != {'min', 'opt', 'max'}:
+        raise ScalableViTError(f'{where}: input.profile must be an object of exactly min, opt, max, got '
+                               f'{_show(profile)}')
+    for key in ('min', 'opt', 'max'):
+        shape = profile[key]
+        if not isinstance(shape, list) or len(shape) != 4:
+            raise ScalableViTError(f'{where}: input.profile.{key} must be [N, C, H, W], got {_show(shape)}')
+        checked_int(shape[0], f'{where}: input.profile.{key} batch', 1, MAX_ENGINE_BATCH)
+        for dim in shape[1:]:
+            checked_int(dim, f'{where}: input.profile.{key} dimension', 1, MAX_INPUT_SIDE)
+    lo, opt, hi = (profile[k] for k in ('min', 'opt', 'max'))
+    if not lo[0] <= opt[0] <= hi[0]:
+        raise ScalableViTError(f'{where}: input.profile batch must satisfy min <= opt <= max '
+                               f'(got {lo[0]}/{opt[0]}/{hi[0]})')
+    if not lo[1:] == opt[1:] == hi[1:]:
+        raise ScalableViTError(f'{where}: input.profile min/opt/max must share C, H, W (got {lo[1:]}, {opt[1:]}, '
+                               f'{hi[1:]})')

@@ -22,7 +22,7 @@ from . import cuda
 from .engine import (build_engine, build_flags, cached_engine_ok, engine_cache_key, load_engine, manifest_path,
                      read_engine_manifest)
 from .inspector import precision_mismatches
-from .targets import Target, load_target
+from .targets import Target, check_engine_batch, load_target
 from .trt_env import TensorRT, open_tensorrt
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_bundle_engine(bundle: Union[PathLike, Bundle], target: Union[str, Targ
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     onnx_path, onnx_entry = bundle.deploy_onnx()
     reference = bundle.reference()
-    target = load_target(target)
+    target = check_engine_batch(load_target(target))
     env = open_tensorrt(env)
     flags = build_flags(target, bundle.precision, env.version)
     key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu, flags)
@@ -88,7 +88,7 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
                           f"max |diff| {metrics['max_abs_diff']:.4g}")
     verdict = budget_verdict(metrics, precision)
     violations = verdict.failed
-    engine_manifest = read_engine_manifest(engine_path)
+    engine_manifest = read_engine_manifest(engine_path, empty_ok=True)  # TensorRT has just deserialized it
     engine_precision = _engine_precision(engine_manifest, bundle)
     report = make_report(
         bundle.model, precision, 'tensorrt', metrics, None, untrained,

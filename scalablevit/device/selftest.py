@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core import compat, numerics
-from ..core.bundle import PRECISIONS, Bundle, check_precision
+from ..core.bundle import Bundle
+from ..core.manifest import PRECISIONS, check_precision
 from ..core.compare import accuracy_metrics, load_budgets
 from ..core.errors import ScalableViTError
 from ..core.fileio import read_json, sha256_bytes, write_bytes, write_json

@@ -15,9 +15,14 @@ from ..core.compat import HARDWARE_COMPAT
 from ..core.errors import ScalableViTError, unknown_choice
 from ..core.fileio import PathLike, read_json
 
-__all__ = ['Target', 'TARGETS_DIR', 'list_targets', 'load_target', 'target_from_dict']
+__all__ = ['Target', 'TARGETS_DIR', 'INT32_MAX', 'MAX_ENGINE_BATCH', 'MAX_WORKSPACE_MIB', 'checked_int', 'list_targets',
+           'load_target', 'target_from_dict', 'check_engine_batch']
 
 TARGETS_DIR = Path(__file__).with_name('targets')
+INT32_MAX = 2 ** 31 - 1  # TensorRT's dimensions, profile shapes and DLA core are 32-bit
+# No deployment batches more: 4096 images of 224 px are 2.3 GiB of float32 input per call.
+MAX_ENGINE_BATCH = 4096
+MAX_WORKSPACE_MIB = 1 << 20  # 1 TiB: more than any GPU has
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -106,6 +111,22 @@ def target_from_dict(data: Any, source: str = '<dict>') -> Target:
     return target
 
 
+def checked_int(value: Any, what: str, lo: int = 1, hi: int = INT32_MAX) -> int:
+    """``value`` when it is an integer (not a bool) in ``lo..hi``; else one error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ScalableViTError(f'{what} must be an integer from {lo} to {hi}, got {value!r}')
+    return value
+
+
+def check_engine_batch(target: Target) -> Target:
+    """``target`` when its batch range fits a TensorRT optimization profile this toolchain builds (at most
+    MAX_ENGINE_BATCH); the exports, which only read a target's batch, apply their own 32-bit bounds."""
+    for key, value in (('min', target.batch_min), ('opt', target.batch_opt), ('max', target.batch_max)):
+        checked_int(value, f"target {target.source or target.name}: field 'batch.{key}' (an engine profile batch)",
+                    1, MAX_ENGINE_BATCH)
+    return target
+
+
 def _typed(source: str, field: str, value: Any, types: Tuple[type, ...]) -> Any:
     stray_bool = isinstance(value, bool) and bool not in types  # bool is an int in Python: refuse `true` MiB
     if stray_bool or not isinstance(value, types):
@@ -133,6 +154,7 @@ def _check_target_values(source: str, t: Target) -> None:
         raise ScalableViTError(f"target {source}: field 'name' must be letters, digits, '_', '.', '-' (got '{t.name}')")
     if t.workspace_mib < 1:
         raise ScalableViTError(f"target {source}: field 'workspace_mib' must be >= 1, got {t.workspace_mib}")
+    checked_int(t.workspace_mib, f"target {source}: field 'workspace_mib' (at most 1 TiB)", 1, MAX_WORKSPACE_MIB)
     if not 0 <= t.builder_optimization_level <= 5:
         raise ScalableViTError(f"target {source}: field 'builder_optimization_level' must be 0-5, "
                                f"got {t.builder_optimization_level}")
@@ -146,6 +168,7 @@ def _check_target_values(source: str, t: Target) -> None:
     if t.dla_core is not None:
         if t.dla_core < 0:
             raise ScalableViTError(f"target {source}: field 'dla_core' must be null or >= 0, got {t.dla_core}")
+        checked_int(t.dla_core, f"target {source}: field 'dla_core'", 0)
         if not t.batch_min == t.batch_opt == t.batch_max:
             raise ScalableViTError(f"target {source}: field 'batch' must have min == opt == max with dla_core set "
                                    '(DLA has no dynamic shapes)')

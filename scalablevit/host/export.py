@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['ExportOnnx', 'export_onnx', 'load_onnx', 'check_onnx', 'check_onnx_model', 'check_tensorrt_ops',
            'infer_shapes', 'check_layernorm_fused', 'op_histogram', 'read_metadata', 'onnx_precision', 'stamp_metadata',
-           'TRT_ONNX_OPS', 'TRT_OPS_ADDED_AFTER_10_0', 'onnx_data_config']
+           'TRT_ONNX_OPS', 'TRT_OPS_ADDED_AFTER_10_0', 'onnx_data_config', 'check_bundle_onnx']
 
 META_PREFIX = 'scalablevit.'
 BATCH_DIM = 'batch'
@@ -451,10 +451,30 @@ def export_onnx(model: Any, out_path: PathLike, opset: int = DEFAULT_OPSET, inpu
                       simplify=simplify, fold_normalization=fold_normalization)(out_path)
 
 
-def onnx_data_config(metadata: Dict[str, str]) -> Dict[str, Any]:
-    """The preprocessing an exported ONNX expects, from its ``read_metadata``: its model's data config, folded
-    when the file says ``normalize_in_model``."""
-    from ..data.transforms import folded_config
-    from ..models.scalablevit import data_config
-    dcfg = data_config(metadata['model'])
-    return folded_config(dcfg) if metadata.get('normalize_in_model') == 'True' else dcfg
+def onnx_data_config(model: Any, path: PathLike) -> Dict[str, Any]:
+    """The preprocessing an exported ONNX (loaded: ``model``) expects: its model's data config at the input side
+    and class count of the graph, folded when its metadata says ``normalize_in_model``."""
+    from ..data.transforms import folded_config, sized_config
+    from ..models.scalablevit import class_config, data_config
+    info = check_onnx_model(model, path, require_trt_ops=False)
+    dcfg = sized_config(class_config(data_config(info['model']), info['num_classes']), info['input_size'][0])
+    return folded_config(dcfg) if info['metadata'].get('normalize_in_model') == 'True' else dcfg
+
+
+def check_bundle_onnx(path: PathLike, manifest: Dict[str, Any], shown: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A bundle's ONNX against what its manifest says of it: the model it was exported from, its input side, its
+    class count and whether the normalization is folded in. Readers that load the ONNX run it, so a manifest
+    edited to describe another model, or another preprocessing, is refused instead of believed. ``shown``: the
+    name for messages (the bundle's file, where ``path`` is its verified copy)."""
+    name = Path(shown if shown is not None else path)
+    info = check_onnx_model(load_onnx(path), name, expected_model=manifest['model'],
+                            input_size=manifest['input']['shape'][-1], require_trt_ops=False)
+    if info['num_classes'] != manifest['output']['num_classes']:
+        raise ScalableViTError(f"{name}: {info['num_classes']} outputs, the bundle manifest says "
+                               f"{manifest['output']['num_classes']} classes")
+    folded = info['metadata'].get('normalize_in_model') == 'True'
+    recorded = bool((manifest['input'].get('preprocessing') or {}).get('normalize_in_model', False))
+    if folded != recorded:
+        raise ScalableViTError(f"{name}: its normalization is {'in the model' if folded else 'not in the model'}, "
+                               f"the bundle manifest says {'it is' if recorded else 'it is not'}")
+    return info

@@ -17,7 +17,7 @@ The ranges come from ``RANGE_CHECK_IMAGES`` images spread evenly over the calibr
 with every float tensor exposed, so memory stays at one image's activations whatever the set size.
 """
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 
@@ -63,7 +63,6 @@ def activation_ranges(model: Any, images: Any) -> Tuple[Dict[str, float], Dict[s
     Runs ``RANGE_CHECK_IMAGES`` of ``images`` (an array or a ``data.StoredImages``, read as needed) in small
     batches; returns ({tensor: max |x|}, {LayerNorm node: peak}).
     """
-    import onnx
     import onnxruntime as ort
 
     from ..data.store import image_batches

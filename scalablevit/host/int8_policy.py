@@ -20,7 +20,7 @@ __all__ = ['Int8Policy', 'Int8Settings', 'INT8_POLICIES', 'HAZARDS', 'CALIBRATIO
            'HIGH_PRECISION_DTYPES', 'FP16_KEEP_FP32_OP_TYPES', 'DEFAULT_CALIB_BATCH', 'CALIB_BATCH_MEMORY',
            'calibration_batch', 'resolve_policy']
 
-CALIBRATION_METHODS = ('entropy', 'max')
+CALIBRATION_METHODS = ('max', 'entropy', 'percentile')  # scalablevit.host.calibrate; all batch-independent
 # our name -> (modelopt calibration EP, onnxruntime provider that must be present)
 CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0', 'CUDAExecutionProvider')}
 # Precision of everything INT8 does not cover. FP16 by default: TensorRT builds the ONNX strongly typed, so an FP32
@@ -29,8 +29,9 @@ CALIBRATION_DEVICES = {'cpu': ('cpu', 'CPUExecutionProvider'), 'cuda': ('cuda:0'
 HIGH_PRECISION_DTYPES = ('fp16', 'fp32')
 INT8_HIGH_PRECISION = 'fp16'
 # Images per calibration batch when none is given: as many as keep one batch's activations within
-# CALIB_BATCH_MEMORY, at most DEFAULT_CALIB_BATCH (calibration_batch). modelopt's calibration exposes the tensors it
-# calibrates as session outputs, so a batch holds them all at once (S: ~0.6 GB of float tensors per 224 px image).
+# CALIB_BATCH_MEMORY, at most DEFAULT_CALIB_BATCH (calibration_batch), counting every float tensor of the model (S:
+# ~0.6 GB per 224 px image), an upper bound of what onnxruntime holds while it runs a batch. The scales do not
+# depend on the batch (host.calibrate): it trades memory for per-batch overhead only.
 DEFAULT_CALIB_BATCH = 8
 CALIB_BATCH_MEMORY = 1 << 30
 CALIB_BATCH_CAP = 4 << 30  # what an explicit --calib-batch may take (4x the automatic choice's memory)
@@ -149,7 +150,7 @@ def calibration_batch(model: Any) -> int:
 
 
 def check_calibration_batch(model: Any, batch: int) -> None:
-    """Refuse a calibration batch whose float tensors (modelopt holds them all at once) would exceed
+    """Refuse a calibration batch whose float tensors (at most what onnxruntime holds for it) would exceed
     ``CALIB_BATCH_CAP``, before any is allocated; the message names the flag and the largest batch that fits."""
     from .fp16_rules import float_tensors
     per_image = max(1, sum(float_tensors(model).values()))

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import __version__
-from ..core.bundle import HASH_CACHE, Bundle, check_precision, stage_key
+from ..core.bundle import HASH_CACHE, Bundle, stage_key
+from ..core.manifest import check_precision
 from ..core.errors import ScalableViTError
 from ..core.fileio import sha256_file
 from ..core.progress import progress
@@ -63,6 +64,10 @@ class HostOptions:
         load_target(self.target)
         check_precision(self.precision)
         check_opset(self.opset)
+        int8_only = [flag for flag, value in (('--int8-target', self.int8_target), ('--calib-batch', self.calib_batch))
+                     if value is not None]
+        if self.precision != 'int8' and int8_only:
+            raise ScalableViTError(f"{' and '.join(int8_only)}: for --precision int8 only, not {self.precision}")
         if self.precision == 'int8':
             from .int8_policy import Int8Settings
             self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
@@ -114,7 +119,9 @@ class HostPipeline:
                 logger.warning('no --weights given: %s uses RANDOM weights (seed %d); every report is marked '
                                '"untrained weights"', self.opt.model, UNTRAINED_SEED)
                 torch.manual_seed(UNTRAINED_SEED)
-            self._model = create_model(self.opt.model, weights=self.opt.weights).eval()
+            # the bytes loaded must be the ones hashed into the stage keys and the manifest
+            self._model = create_model(self.opt.model, weights=self.opt.weights,
+                                       weights_sha256=None if self.untrained else self.weights_id).eval()
             size = self.input_size
             self._model.check_input_size(size, size)
         return self._model
@@ -132,7 +139,9 @@ class HostPipeline:
         """The class count of the head the weights carry (the config's for random weights)."""
         from ..models.checkpoint import read_state_dict
         from ..models.scalablevit import data_config, head_classes
-        carried = None if self.untrained else head_classes(read_state_dict(self.opt.weights), self.opt.model)
+        weights = self.opt.weights
+        carried = None if self.untrained else head_classes(read_state_dict(weights, self.weights_id), self.opt.model,
+                                                           weights)
         return carried if carried is not None else data_config(self.opt.model)['num_classes']
 
     @property
@@ -178,19 +187,27 @@ class HostPipeline:
             report = self._validate(deploy)
             report['host'] = {'wall_s': round(time.perf_counter() - start, 1), 'peak_rss_mb': round(peak_rss_mb())}
             write_report(self.bundle.path, report)
+            # written last: readers refuse a bundle without it (a build stopped before its gate)
+            deployed = self.bundle.manifest['onnx'][self.opt.precision]['sha256']
+            self.bundle.manifest['validation'] = {'status': report['status'], 'report': 'report.json',
+                                                  'onnx_sha256': deployed}
+            self.bundle.save()
         return report
 
     def _describe(self) -> None:
+        from ..device.targets import load_target
         from ..models.complexity import model_complexity
         opt, m = self.opt, self.bundle.manifest
         dcfg = self.data_cfg
+        m.pop('validation', None)  # this run validates anew
         m.update({
             'schema': 1, 'package_version': __version__, 'model': opt.model, 'precision': opt.precision,
             'untrained': self.untrained,
             'weights': None if self.untrained else {'file': str(opt.weights), 'sha256': self.weights_id},
             'input': {'name': 'input', 'shape': [None, 3, self.input_size, self.input_size], 'preprocessing': dcfg},
             'output': {'name': 'logits', 'num_classes': dcfg['num_classes']},
-            'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx', 'target': opt.target,
+            'opset': opt.opset, 'deploy_onnx': f'model.{opt.precision}.onnx',
+            'target': load_target(opt.target).name,  # a name: a host path means nothing on the device
             'gmacs': round(model_complexity(opt.model, self.input_size)['gmacs'], 4),  # for the device's roofline
             'tools': {k: v for k, v in tool_versions().items() if v},
         })
@@ -266,20 +283,18 @@ class HostPipeline:
         opt = self.opt
         if opt.precision == 'fp32':
             return 'model.fp32.onnx'
-        from . import int8_policy, quantize
-        from . import fp16_rules
+        from . import calibrate, fp16_rules, int8_policy, quantize
         name = f'model.{opt.precision}.onnx'
         fp32 = self.bundle.file('model.fp32.onnx')
         fp32_sha = self.bundle.manifest['onnx']['fp32']['sha256']
         calib_file = self.bundle.file('calibration.npz')
         settings: Dict[str, Any] = {'precision': opt.precision}
-        if opt.precision == 'int8':
-            settings.update(dataclasses.asdict(opt.int8))
+        if opt.precision == 'int8':  # not the batch: the scales do not depend on it (host.calibrate)
+            settings.update({k: v for k, v in dataclasses.asdict(opt.int8).items() if k != 'batch_size'})
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
         behaviour = (opt.int8.record() if opt.int8 else None, int8_policy.HAZARDS, int8_policy.FP16_KEEP_FP32_OP_TYPES,
                      fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
-                     *((int8_policy.DEFAULT_CALIB_BATCH, int8_policy.CALIB_BATCH_MEMORY, quantize.GEMV_PROBE_BATCH)
-                       if opt.int8 else ()))
+                     *((quantize.GEMV_PROBE_BATCH, calibrate.CALIBRATOR) if opt.int8 else ()))
         search = bool(opt.int8 and opt.int8.record()['search'])
         if search:  # the search also depends on the reference set it evaluates on, the budgets and its bounds
             behaviour += (self.bundle.manifest['reference']['sha256'], _auto_behaviour())

@@ -216,7 +216,7 @@ def _check_device(device: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- INT8
-def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
+def _calibration_reader(images: Any, input_name: str, batch_size: int, what: str = 'INT8 calibration') -> Any:
     """onnxruntime CalibrationDataReader over ``images`` (an array or a ``data.StoredImages``) in batches read as
     they are asked for, with one progress bar per pass: memory holds a batch, not the set."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -236,7 +236,7 @@ def _calibration_reader(images: Any, input_name: str, batch_size: int) -> Any:
 
         def rewind(self) -> None:
             self.batches = image_batches(images, batch_size)
-            self.advance = progress(len(images), 'INT8 calibration')
+            self.advance = progress(len(images), what)
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             batch = next(self.batches, None)
@@ -277,7 +277,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
     with timed_step('fp16 ranges'):
         islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
-    logger.info('INT8 quantization of %s with modelopt %s: %s calibration on %d images (%d batches of <= %d%s) '
+    logger.info('INT8 quantization of %s: modelopt %s Q/DQ placement, %s calibration on %d images (%d batches of <= %d%s) '
                 'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fp32_onnx, version,
                 settings.method, len(images), -(-len(images) // batch), batch,
                 '' if settings.batch_size else ', for the model size', settings.calibration_device,
@@ -354,15 +354,18 @@ def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
 
 def _run_modelopt_int8(staged: Path, input_name: str, images: Any, settings: Dict[str, Any], excluded: List[str],
                        ep: str, batch_size: int, work: Path) -> Any:
-    """modelopt INT8 of the ``staged`` FP32 file with FP32 elsewhere (the FP16 step, with our islands, comes after);
-    the quantized ModelProto."""
+    """modelopt's INT8 Q/DQ placement on the ``staged`` FP32 file with FP32 elsewhere (the FP16 step, with our
+    islands, comes after), its activation scales then replaced by ``calibrate``'s over every image: modelopt
+    calibrates on the first batch only (its own calibration is batch-dependent and slow; see calibrate)."""
     import onnx
     from modelopt.onnx.quantization import quantize
     output = work / 'model.int8.onnx'
     try:
-        reader = _calibration_reader(images, input_name, batch_size)
+        from ..data.store import image_batches
+        first = next(image_batches(images, 1))  # placement only (shapes, GEMVs): the scales come from _calibrate
+        reader = _calibration_reader(first, input_name, 1, 'Q/DQ placement')
         with _without_per_batch_bars():
-            quantize(str(staged), quantize_mode='int8', calibration_method=settings['method'],
+            quantize(str(staged), quantize_mode='int8', calibration_method='max',
                      calibration_data_reader=reader, calibration_shapes=_gemv_probe_shapes(input_name, images),
                      calibration_eps=[ep], nodes_to_exclude=exact_patterns(excluded) or None,
                      disable_mha_qdq=settings['disable_mha_qdq'], high_precision_dtype='fp32',
@@ -371,7 +374,31 @@ def _run_modelopt_int8(staged: Path, input_name: str, images: Any, settings: Dic
         raise ScalableViTError(f'modelopt INT8 quantization failed: {type(e).__name__}: {e}') from e
     if not output.is_file():
         raise ScalableViTError('modelopt INT8 quantization wrote no model (see its log above)')
-    return onnx.load(str(output))
+    quantized = onnx.load(str(output))
+    provider = next(p for e, p in CALIBRATION_DEVICES.values() if e == ep)  # the same device as modelopt's
+    _calibrate(quantized, staged, input_name, images, settings['method'], batch_size, provider)
+    return quantized
+
+
+def _calibrate(quantized: Any, staged: Path, input_name: str, images: Any, method: str, batch_size: int,
+               provider: str) -> None:
+    """Replace the activation scales of ``quantized`` with ``method``'s over every calibration image."""
+    from onnx import numpy_helper
+
+    from ..core.progress import progress
+    from ..data.store import image_batches
+    from .calibrate import calibrate, fixed_thresholds, quantized_activations, scales_of
+    tensors = quantized_activations(quantized)
+    fixed = fixed_thresholds(quantized, tensors)
+    hists = calibrate(staged, [t for t in tensors if t not in fixed], image_batches(images, batch_size), input_name,
+                      progress(len(images), f'INT8 calibration ({method})'), provider)
+    scales = scales_of(hists, method, fixed)
+    initializers = {t.name: t for t in quantized.graph.initializer}
+    for node in quantized.graph.node:
+        if node.op_type == 'QuantizeLinear' and node.input[0] in scales:
+            scale = initializers[node.input[1]]
+            scale.CopyFrom(numpy_helper.from_array(
+                np.array(scales[node.input[0]], dtype=numpy_helper.to_array(scale).dtype), scale.name))
 
 
 def _to_fp16(staged: Path, keep_fp32: List[str]) -> Any:

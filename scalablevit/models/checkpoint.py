@@ -8,12 +8,15 @@ with ``torch.load(weights_only=True)``; the only class allowed beyond tensors an
 ``argparse.Namespace`` (the ``args`` entry). A pickle that would import anything else is refused.
 """
 import argparse
+import hashlib
+import io
+import json
 import logging
 import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -22,7 +25,7 @@ from ..core.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['read_state_dict', 'checkpoint_filter_fn', 'classifier_keys', 'save_weights']
+__all__ = ['read_checkpoint', 'read_state_dict', 'checkpoint_filter_fn', 'classifier_keys', 'save_weights']
 
 StateDict = Dict[str, torch.Tensor]
 SAFE_GLOBALS = [argparse.Namespace]  # everything the official format needs beyond tensors and containers
@@ -35,19 +38,23 @@ def _is_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b'{' and 0 < struct.unpack('<Q', head[:8])[0] < 100_000_000
 
 
-def _load_safetensors(path: Path) -> StateDict:
+def _load_safetensors(data: bytes, path: Path) -> StateDict:
+    """The tensors in file order (``safetensors.torch.load`` returns them in no fixed order)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+        tensors = load(data)
+        header = json.loads(data[8:8 + struct.unpack('<Q', data[:8])[0]])
+    except (SafetensorError, ValueError) as e:
         raise CheckpointError(f'{path}: corrupt or truncated safetensors file ({e})') from e
+    order = sorted(tensors, key=lambda k: header[k]['data_offsets'][0])
+    return {k: tensors[k] for k in order}
 
 
-def _load_pickle(path: Path) -> object:
+def _load_pickle(data: bytes, path: Path) -> object:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location='cpu', weights_only=True)
+            return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         # torch names the refused global, e.g. "Unsupported global: GLOBAL os.system".
         detail = next((line.strip() for line in str(e).splitlines() if 'GLOBAL' in line or 'Unsupported' in line),
@@ -57,20 +64,34 @@ def _load_pickle(path: Path) -> object:
         raise CheckpointError(f'{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0]})') from e
 
 
-def read_state_dict(path: Union[str, Path]) -> StateDict:
-    """Tensors of a checkpoint file, unwrapped from the official ``{'model': ...}`` dict when needed."""
+def read_checkpoint(path: Union[str, Path]) -> Tuple[StateDict, str]:
+    """Tensors of a checkpoint file (unwrapped from the official ``{'model': ...}`` dict when needed) and the
+    sha256 of the very bytes they were parsed from: the file is read once."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'{path}: checkpoint not found')
-    with open(path, 'rb') as f:
-        head = f.read(16)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f'{path}: cannot read it ({e.strerror})') from e
+    head = data[:16]
     if _is_safetensors(head):
-        obj = _load_safetensors(path)
+        obj = _load_safetensors(data, path)
     elif head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTO):
-        obj = _load_pickle(path)
+        obj = _load_pickle(data, path)
     else:
         raise CheckpointError(f'{path}: not a checkpoint (neither a PyTorch .pth nor a safetensors file)')
-    return _unwrap(obj, path)
+    return _unwrap(obj, path), hashlib.sha256(data).hexdigest()
+
+
+def read_state_dict(path: Union[str, Path], sha256: Optional[str] = None) -> StateDict:
+    """Tensors of a checkpoint file; with ``sha256`` (what a bundle recorded) the bytes read must carry it, so a
+    file replaced since it was recorded is refused, never loaded."""
+    state_dict, actual = read_checkpoint(path)
+    if sha256 is not None and actual != sha256:
+        raise CheckpointError(f'{path} is not the checkpoint that was recorded (sha256 {actual[:12]}... != '
+                              f'{sha256[:12]}...): it changed since; rebuild, or pass the original file')
+    return state_dict
 
 
 def _unwrap(obj: object, path: Path) -> StateDict:
@@ -85,15 +106,19 @@ def _unwrap(obj: object, path: Path) -> StateDict:
 
 
 def checkpoint_filter_fn(state_dict: StateDict, model: torch.nn.Module) -> StateDict:
-    """Pure conversion to this model's key space: strip DataParallel's ``module.`` prefix.
-
-    Classifier keys whose shapes differ from the model's (another num_classes), or that a headless model
-    (num_classes=0) lacks, are dropped, so the backbone loads and the caller re-initialises the classifier.
-    """
-    out = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    """Pure conversion to this model's key space: strip DataParallel's ``module.`` prefix, and drop the classifier
+    keys a headless model (num_classes=0) lacks. A checkpoint holding a key both with and without the prefix is
+    ambiguous and refused."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        plain = key[len('module.'):] if key.startswith('module.') else key
+        if plain in out:
+            raise CheckpointError(f"the checkpoint holds both 'module.{plain}' and '{plain}': which one is the model "
+                                  'is ambiguous')
+        out[plain] = value
     own = model.state_dict()
     for key in classifier_keys(model):
-        if key in out and (key not in own or out[key].shape != own[key].shape):
+        if key in out and key not in own:
             del out[key]
     return out
 

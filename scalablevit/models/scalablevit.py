@@ -555,10 +555,13 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path], raw: Optional[S
     raw = read_state_dict(path) if raw is None else raw
     _check_finite(raw, path)
     _check_dtypes(raw, model.state_dict(), path)
-    state_dict = checkpoint_filter_fn(raw, model)
+    try:
+        state_dict = checkpoint_filter_fn(raw, model)
+    except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from e
     own = model.state_dict()
     missing, unexpected, shapes = _problems(state_dict, own)
-    carried = head_classes(raw, model)
+    carried = head_classes(raw, model, path)
     if carried is not None and model.num_classes and carried != model.num_classes:
         raise CheckpointError(f'{path}: its classifier has {carried} classes, the model {model.num_classes}: build '
                               f'the model with {carried} classes (the checkpoint defines its head)')
@@ -582,14 +585,17 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path], raw: Optional[S
     logger.info('loaded %d tensors from %s', len(state_dict), path)
 
 
-def head_classes(state_dict: StateDict, model: Any) -> Optional[int]:
+def head_classes(state_dict: StateDict, model: Any, path: Union[str, Path] = 'the checkpoint') -> Optional[int]:
     """The class count of the classifier a checkpoint carries (None: it has none). ``model`` is a model or a
-    registered name (for its head layout)."""
+    registered name (for its head layout); a classifier of no class is refused."""
     plain = model_config(model).get('plain_head') if isinstance(model, str) else model.plain_head
     key = ('head.' if plain else 'head.3.') + 'weight'
     for name in (key, 'module.' + key):
         tensor = state_dict.get(name)
         if torch.is_tensor(tensor) and tensor.ndim == 2:
+            if tensor.shape[0] < 1:
+                raise CheckpointError(f'{path}: its classifier {name!r} has {tensor.shape[0]} classes '
+                                      f'{tuple(tensor.shape)}: not a classifier')
             return int(tensor.shape[0])
     return None
 
@@ -639,7 +645,7 @@ def size_multiple(name: str) -> int:
 
 def check_model_input_size(name: str, size: int) -> None:
     """Refuse an input side model ``name`` cannot tile, or one beyond MAX_INPUT_SIDE, in one line."""
-    from ..core.bundle import MAX_INPUT_SIDE
+    from ..core.manifest import MAX_INPUT_SIDE
     m = size_multiple(resolve_model_name(name))
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_INPUT_SIDE or size % m:
         raise InputSizeError(f'--input-size {size} does not fit {resolve_model_name(name)}: it takes positive '
@@ -652,17 +658,18 @@ def valid_input_sizes(model: ScalableViT, count: int = 3) -> List[int]:
 
 
 def create_model(name: str, weights: Optional[str] = None, num_classes: Optional[int] = None,
-                 **kwargs: Any) -> ScalableViT:
+                 weights_sha256: Optional[str] = None, **kwargs: Any) -> ScalableViT:
     """Build a registered ScalableViT; ``weights`` is an official .pth or a safetensors file.
 
     ``kwargs`` override the config (e.g. ``drop_path_rate=0.2``). A checkpoint defines the head it carries:
     the model takes its class count (``num_classes``, when given, must match it; 0 drops the head).
+    ``weights_sha256`` (what a bundle recorded): the bytes loaded must carry it.
     """
     canonical = resolve_model_name(name)
     cfg = model_config(canonical)
     cfg.update(kwargs)
-    raw = read_state_dict(weights) if weights is not None else None
-    carried = head_classes(raw, canonical) if raw is not None else None
+    raw = read_state_dict(weights, weights_sha256) if weights is not None else None
+    carried = head_classes(raw, canonical, weights) if raw is not None else None
     if carried is not None and num_classes not in (None, 0, carried):
         raise CheckpointError(f'{weights}: its classifier has {carried} classes, not the {num_classes} asked for: '
                               'the checkpoint defines its head')

@@ -60,7 +60,7 @@ class Deployable:
     def data_cfg(self) -> Dict[str, Any]:
         """The preprocessing the model file expects (``scalablevit.data.transforms.preprocess`` takes it as it is)."""
         dcfg = self.bundle.manifest['input'].get('preprocessing')
-        if dcfg is None:  # present ones were checked when the bundle was opened (bundle.check_preprocessing)
+        if dcfg is None:  # present ones were checked when the bundle was opened (core.manifest.check_preprocessing)
             raise ScalableViTError(f'{self.bundle.path / MANIFEST}: input.preprocessing is missing; rebuild the '
                                    'bundle with deploy/build_engine.py')
         return dcfg

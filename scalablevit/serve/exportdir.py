@@ -2,9 +2,12 @@
 made whole beside their place, swapped in whole, and never written over something the tool did not make.
 
 Every folder an export writes holds ``scalablevit-export.json`` (``MARKER``): which tool wrote it, every path it
-wrote, the source and whether its weights are untrained. A folder already at the destination is replaced only when
-its marker names the same tool and it holds nothing else; anything else there (another model's entry, a version
-folder or a file a user added) is refused in one line and left as it is.
+wrote with the sha256 of each file, the source and whether its weights are untrained. A folder already at the
+destination is replaced only when its marker names the same tool, it holds nothing else and each of its files still
+has the recorded sha256; anything else there (another model's entry, a version folder or a file a user added, a
+file a user edited) is refused in one line and left as it is. A destination that is a link to a folder is followed
+(the folder it names is replaced, the link kept); a dangling or looping link, or a file where a folder must be, is
+refused in one line naming it.
 
 The swap is one ``renameat2(RENAME_EXCHANGE)`` of the complete new folder with the old one (Linux >= 3.15), so at
 every instant the destination is the old folder or the new one, whole, whatever signal arrives. Where the file
@@ -23,10 +26,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from ..core.errors import ScalableViTError
-from ..core.fileio import read_json, write_error, write_json
+from ..core.fileio import read_json, sha256_file, write_error, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,9 @@ def warn_untrained(dep: Any, tool: str) -> bool:
 
 
 def write_export_dir(final: Path, tool: str, fill: Callable[[Path], None], record: Dict[str, Any]) -> None:
-    """Make ``final`` with ``fill(staging)`` plus the marker (``record`` + the list of files), then swap it in."""
-    final = Path(os.path.abspath(final))  # a name of its own, also for '.' or 'out/..'
+    """Make ``final`` with ``fill(staging)`` plus the marker (``record`` + the list of files and their sha256), then
+    swap it in."""
+    final = _destination(Path(os.path.abspath(final)))  # a name of its own, also for '.' or 'out/..'
     _check_replaceable(final, tool)
     _sweep_stale(final)
     try:
@@ -76,7 +80,8 @@ def write_export_dir(final: Path, tool: str, fill: Callable[[Path], None], recor
         raise write_error(final.parent, e, f'a staging folder for {final.name}') from e
     try:
         fill(staging)
-        write_json(staging / MARKER, {'tool': tool, 'files': _listing(staging), **record})
+        files = _listing(staging)
+        write_json(staging / MARKER, {'tool': tool, 'files': files, 'sha256': _hashes(staging, files), **record})
         staging.chmod(0o755)
         _pause_for_tests()
         _swap(staging, final)
@@ -94,6 +99,34 @@ def _listing(folder: Path) -> List[str]:
     return sorted(found)
 
 
+def _hashes(folder: Path, files: List[str]) -> Dict[str, str]:
+    """The sha256 of every file of ``files`` (folders, with their trailing '/', have none)."""
+    try:
+        return {f: sha256_file(folder / f) for f in files if not f.endswith('/')}
+    except OSError as e:
+        raise write_error(folder, e, f'{MARKER} (hashing what was written)') from e
+
+
+def _changed(folder: Path, hashes: Dict[str, str]) -> List[str]:
+    """The files of ``hashes`` that are no longer the regular files with those contents (edited, replaced by a
+    link or a folder); a file that is gone is not listed: nothing of anyone's would be lost with it."""
+    changed = []
+    for name, expected in sorted(hashes.items()):
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file() or _sha256_or_none(path) != expected:
+            changed.append(name)
+    return changed
+
+
+def _sha256_or_none(path: Path) -> Optional[str]:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None  # unreadable now: it is not the file that was written, as far as anyone can tell
+
+
 def _shown(paths: List[str]) -> str:
     """The paths for a message: a folder stands for what it holds; at most four, then a count."""
     top = [p for p in paths if not any(p != d and p.startswith(d) for d in paths if d.endswith('/'))]
@@ -101,10 +134,43 @@ def _shown(paths: List[str]) -> str:
     return ', '.join(top[:4]) + more
 
 
+def _destination(final: Path) -> Path:
+    """Where the folder goes: ``final``, or the folder a link at ``final`` leads to (links are followed, as the
+    image walker follows them; a chain or a loop is resolved by ``realpath``, which ends). Refused in one line: a
+    file at ``final`` or on the way to it, and a link that leads nowhere."""
+    _check_parents(final)
+    if not final.is_symlink():
+        if final.exists() and not final.is_dir():
+            raise ScalableViTError(f'{final} is {_kind(final)}, not a folder: choose another destination')
+        return final
+    target = Path(os.path.realpath(final))
+    if not target.is_dir():
+        what = _kind(target) if target.exists() else 'a loop of links' if target.is_symlink() else 'missing'
+        raise ScalableViTError(f'{final} is a symbolic link to {target}, which is {what}, not a folder: choose '
+                               'another destination or remove the link')
+    logger.info('%s is a link to %s: the export replaces that folder and keeps the link', final, target)
+    return target
+
+
+def _check_parents(final: Path) -> None:
+    """Refuse a path whose nearest existing parent is not a folder (``--repo FILE``), naming that parent."""
+    parent = final.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ScalableViTError(f'{parent} is {_kind(parent)}, not a folder: cannot make {final} in it; choose '
+                               'another destination')
+
+
+def _kind(path: Path) -> str:
+    """What a path that is not a folder is, for a message."""
+    if path.is_file():
+        return 'a file'
+    return 'a link to nothing' if path.is_symlink() else 'a special file'
+
+
 def _check_replaceable(final: Path, tool: str) -> None:
-    """Refuse a destination that holds anything ``tool`` did not write there."""
-    if final.is_symlink() or (final.exists() and not final.is_dir()):
-        raise ScalableViTError(f'{final} exists and is not a directory: choose another destination')
+    """Refuse a destination that holds anything ``tool`` did not write there, or a file of its own since edited."""
     contents = _listing(final) if final.exists() else []
     if not contents:
         return
@@ -117,6 +183,15 @@ def _check_replaceable(final: Path, tool: str) -> None:
     if extra:
         raise ScalableViTError(f'{final} holds what {tool} did not write ({_shown(extra)}): move it away first; '
                                'nothing was changed')
+    hashes = marker.get('sha256')
+    if not isinstance(hashes, dict) or set(hashes) != {f for f in files if not f.endswith('/')} \
+            or not all(isinstance(h, str) for h in hashes.values()):
+        raise ScalableViTError(f'{final / MARKER} records no sha256 of the files {tool} wrote (an older export), so '
+                               'edits to them cannot be ruled out: move the folder away first; nothing was changed')
+    changed = _changed(final, hashes)
+    if changed:
+        raise ScalableViTError(f'{final} holds files changed since {tool} wrote them ({_shown(changed)}): move them '
+                               'away first; nothing was changed')
 
 
 def _sweep_stale(final: Path) -> None:

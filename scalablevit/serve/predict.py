@@ -83,9 +83,11 @@ def from_bundle(bundle: PathLike) -> ModelSource:
     path = _expect(bundle, 'bundle')
     if not (path / MANIFEST).is_file():
         raise ScalableViTError(f'{path}: not a bundle (no {MANIFEST})')
+    from ..host.export import check_bundle_onnx
     dep = _warn_untrained(Deployable.open(path))
-    onnx = dep.onnx()
-    return ModelSource('onnxruntime', dep.precision, onnx, dep.data_cfg, dep.class_names,
+    onnx, shown = dep.onnx(), dep.bundle.file(dep.bundle.manifest['deploy_onnx'])  # run the copy, name the file
+    check_bundle_onnx(onnx, dep.bundle.manifest, shown)
+    return ModelSource('onnxruntime', dep.precision, shown, dep.data_cfg, dep.class_names,
                        lambda: OnnxRuntimeRunner(str(onnx), name=f'onnxruntime-{dep.precision}'))
 
 
@@ -115,7 +117,8 @@ def from_onnx(onnx: PathLike, model: Optional[str] = None) -> ModelSource:
     from ..host.runners import OnnxRuntimeRunner
     from ..models.labels import class_names
     path = _expect(onnx, 'onnx')
-    meta = read_metadata(load_onnx(path))
+    loaded = load_onnx(path)
+    meta = read_metadata(loaded)
     if 'model' not in meta:
         raise ScalableViTError(f'{path}: not a ScalableViT export (no scalablevit.model metadata): its preprocessing '
                                'is unknown')
@@ -123,7 +126,7 @@ def from_onnx(onnx: PathLike, model: Optional[str] = None) -> ModelSource:
         from ..models.scalablevit import resolve_model_name
         if resolve_model_name(model) != meta['model']:
             raise ScalableViTError(f"{path} was exported from '{meta['model']}', not '{resolve_model_name(model)}'")
-    dcfg = onnx_data_config(meta)
+    dcfg = onnx_data_config(loaded, path)  # the graph's input side and class count, not the config's
     return ModelSource('onnxruntime', file_precision(path), path, dcfg, class_names(dcfg),
                        lambda: OnnxRuntimeRunner(str(path), name='onnxruntime'))
 
@@ -140,7 +143,7 @@ def from_weights(model: str, weights: Optional[PathLike] = None) -> ModelSource:
         raise ScalableViTError(f'no weights for {name}: pass --weights (random weights predict nothing)')
     path = _expect(weights, 'weights')
     from ..models.scalablevit import class_config, head_classes
-    carried = head_classes(read_state_dict(path), name)  # the checkpoint defines its head, and so the labels
+    carried = head_classes(read_state_dict(path), name, path)  # the checkpoint defines its head, and so the labels
     dcfg = class_config(data_config(name), carried if carried is not None else data_config(name)['num_classes'])
     return ModelSource('torch', 'fp32', path, dcfg, class_names(dcfg),
                        lambda: TorchRunner(lambda: create_model(name, weights=str(path)), name='torch-fp32'))

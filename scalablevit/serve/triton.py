@@ -6,7 +6,8 @@ Layout (Triton "Model Repository")::
     <repo>/<name>/labels.txt          one class name per line (Triton's label provider reads lines)
     <repo>/<name>/1/model.onnx        a bundle: its deployed ONNX, served by the onnxruntime backend
     <repo>/<name>/1/model.plan        an engine: served by the tensorrt backend
-    <repo>/<name>/scalablevit-export.json   what the export wrote (its ownership mark), from what, untrained
+    <repo>/<name>/scalablevit-export.json   what the export wrote and each file's sha256 (its ownership mark),
+                                            from what, untrained
 
 The config (``ModelConfig`` in text format): ``max_batch_size`` is the engine profile's maximum, or the target's
 for ONNX; ``dims`` exclude the batch dimension (Triton prepends -1 when max_batch_size > 0); inputs and outputs
@@ -146,11 +147,12 @@ def _copy_verified(source: Path, dest: Path, sha256: str, what: str) -> None:
 
 
 def _model_file(dep: Deployable) -> tuple:
-    """(file, manifest sha256, what) of the file to serve: the engine, else the bundle's deployed ONNX."""
+    """(file to copy, its name in the bundle, manifest sha256, what) of the file to serve: the engine, else the
+    bundle's deployed ONNX (copied from its verified private copy, recorded under its name in the bundle)."""
     if dep.engine is not None:
-        return dep.engine, dep.engine_manifest.get('engine_sha256'), 'engine'
+        return dep.engine, dep.engine, dep.engine_manifest.get('engine_sha256'), 'engine'
     path, entry = dep.bundle.deploy_onnx()
-    return path, entry['sha256'], 'ONNX'
+    return path, dep.bundle.path / entry['file'], entry['sha256'], 'ONNX'
 
 
 def _output_name(dep: Deployable) -> Any:
@@ -187,7 +189,7 @@ def export_triton(source: PathLike, repo: PathLike, name: Optional[str] = None, 
         name = f'{dep.name}_{dep.precision}' + ('_trt' if backend == 'tensorrt' else '_onnx')
     check_model_name(name)
     untrained = warn_untrained(dep, TOOL)
-    model_file, sha256, what = _model_file(dep)
+    model_file, recorded, sha256, what = _model_file(dep)
     labels = dep.class_names
     num_classes = dep.bundle.manifest['output'].get('num_classes')
     if num_classes != len(labels):
@@ -207,7 +209,7 @@ def export_triton(source: PathLike, repo: PathLike, name: Optional[str] = None, 
         _copy_verified(model_file, tmp / VERSION / served, sha256, what)
         write_text(tmp / 'config.pbtxt', config)
         write_text(tmp / LABELS, _labels_text(labels))
-    record = {'repository': str(repo), 'name': name, 'backend': backend, 'model_file': str(model_file),
+    record = {'repository': str(repo), 'name': name, 'backend': backend, 'model_file': str(recorded),
               'precision': dep.precision, 'max_batch_size': hi, 'source': str(source), 'untrained': untrained}
     write_export_dir(Path(repo) / name, TOOL, fill, record)
     logger.info('Triton model %s (%s, max batch %d) in %s', name, backend, hi, repo)
