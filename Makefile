@@ -60,14 +60,17 @@ test-numpy: setup cuda-bindings $(foreach v,$(NUMPY_VERSIONS),$(VENV)/numpy/$(v)
 		PYTHONPATH=$(abspath $(VENV))/numpy/$$v SCALABLEVIT_EXPECT_NUMPY=$$v SCALABLEVIT_REQUIRE_BINDINGS=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS) || exit 1; done
 
-# The tests that compare with numbers stored on one machine (marker `numerics`), rerun on second kernel paths:
-# PyTorch's portable kernels (ATEN_CPU_CAPABILITY=default), then everything under qemu emulating an AVX2-only
-# AMD EPYC (Rome: no AVX-512), where onnxruntime's MLAS picks its AVX2 kernels (it has no switch of its own).
+# The tests that compare with numbers stored on one machine (marker `numerics`), rerun on second kernel paths.
+# PyTorch has a switch: its portable kernels (ATEN_CPU_CAPABILITY=default), natively. onnxruntime's MLAS picks its
+# kernels from CPUID and has none, so its numerics tests run again under qemu emulating a CPU one ISA step below
+# this one: an AVX2-only AMD EPYC (Rome) on an AVX-512 host, an SSE4.2-only Nehalem on an AVX2 host.
 KERNEL_TESTS := -m "numerics and not slow" -p no:cacheprovider
+EMULATED_TESTS := tests/test_check_device.py -m numerics -k onnxruntime -p no:cacheprovider
 test-kernels: setup qemu
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(KERNEL_TESTS)
-	@if [ "$$(uname -m)" = x86_64 ]; then qemu-x86_64 -cpu EPYC-Rome $(BIN)/python -m pytest -q $(KERNEL_TESTS); \
-	else echo "not x86_64: the AVX2 emulation step is skipped"; fi
+	@if [ "$$(uname -m)" != x86_64 ]; then echo "not x86_64: the emulation step is skipped"; \
+	else cpu=$$(grep -qw avx512f /proc/cpuinfo && echo EPYC-Rome || echo Nehalem); echo "onnxruntime under qemu -cpu $$cpu"; \
+	qemu-x86_64 -cpu $$cpu $(BIN)/python -m pytest -q $(EMULATED_TESTS); fi
 
 qemu:
 	@if [ "$$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null; then :; \

@@ -32,13 +32,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
     p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
     p.add_argument('--calib-batch', type=int, help='INT8 calibration batch (default: from the model size, at most 8: '
-                   '2 for S, 1 for L at 224 px)')
+                   '2 for S, 1 for L at 224 px); memory and speed only, the scales do not depend on it')
     p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
     p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
     p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
     p.add_argument('--input-size', type=int, help='square input side (default: the model\'s, 224 for S/B/L)')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
-    p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max')
+    p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max | percentile '
+                   '(default: entropy; see docs/calibration.md)')
     p.add_argument('--int8-policy', default='default',
                    help='INT8 exclusion policy: default | none | auto | auto-none (auto: the fewest layers moved out '
                         'of INT8 that meet the accuracy budget; see docs/auto-int8.md)')
