@@ -37,7 +37,7 @@ demo: $(VENV)/.setup-done
 	$(BIN)/python deploy/build_engine.py --precision int8
 
 test: setup cuda-bindings
-	SCALABLEVIT_REQUIRE_BINDINGS=1 $(BIN)/python -m pytest -q
+	SCALABLEVIT_REQUIRE_BINDINGS=1 $(BIN)/python -m pytest -q --durations=15
 	$(MAKE) check-py310 test-numpy test-kernels trt-surfaces-check
 
 # JetPack 6 runs Python 3.10: a static check of the whole package (bundle.py's one 3.12 call is version-guarded).
