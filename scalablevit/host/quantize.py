@@ -461,8 +461,9 @@ def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[s
             'calibration_sha256': _images_sha256(images), 'excluded_nodes': len(excluded),
             'rerouted_inputs': rerouted, 'opset': opset_of(model), 'min_tensorrt': INT8_MIN_TENSORRT,
             'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
-    _stamp(model, src, info, ('policy', 'method', 'calibrator', 'disable_mha_qdq', 'high_precision_dtype',
-                              'calibration_sha256', 'modelopt_version', 'min_tensorrt') + (('exclude_nodes_auto',) if 'auto' in info else ()))
+    stamped = ('policy', 'method', 'calibrator', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
+               'modelopt_version', 'min_tensorrt')
+    _stamp(model, src, info, stamped + (('exclude_nodes_auto',) if 'auto' in info else ()))
     _save(model, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),
                 path=str(out_path))
