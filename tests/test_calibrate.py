@@ -14,7 +14,7 @@ from scalablevit.host.calibrate import (ENTROPY_LEVELS, ENTROPY_STRIDE, METHODS,
 from scalablevit.host.pipeline import HostOptions, HostPipeline
 from scalablevit.host.quantize import quantize_int8
 from scalablevit.models.scalablevit import model_config
-from test_quantize import fp32  # noqa: F401 (the fixture: a random-weight fmnist ONNX and its images)
+from test_quantize import _qdq_scales, fp32  # noqa: F401 (the fixture: a random-weight fmnist ONNX and its images)
 
 
 def _histogram(values: np.ndarray, batch: int) -> TensorHistogram:
@@ -139,8 +139,8 @@ def test_the_graph_and_every_scale_are_the_same_at_any_batch(fp32, tmp_path):  #
         models.append(onnx.load(str(tmp_path / f'{batch}.onnx')))
     graphs = [[(n.op_type, n.name, tuple(n.input)) for n in m.graph.node] for m in models]
     assert graphs[0] == graphs[1] == graphs[2]
-    scales = [{t.name: numpy_helper.to_array(t).tobytes() for t in m.graph.initializer if 'scale' in t.name}
-              for m in models]
+    scales = [{node: values.tobytes() for node, values in _qdq_scales(tmp_path / f'{batch}.onnx').items()}
+              for batch in (1, 3, 8)]
     assert scales[0] == scales[1] == scales[2] and len(scales[0]) > 100
 
 
