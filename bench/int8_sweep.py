@@ -107,9 +107,10 @@ def precision_plan(path: Path, islands: Dict[str, Any]) -> Dict[str, Any]:
     import onnx
     from scalablevit.host.census import census, layers_of
     from scalablevit.host.costmodel import estimate
-    layers = layers_of(onnx.load(str(path)))
-    return {'int8_macs': census(layers, islands)['mac_share']['int8'] * 100,
-            'estimate_ms': estimate(layers, ESTIMATE_DEVICE, 1)['latency_ms']}
+    from scalablevit.host.fusion import groups_of
+    model = onnx.load(str(path))
+    return {'int8_macs': census(layers_of(model), islands)['mac_share']['int8'] * 100,
+            'estimate_ms': estimate(groups_of(model), ESTIMATE_DEVICE, 1)['latency_ms']}
 
 
 def activation_ranges(fp32: Path, images: np.ndarray) -> Dict[str, float]:
@@ -164,8 +165,8 @@ def table(rows: List[Dict[str, Any]], fp32_top1: float, samples: int) -> str:
         lines.append(f"| {r['label']} | {r['method']} | {r['mha']} | {r['hp']} | {r['kept']} | {r['int8_macs']:.1f} "
                      f"| {r['top1']:.2f} | {r['drop']:+.2f} | {r['agree']:.2f} | {r['cos']:.4f} "
                      f"| {r['estimate_ms']:.4f} | {r['time']:.0f} |")
-    lines += ['', f'TensorRT estimate: {ESTIMATE_DEVICE}, batch 1, from the ONNX alone (scalablevit.host.costmodel: no '
-                  'fusion, no launch overhead; compare rows with it, do not read it as latency).']
+    lines += ['', f'TensorRT estimate: {ESTIMATE_DEVICE}, batch 1, from the ONNX alone (scalablevit.host.costmodel; '
+                  'measured error in docs/cost_estimate.md; compare rows with it, do not read it as a latency).']
     return '\n'.join(lines)
 
 

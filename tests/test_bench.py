@@ -240,7 +240,8 @@ def test_device_detection():
     assert detect(gpu_name='NVIDIA H100 80GB HBM3') == 'h100-sxm'
     assert detect(gpu_name='NVIDIA H100 PCIe') == 'h100-pcie'
     assert detect(gpu_name='NVIDIA A100-SXM4-80GB') == 'a100'
-    assert detect(gpu_name='NVIDIA L4') == 'l4' and detect(gpu_name='Tesla T4') is None
+    assert detect(gpu_name='NVIDIA L4') == 'l4' and detect(gpu_name='Tesla T4') == 't4'
+    assert detect(gpu_name='Tesla V100-SXM2-16GB') is None  # not in the table: never a similar-looking entry
     assert detect(board_model='NVIDIA Jetson AGX Orin Developer Kit', mem_total_gb=61.3) == 'jetson-agx-orin-64gb'
     nano = 'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super'
     assert detect(board_model=nano, mem_total_gb=7.3, power_mode='MAXN_SUPER') == 'jetson-orin-nano-8gb-super'

@@ -125,14 +125,14 @@ def dead_links(path: Path) -> List[str]:
 def test_the_slug_rules_match_github_on_real_headings():
     assert slug('When INT8 misses its budget: the divergence report and `--int8-policy auto`') == \
         'when-int8-misses-its-budget-the-divergence-report-and---int8-policy-auto'
-    assert slug('Precision census and TensorRT cost estimate') == 'precision-census-and-tensorrt-cost-estimate'
+    assert slug('Precision census and TensorRT latency estimate') == 'precision-census-and-tensorrt-latency-estimate'
     assert slug('What is verified, what is not') == 'what-is-verified-what-is-not'
     assert slug('DeepStream (Gst-nvinfer)') == 'deepstream-gst-nvinfer'
     assert slug('Jetson: board facts, clocks, power') == 'jetson-board-facts-clocks-power'
     # and those headings are real ones, found as anchors of their files
     assert 'when-int8-misses-its-budget-the-divergence-report-and---int8-policy-auto' in \
         anchors(ROOT / 'docs' / 'auto-int8.md')
-    assert 'precision-census-and-tensorrt-cost-estimate' in anchors(ROOT / 'docs' / 'quantization.md')
+    assert 'precision-census-and-tensorrt-latency-estimate' in anchors(ROOT / 'docs' / 'quantization.md')
 
 
 def test_duplicate_headings_get_numbered_and_code_is_not_a_link(tmp_path):

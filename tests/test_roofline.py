@@ -109,7 +109,7 @@ def test_add_roofline_keeps_the_bench_call_and_takes_per_block_bytes():
     ('NVIDIA H200', 'h200'), ('NVIDIA H200 NVL', None),  # NVL: lower clocks and power
     ('NVIDIA A100-SXM4-80GB', 'a100'), ('NVIDIA A100 80GB PCIe', 'a100-80gb-pcie'),
     ('NVIDIA A100-SXM4-40GB', 'a100-40gb'), ('NVIDIA A100-PCIE-40GB', 'a100-40gb'),
-    ('Tesla T4', None), ('Orin', None),
+    ('Tesla T4', 't4'), ('Tesla T4G', None), ('Orin', None),
 ])
 def test_gpu_names_match_exactly(name, key):
     assert roofline.detect_device(gpu_name=name) == key

@@ -13,12 +13,12 @@ from ..core.bundle import ENGINE_SUFFIXES, Bundle
 from ..core.errors import ScalableViTError, unknown_choice
 from ..core.fileio import write_json, write_text
 from ..core.runners import Runner
-from ..host.costmodel import LIMITS_NOTE
+from ..host.costmodel import limits_note
 
 logger = logging.getLogger(__name__)
 
 __all__ = ['RunnerSpec', 'bench_entry', 'make_runner', 'file_precision', 'bundle_specs', 'add_speedups',
-           'render_compare_markdown', 'render_markdown', 'write_bench_report']
+           'add_latency_estimate', 'render_compare_markdown', 'render_markdown', 'write_bench_report']
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 REFERENCE_NAME = 'pytorch-fp32 (reference.npz)'
@@ -140,7 +140,7 @@ def render_compare_markdown(report: Dict[str, Any]) -> str:
     estimates = [r['precision_plan']['estimate'] for r in report['rows'] if r.get('precision_plan')]
     if estimates:
         lines += ['', f"TensorRT estimate: {estimates[0]['device_name']}, batch {estimates[0]['batch']}, from the "
-                      f"ONNX alone ({LIMITS_NOTE})"]
+                      f"ONNX alone ({limits_note()})"]
     if report.get('untrained'):
         lines += ['', '> Untrained (random) weights: agreement shows the deployed graphs compute the PyTorch '
                       'function; it says nothing about task accuracy.']
@@ -183,7 +183,25 @@ def _columns(entries: Sequence[Dict[str, Any]]) -> List[Tuple[str, Callable[[Dic
         cols += [('bound', lambda b: (b.get('roofline') or {}).get('bound') or '-')]
     if any((b.get('roofline') or {}).get('warnings') for b in blocks):
         cols += [('check', lambda b: 'ABOVE PEAK' if (b.get('roofline') or {}).get('warnings') else '')]
+    if any(b.get('estimate_ms') for b in blocks):
+        cols += [('estimate ms', lambda b: _fmt(b.get('estimate_ms'), '.3f')),
+                 ('p50 / estimate', lambda b: _fmt(b['p50'] / b['estimate_ms'], '.2f') if b.get('estimate_ms') else '-')]
     return cols
+
+
+def add_latency_estimate(entries: List[Dict[str, Any]], manifest: Optional[Dict[str, Any]], device: Optional[str],
+                         notes: List[str]) -> None:
+    """The bundle's latency estimate for ``device`` beside each TensorRT block of the bundle's precision at a batch
+    the estimate covers, so a benchmark checks the estimate (and the estimate's error band is in the notes)."""
+    recorded = (manifest or {}).get('latency_estimate')
+    if not recorded or device not in recorded['ms']:
+        return
+    for entry in entries:
+        if entry['backend'] != 'tensorrt' or entry['precision'] != manifest['precision']:
+            continue
+        for block in entry['sweep']:
+            block['estimate_ms'] = recorded['ms'][device].get(str(block['batch']))
+    notes.append(f"estimate ms: the bundle's TensorRT latency estimate for {device} ({recorded['error_band']})")
 
 
 def render_markdown(report: Dict[str, Any], title: str = 'Latency') -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ..core.errors import ScalableViTError
-from ..core.peaks import PEAK_FIELDS, Limits, device_limits, device_peak, load_peaks
+from ..core.peaks import PEAK_FIELDS, Limits, detect_device, device_limits, device_peak
 
 logger = logging.getLogger(__name__)
 
@@ -219,51 +219,6 @@ def _add_ceilings(result: Dict[str, Any], limits: Limits, gpu_clock_mhz: Optiona
 
 
 # --------------------------------------------------------------------------------------- which device is this
-def _jetson_key(board_model: str, mem_total_gb: Optional[float], super_mode: bool) -> Optional[str]:
-    """Table key of a Jetson module from its device-tree model and memory; None when unsure.
-
-    "Super" comes from the nvpmodel mode name (``MAXN_SUPER``) or the board model (JetPack >= 6.2 device trees
-    end in "... Developer Kit Super"): the key names the module's ceiling, lower modes scale by clock.
-    """
-    model = board_model.lower()
-    if mem_total_gb is None or 'industrial' in model:  # AGX Orin Industrial has its own clocks: not in the table
-        return None
-    suffix = '-super' if super_mode or re.search(r'\bsuper\b', model) else ''
-    if 'agx orin' in model:
-        return 'jetson-agx-orin-64gb' if mem_total_gb > 40 else 'jetson-agx-orin-32gb'
-    if 'orin nx' in model:
-        return f"jetson-orin-nx-{'16gb' if mem_total_gb > 10 else '8gb'}{suffix}"
-    if 'orin nano' in model:
-        return f"jetson-orin-nano-{'8gb' if mem_total_gb > 5 else '4gb'}{suffix}"
-    return None
-
-
-def _gpu_name_key(name: str) -> str:
-    """CUDA device name compared exactly: 'NVIDIA GeForce RTX 4090' -> 'GEFORCE RTX 4090'."""
-    name = ' '.join(name.split()).upper()
-    return name[len('NVIDIA '):] if name.startswith('NVIDIA ') else name
-
-
-def detect_device(gpu_name: Optional[str] = None, board_model: Optional[str] = None,
-                  mem_total_gb: Optional[float] = None, power_mode: Optional[str] = None) -> Optional[str]:
-    """Table key for this machine, or None when unsure (then pass --device-peak explicitly).
-
-    Desktop GPUs match a listed CUDA device name exactly, so an L40S is never taken for an L4, nor an
-    RTX 4090 Laptop GPU / 4090 D for an RTX 4090, nor an H200 NVL for an H200 SXM. Jetson modules (whose GPU
-    is just "Orin") match the device-tree board model plus total memory.
-    """
-    if board_model:
-        key = _jetson_key(board_model, mem_total_gb, bool(power_mode and 'SUPER' in power_mode.upper()))
-        if key:
-            return key
-    if gpu_name:
-        wanted = _gpu_name_key(gpu_name)
-        for key, entry in load_peaks().items():
-            if wanted in {_gpu_name_key(m) for m in entry.get('match', ())}:
-                return key
-    return None
-
-
 def model_gmacs(model_or_name: Union[str, Any], input_size: Optional[int] = None) -> float:
     """GMACs per image from ``scalablevit.models.complexity`` (needs torch: a host-side helper)."""
     try:

@@ -113,8 +113,9 @@ def precision_plan(path: Path, device: str, batch: int) -> Dict[str, Any]:
     from scalablevit.host.census import census, layers_of
     from scalablevit.host.costmodel import estimate
     from scalablevit.host.export import load_onnx
-    layers = layers_of(load_onnx(path))
-    return {'mac_share': census(layers)['mac_share'], 'estimate': estimate(layers, device, batch)}
+    from scalablevit.host.fusion import groups_of
+    model = load_onnx(path)
+    return {'mac_share': census(layers_of(model))['mac_share'], 'estimate': estimate(groups_of(model), device, batch)}
 
 
 def estimate_device(args: argparse.Namespace, bundle: Any) -> str:

@@ -2,12 +2,13 @@
 
     python bench/cost_estimate.py out/scalable_vit_small-fp32 out/scalable_vit_small-fp16 out/scalable_vit_small-int8
     python bench/cost_estimate.py model.int8.onnx --devices jetson-orin-nano-8gb rtx-4090 --batch 1 8 --out results/cost
+    python bench/cost_estimate.py resnet50.onnx --build fp16 int8 --devices l4    # any FP32 ONNX, as trtexec builds it
 
 For each file: the precision census (share of MACs in INT8 / FP16 / FP32) and, per device of device_peaks.json
 (default: the reference devices of every target in scalablevit/targets) and batch size, the estimated time of
-one batch (``scalablevit.host.costmodel``: per layer, max of MACs over the peak of its dtype and bytes over the memory
-bandwidth; no fusion, no launch overhead). It compares precision plans on one device; it is not a latency: benchmark
-the engine for that. Writes <out>/cost_estimate.json and cost_estimate.md (default out: results/cost_estimate).
+one batch (``scalablevit.host.costmodel``: the engine's kernels after TensorRT's documented fusions, each costed as
+launch + max(math, DRAM traffic), with the error measured on published engines, stated under the table). Benchmark
+the engine for a latency. Writes <out>/cost_estimate.json and cost_estimate.md (default out: results/cost_estimate).
 """
 import argparse
 from pathlib import Path
@@ -22,6 +23,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('paths', type=Path, nargs='+', help='bundle directories (their deployed ONNX) or ONNX files')
     p.add_argument('--devices', nargs='+', help="device_peaks.json keys, or 'all' (default: the targets' devices)")
     p.add_argument('--batch', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
+    p.add_argument('--build', nargs='+', choices=('fp32', 'fp16', 'int8'),
+                   help='estimate an FP32 ONNX file (any model) as TensorRT builds it with that flag, not strongly '
+                        'typed: fp16 = every op FP16; int8 = convolutions and GEMMs INT8, the rest FP16')
     p.add_argument('--out', type=Path, default=Path('results/cost_estimate'), help='output directory')
     return p.parse_args(argv)
 
@@ -56,31 +60,49 @@ def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
     return path.name, file_precision(path).upper(), path
 
 
-def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int]) -> List[Dict[str, Any]]:
+def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int],
+                  builds: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     from scalablevit.host.census import census, layers_of
     from scalablevit.host.costmodel import estimate_table
     from scalablevit.host.export import load_onnx
+    from scalablevit.host.fusion import group_summary, groups_of
     rows = []
     for path in paths:
         model, plan, onnx_path = deployed_onnx(path)
-        layers = layers_of(load_onnx(onnx_path))
-        summary = census(layers)
-        rows.append({'model': model, 'plan': plan, 'onnx': str(onnx_path), 'gmacs': summary['macs']['total'] / 1e9,
-                     'mac_share': summary['mac_share'], 'estimates': estimate_table(layers, devices, batches)})
+        if builds and plan != 'FP32':
+            raise ScalableViTError(f'{path}: --build estimates an FP32 ONNX as TensorRT builds it; this one is {plan} '
+                                   '(strongly typed: its own dtypes are the plan, leave --build out)')
+        graph = load_onnx(onnx_path)
+        summary = census(layers_of(graph))
+        for build in builds or [None]:
+            groups = groups_of(graph, assume=None if build in (None, 'fp32') else build)
+            rows.append({'model': model, 'plan': f'FP32 ONNX, --{build}' if build else plan, 'onnx': str(onnx_path),
+                         'gmacs': summary['macs']['total'] / 1e9,
+                         'mac_share': summary['mac_share'] if build in (None, 'fp32') else _assumed_share(groups),
+                         'fusion': group_summary(groups), 'estimates': estimate_table(groups, devices, batches)})
     return rows
+
+
+def _assumed_share(groups: Sequence[Any]) -> Dict[str, float]:
+    """MAC share per dtype of kernels under an assumed build."""
+    total = sum(g.macs for g in groups) or 1
+    return {d: sum(g.macs for g in groups if g.dtype == d) / total for d in ('int8', 'fp16', 'fp32')}
 
 
 def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence[int]) -> str:
     """One table per model: a row per device and batch, a column per precision plan (ms per batch)."""
     from scalablevit.core.peaks import device_limits
-    from scalablevit.host.costmodel import LIMITS_NOTE
-    lines = ['# TensorRT cost ESTIMATE (ms per batch)', '', f'> {LIMITS_NOTE}']
+    from scalablevit.host.costmodel import limits_note
+    lines = ['# TensorRT latency ESTIMATE (ms per batch)', '', f'> {limits_note()}']
     for model in dict.fromkeys(r['model'] for r in rows):
         plans = [r for r in rows if r['model'] == model]
         shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}"
                                                        for d in ('int8', 'fp16', 'fp32')) for r in plans)
+        kernels = ', '.join(f"{r['plan']} {r['fusion']['kernels']} kernels from {r['fusion']['onnx_nodes']} nodes "
+                            f"(attention fused {r['fusion']['attention_fused']}/{r['fusion']['attention_blocks']})"
+                            for r in plans)
         lines += ['', f"## {model} ({plans[0]['gmacs']:.3f} GMACs per image)", '',
-                  f'MACs in INT8/FP16/FP32 (%): {shares}.', '',
+                  f'MACs in INT8/FP16/FP32 (%): {shares}.', '', f'After fusion: {kernels}.', '',
                   '| device | batch | ' + ' | '.join(r['plan'] for r in plans) + ' |', '|---|---:|' + '---:|' * len(plans)]
         for i, (device, batch) in enumerate((d, b) for d in devices for b in batches):
             cells = [f"{r['estimates'][i]['latency_ms']:.3f}" for r in plans]
@@ -94,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(b < 1 for b in args.batch):
         raise ScalableViTError(f'--batch sizes must be positive (got {args.batch})')
     devices = resolve_devices(args.devices)
-    rows = estimate_rows(args.paths, devices, args.batch)
+    rows = estimate_rows(args.paths, devices, args.batch, args.build)
     text = render(rows, devices, args.batch)
     write_json(args.out / 'cost_estimate.json', {'kind': 'cost_estimate', 'estimate': True, 'devices': devices,
                                                  'batches': args.batch, 'rows': rows})

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional
 
-from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
-                                            write_bench_report)
+from scalablevit.benchmarks.harness import (RunnerSpec, add_latency_estimate, bench_entry, bundle_specs,
+                                            file_precision, make_runner, write_bench_report)
 from scalablevit.benchmarks.roofline import add_roofline, detect_local_device, resolve_gmacs
 from scalablevit.cli import ArgumentParser, check_input_size, onnx_provider, run_cli
 from scalablevit.core.bundle import Bundle
@@ -103,6 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                  emc_mhz=lambda b: (b.get('power') or {}).get('emc_mhz_mean'))
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs, or add gmacs to the bundle manifest)')
+    add_latency_estimate(entries, bundle.manifest if bundle else None, device, notes)
     notes += sorted({f"power: {b['power']['reason']}" for e in entries for b in e['sweep']
                      if b.get('power') and not b['power']['available']})
     notes += sorted({f"power: {b['power']['note']}" for e in entries for b in e['sweep']

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
-from scalablevit.benchmarks.harness import (RunnerSpec, bench_entry, bundle_specs, file_precision, make_runner,
-                                            write_bench_report)
+from scalablevit.benchmarks.harness import (RunnerSpec, add_latency_estimate, bench_entry, bundle_specs,
+                                            file_precision, make_runner, write_bench_report)
 from scalablevit.benchmarks.roofline import add_roofline, cpu_limits, detect_local_device, resolve_gmacs
 from scalablevit.cli import ArgumentParser, check_input_size, onnx_provider, run_cli, thread_count
 from scalablevit.core.bundle import Bundle
@@ -124,6 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     notes = [f'threads: {args.threads or "library default"}; onnxruntime providers: {args.providers}']
     if gmacs is None:
         notes.append('roofline omitted: no MAC count (pass --gmacs; torch counts a registered --model)')
+    add_latency_estimate(entries, bundle.manifest if bundle else None, device, notes)
     from scalablevit.core.report import environment
     report = {'kind': 'latency', 'model': model, 'input_shape': list(shape), 'config': config_dict(config),
               'gmacs': gmacs, 'gmacs_source': gmacs_source, 'device_peak': device, 'environment': environment(),

@@ -44,7 +44,8 @@ _SCHEMA: Dict[str, Tuple[type, ...]] = {
     'schema': (int,), 'model': (str,), 'precision': (str,), 'untrained': (bool,), 'weights': (dict, type(None)),
     'input': (dict,), 'output': (dict,), 'opset': (int,), 'deploy_onnx': (str,), 'gmacs': (int, float),
     'target': (str,), 'tools': (dict,), 'onnx': (dict,), 'stages': (dict,), 'calibration': (dict,),
-    'reference': (dict,), 'quantization': (dict,), 'validation': (dict,)}
+    'reference': (dict,), 'quantization': (dict,), 'validation': (dict,), 'census': (dict,),
+    'latency_estimate': (dict,)}
 _PARTS = {'input': {'name': str, 'shape': list}, 'output': {'name': str, 'num_classes': int},
           'reference': _FILE_ENTRY, 'calibration': _FILE_ENTRY}
 # What a reader needs; the host pipeline writes more.

@@ -122,6 +122,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines += _census_markdown(report.get('census'), report['precision'])
     lines += _estimate_markdown(report.get('cost_estimate'))
     lines += _engine_precision_markdown(report.get('engine_precision'))
+    lines += _latency_estimate_markdown(report.get('latency_estimate'))
     stages = report.get('stages')
     if stages:
         lines += ['', '## Stages', '', '| stage | seconds | peak RSS | reused |', '|---|---:|---:|---|']
@@ -204,14 +205,33 @@ def _auto_markdown(auto: Optional[Dict[str, Any]]) -> List[str]:
 
 
 def _estimate_markdown(estimate: Optional[Dict[str, Any]]) -> List[str]:
+    """The host report's latency estimate on the target's device: the deployed plan beside its FP32 ONNX."""
     if not estimate or not estimate.get('rows'):
         return []
-    lines = ['', f"## TensorRT cost ESTIMATE for target {estimate['target']}", '', f"> {estimate['note']}", '',
-             '| device | batch | estimate ms | compute ms | memory ms | compute-bound layers |',
-             '|---|---:|---:|---:|---:|---:|']
-    lines += [f"| {r['device_name']} | {r['batch']} | {r['latency_ms']:.3f} | {r['compute_ms']:.3f} | "
-              f"{r['memory_ms']:.3f} | {r['compute_bound_layers']}/{r['layers']} |" for r in estimate['rows']]
+    lines = ['', f"## TensorRT latency ESTIMATE for target {estimate['target']}", '', f"> {estimate['note']}", '',
+             '| device | batch | estimate ms | FP32 ONNX ms | launch ms | compute ms | memory ms | kernels (compute / '
+             'memory / launch-bound) | attention fused |', '|---|---:|---:|---:|---:|---:|---:|---|---|']
+    for r in estimate['rows']:
+        b, f = r['bound'], r['fusion']
+        lines.append(f"| {r['device_name']} | {r['batch']} | {r['latency_ms']:.3f} | {r['fp32_latency_ms']:.3f} | "
+                     f"{r['launch_ms']:.3f} | {r['compute_ms']:.3f} | {r['memory_ms']:.3f} | {f['kernels']} "
+                     f"({b['compute']} / {b['memory']} / {b['launch']}) from {f['onnx_nodes']} ONNX nodes | "
+                     f"{f['attention_fused']} of {f['attention_blocks']} |")
+    lines += ['', 'The per-kernel table (what fused with what, which bound, its time) is in report.json '
+                  '(`cost_estimate.rows[].kernels`).']
     return lines
+
+
+def _latency_estimate_markdown(estimate: Optional[Dict[str, Any]]) -> List[str]:
+    """The host's latency estimate for this GPU beside the engine TensorRT built (its layer count)."""
+    if not estimate:
+        return []
+    return ['', '## Latency ESTIMATE for this GPU (from the ONNX, on the host)', '',
+            f"{estimate['device']}: {estimate['ms']['1']:.3f} ms at batch 1, {estimate['ms']['8']:.3f} ms at batch 8 "
+            f"({estimate['error_band']}). The estimate assumed {estimate['estimated_kernels']} kernels "
+            f"({estimate['attention_fused']} of {estimate['attention_blocks']} attention blocks fused); TensorRT built "
+            f"{estimate['engine_layers']} layers. Benchmark the engine (bench/latency.py, bench/jetson_bench.py) "
+            'for its latency.']
 
 
 def _engine_precision_markdown(engine: Optional[Dict[str, Any]]) -> List[str]:

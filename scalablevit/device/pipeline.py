@@ -15,6 +15,7 @@ from ..core.bundle import Bundle
 from ..core.compare import accuracy_metrics, budget_verdict, check_budget, gate_status
 from ..core.errors import ScalableViTError
 from ..core.fileio import PathLike
+from ..core.peaks import detect_device
 from ..core.report import make_report, write_report
 from ..core.runners import INPUT_NAME, OUTPUT_NAME, Runner
 from ..core.steps import timed_step
@@ -101,7 +102,8 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
                 'reused': reused, 'layers': engine_manifest.get('layers'),
                 'build_time_s': engine_manifest.get('build_time_s'), 'trtexec': engine_manifest.get('trtexec')},
         census={k: v for k, v in (bundle.manifest.get('census') or {}).items() if k != 'node_dtypes'} or None,
-        engine_precision=engine_precision, status=gate_status(violations, untrained, verdict.undecided))
+        engine_precision=engine_precision, latency_estimate=_latency_estimate(engine_manifest, bundle),
+        status=gate_status(violations, untrained, verdict.undecided))
     report_path = write_report(engine_path.parent, report, stem=f'{engine_path.stem}.report')
     if violations and untrained:
         logger.warning('engine %s exceeds the %s budget (%s), allowed because the bundle is marked untrained',
@@ -111,6 +113,24 @@ def validate_engine(engine_path: Path, bundle: Bundle, reference: Dict[str, np.n
         manifest_path(engine_path).unlink(missing_ok=True)
         check_budget(metrics, precision, f'TensorRT engine {engine_path.name} (report: {report_path})')
     return report
+
+
+def _latency_estimate(engine_manifest: Dict[str, Any], bundle: Bundle) -> Optional[Dict[str, Any]]:
+    """The host's latency estimate for this GPU (the bundle carries it for every table device) beside TensorRT's
+    own layer count, so the first real run checks the estimate's fusion model; None when the GPU is not in the
+    table or the bundle predates the estimate."""
+    recorded = bundle.manifest.get('latency_estimate')
+    gpu = engine_manifest.get('gpu') or {}
+    memory = gpu.get('total_memory_mib')
+    device = detect_device(gpu_name=gpu.get('name'), board_model=gpu.get('board'),
+                           mem_total_gb=memory / 1024 if memory else None)
+    if not recorded or device not in recorded['ms']:
+        return None
+    layers = engine_manifest.get('layers') or {}
+    return {'device': device, 'ms': recorded['ms'][device], 'error_band': recorded['error_band'],
+            'estimated_kernels': recorded['fusion']['kernels'], 'engine_layers': layers.get('total'),
+            'attention_fused': recorded['fusion']['attention_fused'],
+            'attention_blocks': recorded['fusion']['attention_blocks']}
 
 
 def _engine_precision(engine_manifest: Dict[str, Any], bundle: Bundle) -> Dict[str, Any]:

@@ -355,22 +355,34 @@ class HostPipeline:
                            **precision_plan, **extra)
 
     def _precision_plan(self, deploy: str) -> Dict[str, Any]:
-        """The deployed ONNX's precision census (also in the manifest) and the cost estimate for the target."""
+        """The deployed ONNX's precision census and latency estimate (both also in the manifest, for the device)."""
+        from ..core.peaks import load_peaks
         from ..device.targets import load_target
         from .census import DTYPES, census, layers_of
-        from .costmodel import LIMITS_NOTE, estimate_table
+        from .costmodel import error_band, estimate, limits_note
         from .export import load_onnx
-        layers = layers_of(load_onnx(self.bundle.file(deploy)))
+        from .fusion import group_summary, groups_of
+        model = load_onnx(self.bundle.file(deploy))
+        layers = layers_of(model)
         islands = (self.bundle.manifest.get('quantization') or {}).get('fp32_islands') or {}
         summary = census(layers, islands)
-        # node -> dtype too, so a device without onnx can hold the engine's layers against the ONNX
+        groups = groups_of(model)
+        # node -> dtype too, so a device without onnx can hold the engine's layers against the ONNX; the estimate on
+        # every table device, so the device's reports put it beside the engine it measures
         self.bundle.manifest['census'] = {**summary, 'node_dtypes': {la.name: la.dtype for la in layers
                                                                      if la.dtype in DTYPES}}
+        self.bundle.manifest['latency_estimate'] = {
+            'error_band': error_band(), 'fusion': group_summary(groups),
+            'ms': {device: {str(b): round(estimate(groups, device, b)['latency_ms'], 4) for b in (1, 8)}
+                   for device in load_peaks()}}
         self.bundle.save()
         target = load_target(self.opt.target)
         devices = [target.reference_device] if target.reference_device else []
-        return {'census': summary, 'cost_estimate': {'target': target.name, 'note': LIMITS_NOTE,
-                                                     'rows': estimate_table(layers, devices)}}
+        fp32 = groups if deploy == 'model.fp32.onnx' else groups_of(load_onnx(self.bundle.file('model.fp32.onnx')))
+        rows = [{**estimate(groups, device, batch, kernels=batch == 1),
+                 'fp32_latency_ms': estimate(fp32, device, batch)['latency_ms']}  # what the plan gains over FP32
+                for device in devices for batch in (1, 8)]
+        return {'census': summary, 'cost_estimate': {'target': target.name, 'note': limits_note(), 'rows': rows}}
 
 
 def _auto_behaviour() -> Tuple[Any, ...]:
