@@ -21,7 +21,8 @@ from ..core.peaks import device_limits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['DATA_DIR', 'load_figures', 'make_split', 'figure_estimate', 'fit', 'check', 'render']
+__all__ = ['DATA_DIR', 'load_figures', 'make_split', 'split_of', 'figure_estimate', 'fit', 'check', 'summary', 'render',
+           'run_check']
 
 DATA_DIR = Path(__file__).resolve().parents[2] / 'bench' / 'published'
 CLASSES = ('jetson', 'gpu')

@@ -12,10 +12,11 @@ This is a model of TensorRT's fusions, not TensorRT: its builder also picks tact
 across more patterns (Myelin). The engine report puts the real layer list beside it (``device.inspector``).
 onnx and numpy only.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .census import COMPUTE_OPS, _Graph
+from .census import COMPUTE_OPS, _Graph, _macs
 
 __all__ = ['Group', 'RULES', 'groups_of', 'group_summary']
 
@@ -257,10 +258,10 @@ class _Fuser:
         for name in group.nodes:
             node = self.node_by_name[name]
             if node.op_type in COMPUTE_OPS:
-                macs = _node_macs(node, g)
+                macs = _macs(node, g)
                 group.macs += macs
                 shape = _gemm_shape(node, g)
-                if shape and (group.gemm_shape is None or macs >= _volume(group.gemm_shape)):
+                if shape and (group.gemm_shape is None or macs >= math.prod(group.gemm_shape)):
                     group.gemm_shape = shape
                 if node.op_type == 'Conv' and _conv_groups(node) > 1:
                     group.depthwise = True
@@ -294,18 +295,6 @@ def _conv_groups(node: Any) -> int:
     return next((a.i for a in node.attribute if a.name == 'group'), 1)
 
 
-def _volume(shape: Tuple[int, ...]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
-
-
-def _node_macs(node: Any, g: _Graph) -> int:
-    from .census import _macs
-    return _macs(node, g)
-
-
 def _gemm_shape(node: Any, g: _Graph) -> Optional[Tuple[int, int, int, int]]:
     """(batch count, M, N, K) of a Conv as an implicit GEMM or of a (batched) MatMul / Gemm."""
     out = g.shapes.get(node.output[0])
@@ -316,15 +305,15 @@ def _gemm_shape(node: Any, g: _Graph) -> Optional[Tuple[int, int, int, int]]:
         if not weight or len(out) < 3:
             return None
         groups = _conv_groups(node)
-        spatial = _volume(tuple(out[2:]))
-        return groups, out[0] * spatial, out[1] // groups, _volume(tuple(weight[1:]))
+        spatial = math.prod(out[2:])
+        return groups, out[0] * spatial, out[1] // groups, math.prod(weight[1:])
     a = g.shapes.get(node.input[0])
     if not a:
         return None
     if node.op_type == 'Gemm':
         trans_a = next((attr.i for attr in node.attribute if attr.name == 'transA'), 0)
         return 1, out[0], out[-1], a[0] if trans_a else a[-1]
-    batch = _volume(tuple(out[:-2])) if len(out) > 2 else 1
+    batch = math.prod(out[:-2]) if len(out) > 2 else 1
     return batch, out[-2] if len(out) >= 2 else 1, out[-1], a[-1]
 
 
