@@ -25,7 +25,7 @@ MODEL = 'scalable_vit_fmnist'
 
 
 def settings(depths: Sequence[int], methods: Sequence[str], high_precision: str) -> List[Dict[str, Any]]:
-    """The sweep: (label, quantize_int8 keyword arguments), one change at a time from 'none'."""
+    """The sweep: (label, quantize_qdq keyword arguments), one change at a time from 'none'."""
     from scalablevit.host.int8_policy import HAZARDS, INT8_POLICIES
     base = dict(policy='none', disable_mha_qdq=False, method='entropy', high_precision_dtype=high_precision)
     rows = [dict(label='none (modelopt heuristics)', **base),
@@ -88,10 +88,10 @@ def logits(onnx_path: Path, images: np.ndarray) -> np.ndarray:
 def run_setting(row: Dict[str, Any], fp32: Path, work: Path, calib: np.ndarray, images: np.ndarray,
                 labels: np.ndarray, ref: np.ndarray) -> Dict[str, Any]:
     from scalablevit.core.compare import accuracy_metrics
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     kwargs = {k: v for k, v in row.items() if k != 'label'}
     out = work / 'model.int8.onnx'
-    info = quantize_int8(fp32, out, calib, batch_size=32, **kwargs)
+    info = quantize_qdq(fp32, out, calib, batch_size=32, **kwargs)
     metrics = accuracy_metrics(ref, logits(out, images), labels, reference_name='onnxruntime-fp32')
     q = info['qdq']['quantized']
     plan = precision_plan(out, info['fp32_islands'])

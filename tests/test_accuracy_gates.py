@@ -1,6 +1,6 @@
 """Accuracy regression gates on real labelled data: the committed Fashion-MNIST ScalableViT through the host pipeline.
 
-Every precision is built exactly as `deploy/build_engine.py` builds it (FP32 ONNX, FP16 AutoCast, INT8 Q/DQ
+Every precision is built exactly as `deploy/build_engine.py` builds it (FP32 ONNX, FP16 AutoCast, INT8 and FP8 Q/DQ
 calibrated on 512 TRAIN images) and evaluated with onnxruntime on a fixed seeded subset of 5,000 TEST images
 against PyTorch FP32. The thresholds are those of scalablevit/core/accuracy_budgets.json, the file the engine build's
 gate reads too. The data set must be installed (`make test` does it); without it these tests fail with the hint.
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.usefixtures('fashion_mnist_installed')
 def reports(tmp_path_factory):
     out = tmp_path_factory.mktemp('gates')
     built = {}
-    for precision in ('fp32', 'fp16', 'int8'):
+    for precision in ('fp32', 'fp16', 'int8', 'fp8'):
         options = HostOptions(model='scalable_vit_fmnist', precision=precision, out=out / precision,
                               calib_size=512, val_size=EVAL_IMAGES)
         built[precision] = HostPipeline(options).run()
     return built
 
 
-@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8', 'fp8'])
 def test_precision_within_its_budget(reports, precision):
     report = reports[precision]
     acc = report['accuracy']
@@ -54,6 +54,7 @@ def test_budgets_are_the_issue_thresholds():
     assert budgets['fp32']['min_top1_agreement'] >= 0.999
     assert budgets['fp16']['max_top1_drop'] <= 0.1
     assert budgets['int8']['max_top1_drop'] <= 0.5 and budgets['int8']['min_top1_agreement'] >= 0.99
+    assert budgets['fp8'] == budgets['int8']  # both 8-bit Q/DQ formats on the same layers: one contract
 
 
 def test_int8_bundle_is_calibrated_on_train_images_only(reports, tmp_path_factory):

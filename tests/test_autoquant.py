@@ -91,7 +91,7 @@ def test_auto_moves_the_layers_reading_the_outliers(fixed_and_auto):
     assert facts['moved'] and set(facts['moved']) <= OUTLIER_READERS
     moves = [s for s in facts['steps'] if s['action'] == 'move']
     assert moves[0]['node'] == ranked[0] and moves[0]['sensitivity'] == pytest.approx(facts['sensitivity'][ranked[0]])
-    assert all(s['int8_mac_share_lost'] > 0 for s in moves)
+    assert all(s['quantized_mac_share_lost'] > 0 for s in moves)
     assert facts['steps'][-1]['met'] or any(s['met'] for s in facts['steps'])
     manifest = json.loads((out / 'manifest.json').read_text())
     assert manifest['quantization']['exclude_nodes_auto'] == facts['moved']
@@ -108,11 +108,11 @@ def test_rewrite_equals_a_fresh_calibration_with_that_exclusion(fixed_and_auto, 
     """The search reroutes one calibrated graph; modelopt run afresh with the chosen exclusion gives the same file."""
     import onnxruntime as ort
     from scalablevit.data.store import ImageSet
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     _, auto, out = fixed_and_auto
     exact = ['^' + n.replace('.', r'\.') + '$' for n in auto['int8_auto']['moved']]
     fresh = tmp_path / 'fresh.onnx'
-    quantize_int8(out / 'model.fp32.onnx', fresh, ImageSet.load_npz(out / 'calibration.npz').images,
+    quantize_qdq(out / 'model.fp32.onnx', fresh, ImageSet.load_npz(out / 'calibration.npz').images,
                   policy='default', method='max', exclude_nodes=exact)  # the bundle's calibration
     images = np.load(out / 'reference.npz')['input'][:200]
     run = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider']).run(['logits'], {'input': images})[0]
@@ -164,11 +164,11 @@ def test_target_tightens_the_budget_only():
 
 def test_auto_without_reference_images_is_one_clear_error(massive_weights, tmp_path):
     from scalablevit.host.export import export_onnx
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     from scalablevit.models.scalablevit import create_model
     model = create_model('scalable_vit_fmnist').eval()
     export_onnx(model, tmp_path / 'm.onnx')
     images = np.zeros((2, 3, 64, 64), np.float32)
     with pytest.raises(ScalableViTError, match='held-out images and their FP32 logits'):
-        quantize_int8(tmp_path / 'm.onnx', tmp_path / 'q.onnx', images, policy='auto')
+        quantize_qdq(tmp_path / 'm.onnx', tmp_path / 'q.onnx', images, policy='auto')
     assert not (tmp_path / 'q.onnx').exists()

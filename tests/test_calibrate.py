@@ -12,7 +12,7 @@ from scalablevit.core.numerics import UNIT_ROUNDOFF, rounding_depth
 from scalablevit.host.calibrate import (ENTROPY_LEVELS, ENTROPY_STRIDE, METHODS, NUM_BINS, TensorHistogram,
                                         _entropy_bins, calibrate, quantized_activations, scales_of, threshold)
 from scalablevit.host.pipeline import HostOptions, HostPipeline
-from scalablevit.host.quantize import quantize_int8
+from scalablevit.host.quantize import quantize_qdq
 from scalablevit.models.scalablevit import model_config
 from test_quantize import _qdq_scales, fp32  # noqa: F401 (the fixture: a random-weight fmnist ONNX and its images)
 
@@ -118,7 +118,7 @@ def test_max_scales_are_modelopts_own_on_the_same_data(fp32, tmp_path):  # noqa:
     quantize(str(fp32_onnx), quantize_mode='int8', calibration_method='max', calibration_data=images,
              calibration_eps=['cpu'], high_precision_dtype='fp32', output_path=str(theirs))
     ours = tmp_path / 'ours.onnx'
-    quantize_int8(fp32_onnx, ours, images, method='max', policy='none', high_precision_dtype='fp32', batch_size=3)
+    quantize_qdq(fp32_onnx, ours, images, method='max', policy='none', high_precision_dtype='fp32', batch_size=3)
     mine, reference = _activation_scales(ours), _activation_scales(theirs)
     assert set(mine) == set(reference) and len(mine) > 20
     # The same data and method; what may differ is how onnxruntime computed each activation (its calibration graph
@@ -135,7 +135,7 @@ def test_the_graph_and_every_scale_are_the_same_at_any_batch(fp32, tmp_path):  #
     fp32_onnx, images = fp32[0], fp32[1][:16]
     models = []
     for batch in (1, 3, 8):
-        quantize_int8(fp32_onnx, tmp_path / f'{batch}.onnx', images, batch_size=batch)
+        quantize_qdq(fp32_onnx, tmp_path / f'{batch}.onnx', images, batch_size=batch)
         models.append(onnx.load(str(tmp_path / f'{batch}.onnx')))
     graphs = [[(n.op_type, n.name, tuple(n.input)) for n in m.graph.node] for m in models]
     assert graphs[0] == graphs[1] == graphs[2]

@@ -23,7 +23,7 @@ def files(tmp_path_factory):
     """FP32 export, INT8 (FP16 elsewhere), INT8 (FP32 elsewhere) and FP16 of the trained model, with their infos."""
     from scalablevit.data.fmnist import fashion_mnist_sets
     from scalablevit.host.export import export_onnx
-    from scalablevit.host.quantize import convert_fp16, quantize_int8
+    from scalablevit.host.quantize import convert_fp16, quantize_qdq
     from scalablevit.models.scalablevit import create_model
     work = tmp_path_factory.mktemp('census')
     model = create_model(MODEL, weights=WEIGHTS).eval()
@@ -31,8 +31,8 @@ def files(tmp_path_factory):
     export_onnx(model, fp32)
     calib, _ = fashion_mnist_sets(model.data_cfg, 32, 8)
     infos = {'fp32': {}}
-    infos['int8'] = quantize_int8(fp32, work / 'model.int8.onnx', calib.images, method='max')
-    infos['int8_fp32'] = quantize_int8(fp32, work / 'model.int8_fp32.onnx', calib.images, method='max',
+    infos['int8'] = quantize_qdq(fp32, work / 'model.int8.onnx', calib.images, method='max')
+    infos['int8_fp32'] = quantize_qdq(fp32, work / 'model.int8_fp32.onnx', calib.images, method='max',
                                        high_precision_dtype='fp32')
     infos['fp16'] = convert_fp16(fp32, work / 'model.fp16.onnx', calibration=calib.images)
     return {name: (onnx.load(str(work / f'model.{name}.onnx')), info) for name, info in infos.items()}
@@ -65,13 +65,13 @@ def test_dtypes_of_known_files(files):
     assert fp32['mac_share']['fp32'] == 1.0 and fp32['weight_bytes']['fp32'] > 3.5e6  # 978k parameters
     assert fp16['mac_share']['fp16'] == 1.0 and fp16['weight_bytes']['fp16'] == pytest.approx(
         fp32['weight_bytes']['fp32'] / 2, rel=0.01)
-    assert fp16['ops']['MatMul'] == {'int8': 0, 'fp16': 55, 'fp32': 0}
+    assert fp16['ops']['MatMul'] == {'fp8': 0, 'int8': 0, 'fp16': 55, 'fp32': 0}
     int8, (_, info) = _census(files, 'int8'), files['int8']
     quantized = info['qdq']['quantized']
     assert int8['ops']['MatMul']['int8'] == quantized['MatMul']['quantized'] == 39
     assert int8['ops']['Conv']['int8'] == quantized['Conv']['quantized'] == 15
-    assert int8['ops']['MatMul']['fp16'] == 16 and int8['ops']['LayerNormalization'] == {'int8': 0, 'fp16': 24,
-                                                                                         'fp32': 0}
+    assert int8['ops']['MatMul']['fp16'] == 16 and int8['ops']['LayerNormalization'] == {'fp8': 0, 'int8': 0,
+                                                                                         'fp16': 24, 'fp32': 0}
     assert int8['mac_share']['int8'] > 0.9 and int8['mac_share']['fp32'] == 0.0
     # INT8 weights are stored one byte each: a quarter of their FP32 size
     assert int8['weight_bytes']['int8'] < fp32['weight_bytes']['fp32'] / 3.5
@@ -98,13 +98,13 @@ def test_range_rule_makes_islands_and_int8_islands_keep_their_qdq_fused(files, t
     from scalablevit.data.fmnist import fashion_mnist_sets
     from scalablevit.host import fp16_rules
     from scalablevit.host.qdq import quantized_nodes
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     from scalablevit.models.scalablevit import data_config
     monkeypatch.setattr(fp16_rules, 'RANGE_LIMIT', 20.0)
     fp32 = tmp_path / 'model.fp32.onnx'
     onnx.save(files['fp32'][0], str(fp32))
     calib, _ = fashion_mnist_sets(data_config(MODEL), 32, 8)
-    info = quantize_int8(fp32, tmp_path / 'int8.onnx', calib.images, method='max')
+    info = quantize_qdq(fp32, tmp_path / 'int8.onnx', calib.images, method='max')
     islands = info['fp32_islands']
     ranged = {n: i for n, i in islands.items() if i['rule'] == 'fp16_range'}
     assert ranged and all(i['value'] > 20.0 and i['limit'] == 20.0 for i in ranged.values())

@@ -47,12 +47,12 @@ def test_fixtures_are_small_verified_bundles(fixture_bundles):
     manifest = selftest.fixture_manifest()
     shipped = sum(p.stat().st_size for p in selftest.FIXTURES_DIR.iterdir())
     assert shipped < 10 << 20, f'package fixtures are {shipped} bytes'
-    assert list(fixture_bundles) == ['fp32', 'fp16', 'int8']
+    assert list(fixture_bundles) == ['fp32', 'fp16', 'int8', 'fp8']
     for precision, path in fixture_bundles.items():
         bundle = Bundle.open(path)
         onnx, entry = bundle.deploy_onnx()  # sha256 checked against the manifest the fixture wrote
         assert bundle.precision == precision and onnx.name == f'model.{precision}.onnx' and not bundle.untrained
-        assert entry['opset'] == (19 if precision == 'int8' else 17) and bundle.input_shape == (3, 64, 64)
+        assert entry['opset'] == (19 if precision in ('int8', 'fp8') else 17) and bundle.input_shape == (3, 64, 64)
         ref = bundle.reference()
         assert ref['input'].shape == (64, 3, 64, 64) and ref['logits'].shape == ref[f'onnxruntime_{precision}'].shape
         assert manifest['onnx'][precision]['sha256'] == entry['sha256']
@@ -62,7 +62,7 @@ def test_fixtures_are_small_verified_bundles(fixture_bundles):
 
 def test_fixture_references_pass_their_budgets_and_stay_close_to_the_same_onnx(fixture_bundles):
     ref = Bundle.open(fixture_bundles['fp32']).reference()
-    for precision in ('fp32', 'fp16', 'int8'):
+    for precision in ('fp32', 'fp16', 'int8', 'fp8'):
         ort = ref[f'onnxruntime_{precision}']
         metrics = accuracy_metrics(ref['logits'], ort, ref['labels'])
         assert budget_violations(metrics, precision) == []
@@ -144,13 +144,14 @@ def test_the_format_bounds_catch_a_wrong_graph(fixture_bundles):
     assert np.abs(_fixture_logits(torch, model, ref) - ref['logits']).max() > fp16
 
 
-def test_the_int8_fixture_was_made_with_todays_int8_defaults():
+@pytest.mark.parametrize('fmt', ['int8', 'fp8'])
+def test_the_qdq_fixtures_were_made_with_todays_defaults(fmt):
     from scalablevit.host.calibrate import CALIBRATOR
-    from scalablevit.host.int8_policy import Int8Settings
-    made = selftest.fixture_manifest()['onnx']['int8']['quantization']
-    today = {**Int8Settings().record(), 'calibrator': CALIBRATOR[0]}
+    from scalablevit.host.int8_policy import QdqSettings
+    made = selftest.fixture_manifest()['onnx'][fmt]['quantization']
+    today = {**QdqSettings(fmt=fmt).record(), 'calibrator': CALIBRATOR[0]}
     assert {k: made.get(k) for k in today} == today, \
-        'the INT8 default changed: regenerate the fixtures with `python tools/make_fixtures.py`'
+        f'the {fmt.upper()} default changed: regenerate the fixtures with `python tools/make_fixtures.py`'
 
 
 def test_a_modified_fixture_archive_is_refused(tmp_path, monkeypatch):
@@ -189,7 +190,7 @@ def test_check_device_runs_to_tensorrt_and_stops_with_one_line(tmp_path):
     assert errors[0].endswith(f'(facts so far: {out / "check_device.json"})')
     lines = result.stdout.splitlines()
     assert lines[0].startswith('host: Python ') and any(line.startswith('CUDA: ') for line in lines)
-    assert lines[-1] == (f'fixtures: scalable_vit_fmnist fp32/fp16/int8 ONNX, 64 reference images, sha256 verified '
+    assert lines[-1] == (f'fixtures: scalable_vit_fmnist fp32/fp16/int8/fp8 ONNX, 64 reference images, sha256 verified '
                          f'({out / "fixtures"})')
     report = json.loads((out / 'check_device.json').read_text())
     assert report['status'] == 'error' and report['error'].startswith('TensorRT is not usable here')

@@ -186,7 +186,7 @@ def test_deepstream_config_feeds_the_model_exactly(bundles, pngs, tmp_path, key)
     assert props['infer-dims'] == '3;64;64' and props['model-color-format'] == '0' and props['process-mode'] == '1'
     assert props['output-blob-names'] == 'probs' and props['maintain-aspect-ratio'] == '0'
     assert props['model-engine-file'] == 'model.int8.probs.onnx_b8_gpu0_int8.engine'
-    assert (tmp_path / props['onnx-file']).is_file() and record['int8_engine_build'].startswith('trtexec ')
+    assert (tmp_path / props['onnx-file']).is_file() and record['engine_build'].startswith('trtexec ')
     labels = (tmp_path / props['labelfile-path']).read_text()
     assert labels.count('\n') == 1 and labels.strip().split(';') == list(CLASSES)
     # nvinfer's arithmetic on the resized pixels == our preprocessing of the same images

@@ -285,7 +285,8 @@ def _trtexec_sets(command: str, trt_major: int) -> set:
     TensorRT 10.x builder rejects FP16 on a strongly typed network (NVIDIA/TensorRT issues 4228, 4253)."""
     args = set(shlex.split(command))
     strong = '--stronglyTyped' in args
-    sets = {name for opt, name in (('--fp16', 'FP16'), ('--int8', 'INT8')) if opt in args and not strong}
+    sets = {name for opt, name in (('--fp16', 'FP16'), ('--int8', 'INT8'), ('--fp8', 'FP8'))
+            if opt in args and not strong}
     sets |= {'VERSION_COMPATIBLE'} if '--versionCompatible' in args else set()
     if any(a.startswith('--useDLACore=') for a in args):
         sets.add('GPU_FALLBACK' if '--allowGPUFallback' in args else 'DIRECT_IO')
@@ -309,7 +310,7 @@ def test_the_printed_trtexec_command_sets_what_the_build_sets(version):
     variants = [targets.load_target(n) for n in targets.list_targets()] + [
         _target(dla_core=1, batch_opt=1, batch_max=1, gpu_fallback=False), _target(version_compatible=True)]
     for target in variants:
-        for precision in ('fp16', 'int8') if target.dla_core is not None else ('fp32', 'fp16', 'int8'):
+        for precision in ('fp16', 'int8') if target.dla_core is not None else ('fp32', 'fp16', 'int8', 'fp8'):
             flags = engine.build_flags(target, precision, version)  # (FP32 on DLA is refused before any build)
             command = engine.trtexec_command('m.onnx', 'm.engine', target, precision, version, flags=flags)
             assert _trtexec_sets(command, major) == set(engine.builder_flag_names(flags)), (target.name, precision)

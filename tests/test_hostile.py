@@ -464,7 +464,7 @@ def test_a_manifest_link_out_of_the_bundle_and_linked_tool_folders(int8_bundle, 
 def test_int8_flags_with_another_precision_are_refused(tmp_path):
     for flags in (['--int8-target', 'agreement=99.9'], ['--calib-batch', '2']):
         line = failed(build(*TINY, '--precision', 'fp32', *flags, '--out', tmp_path / 'b'))
-        assert f'{flags[0]}: for --precision int8 only, not fp32' in line
+        assert f'{flags[0]}: for --precision int8 or fp8 only, not fp32' in line
     assert not (tmp_path / 'b').exists()
 
 

@@ -47,10 +47,10 @@ def fp32(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def int8(fp32, tmp_path_factory):
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     path, calib, _ = fp32
     out = tmp_path_factory.mktemp('int8') / 'model.int8.onnx'
-    info = quantize_int8(path, out, calib)
+    info = quantize_qdq(path, out, calib)
     return out, info
 
 
@@ -124,10 +124,10 @@ def test_int8_leaves_only_the_output_file(int8, fp32):
 
 
 def test_int8_exclusions_are_honoured(fp32, tmp_path):
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     path, calib, _ = fp32
     out = tmp_path / 'excluded.onnx'
-    info = quantize_int8(path, out, calib, method='max', policy='none', exclude_op_types=['Add', 'Conv'],
+    info = quantize_qdq(path, out, calib, method='max', policy='none', exclude_op_types=['Add', 'Conv'],
                          exclude_nodes=[r'^/stages\.3\.'])
     model = onnx.load(str(out))
     dq = _dq_inputs(model)
@@ -154,10 +154,10 @@ def test_int8_from_stored_images_has_the_scales_of_the_array(int8, fp32, tmp_pat
     is 8 for this small model, the batch every calibration used before it was chosen."""
     from scalablevit.data.store import ImageSet, StoredImages
     from scalablevit.host.int8_policy import DEFAULT_CALIB_BATCH
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     path, calib, _ = fp32
     stored = ImageSet(calib, 'test', [str(i) for i in range(len(calib))]).save_npz(tmp_path / 'calib.npz')
-    info = quantize_int8(path, tmp_path / 'stored.onnx', StoredImages(stored))
+    info = quantize_qdq(path, tmp_path / 'stored.onnx', StoredImages(stored))
     assert info['calibration_batch_size'] == int8[1]['calibration_batch_size'] == DEFAULT_CALIB_BATCH == 8
     assert info['calibration_sha256'] == int8[1]['calibration_sha256']
     assert info['fp32_islands'] == int8[1]['fp32_islands']
@@ -218,20 +218,20 @@ def test_fp16_float32_io_and_agreement(fp32, tmp_path):
     (dict(high_precision_dtype='bf16'), 'high-precision dtype'),
 ])
 def test_int8_bad_input_is_one_clear_error(fp32, tmp_path, kwargs, message):
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     path, calib, _ = fp32
     args = {'calibration': calib[:4], **kwargs}
     out = tmp_path / 'model.int8.onnx'
     with pytest.raises(ScalableViTError, match=message):
-        quantize_int8(path, out, args.pop('calibration'), **args)
+        quantize_qdq(path, out, args.pop('calibration'), **args)
     assert not list(tmp_path.iterdir())
 
 
 def test_missing_or_foreign_onnx_is_one_clear_error(tmp_path, fp32):
-    from scalablevit.host.quantize import convert_fp16, quantize_int8
+    from scalablevit.host.quantize import convert_fp16, quantize_qdq
     calib = fp32[1][:4]
     with pytest.raises(ScalableViTError, match='file not found'):
-        quantize_int8(tmp_path / 'missing.onnx', tmp_path / 'out.onnx', calib)
+        quantize_qdq(tmp_path / 'missing.onnx', tmp_path / 'out.onnx', calib)
     junk = tmp_path / 'junk.onnx'
     junk.write_bytes(b'not a model')
     with pytest.raises(ScalableViTError, match='not a valid ONNX'):
@@ -240,17 +240,17 @@ def test_missing_or_foreign_onnx_is_one_clear_error(tmp_path, fp32):
 
 
 def test_cuda_calibration_never_falls_back_to_cpu(fp32, tmp_path):
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     if 'CUDAExecutionProvider' in ort.get_available_providers():
         pytest.skip('onnxruntime has CUDA here; the refusal path needs a CPU-only onnxruntime')
     with pytest.raises(ScalableViTError, match='CUDAExecutionProvider'):
-        quantize_int8(fp32[0], tmp_path / 'out.onnx', fp32[1][:4], calibration_device='cuda')
+        quantize_qdq(fp32[0], tmp_path / 'out.onnx', fp32[1][:4], calibration_device='cuda')
 
 
 def test_already_quantized_input_is_refused(int8, fp32, tmp_path):
-    from scalablevit.host.quantize import quantize_int8
+    from scalablevit.host.quantize import quantize_qdq
     with pytest.raises(ScalableViTError, match='already quantized'):
-        quantize_int8(int8[0], tmp_path / 'again.onnx', fp32[1][:4])
+        quantize_qdq(int8[0], tmp_path / 'again.onnx', fp32[1][:4])
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -278,7 +278,7 @@ def test_layernorms_at_risk_of_fp16_overflow_stay_fp32(fp32, tmp_path, monkeypat
     assert by_rule == layernorms and len(layernorms) == 24
     assert all(info['fp32_islands'][n]['value'] > 0 for n in layernorms)
     assert layernorms <= set(quantize.fp32_compute_nodes(onnx.load(str(tmp_path / 'fp16.onnx'))))
-    info = quantize.quantize_int8(path, tmp_path / 'int8.onnx', calib[:8], method='max', high_precision_dtype='fp16')
+    info = quantize.quantize_qdq(path, tmp_path / 'int8.onnx', calib[:8], method='max', high_precision_dtype='fp16')
     assert set(info['fp32_islands']) == layernorms and info['high_precision_dtype'] == 'fp16'
     model = onnx.load(str(tmp_path / 'int8.onnx'))
     assert layernorms <= set(quantize.fp32_compute_nodes(model))

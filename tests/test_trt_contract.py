@@ -25,6 +25,7 @@ import pytest
 import trt_contract as tc
 from scalablevit.core import compat
 from scalablevit.core.errors import ScalableViTError
+from scalablevit.core.manifest import PRECISIONS
 from scalablevit.core.runners import INPUT_NAME, OUTPUT_NAME
 from scalablevit.device import cuda, engine, selftest, trt_env
 from scalablevit.device.engine_rules import target_platform_problem
@@ -78,7 +79,7 @@ def _builder_flags_reached(version: str) -> set:
     """The BuilderFlag names ``engine._configure`` sets on this release: every target and precision it can build."""
     names = set()
     for target in _targets():
-        for precision in ('fp32', 'fp16', 'int8'):
+        for precision in PRECISIONS:
             if _buildable(target, precision, version, GPUS['orin' if target.dla_core is not None else 'desktop']):
                 names.update(engine.builder_flag_names(engine.build_flags(target, precision, version)))
     return names
@@ -219,12 +220,12 @@ def _targets():
 
 
 def _buildable(target, precision, version, gpu) -> bool:
-    opset = 17 if precision != 'int8' else 19
+    opset = 19 if precision in ('int8', 'fp8') else 17
     return compat.onnx_opset_problem(opset, precision, version) is None and \
         target_platform_problem(target, precision, version, gpu, 2) is None
 
 
-BUILDS = [(v, t.name, p) for v in VERSIONS for t in _targets() for p in ('fp32', 'fp16', 'int8')
+BUILDS = [(v, t.name, p) for v in VERSIONS for t in _targets() for p in PRECISIONS
           if _buildable(t, p, v, GPUS['orin' if t.dla_core is not None or 'jetson' in t.name else 'desktop'])]
 
 
@@ -238,7 +239,7 @@ def test_build_load_and_run_against_the_surface(standin, target, precision, tmp_
     onnx = tmp_path / 'model.onnx'
     onnx.write_bytes(b'not parsed: the stand-in parser accepts any file')
     manifest = engine.build_engine(onnx, tmp_path / 'model.engine', target, precision, chw=CHW,
-                                   onnx_opset=19 if precision == 'int8' else 17, timing_cache_dir=tmp_path, env=env)
+                                   onnx_opset=19 if precision in ('int8', 'fp8') else 17, timing_cache_dir=tmp_path, env=env)
     called = {name for name, _, _ in trt.calls}
     assert {'Builder.create_network', 'OnnxParser.parse_from_file', 'IOptimizationProfile.set_shape',
             'Builder.build_serialized_network', 'Runtime.deserialize_cuda_engine'} <= called

@@ -155,6 +155,21 @@ def test_int8_engine_or_its_refusal_on_8_6(bundles, reference, target_file, work
     _compare('int8', _tensorrt(path, reference['input']), reference, weakly_typed=False)
 
 
+def test_fp8_engine_or_its_refusal(bundles, reference, target_file, work, cache_dir, env):
+    """FP8 where the GPU has FP8 tensor cores (compute capability >= 8.9) and TensorRT >= 10.2; elsewhere (every
+    Orin) the one-line refusal before the parse, naming the GPU."""
+    from scalablevit.core import compat
+    problem = compat.onnx_opset_problem(19, 'fp8', env.version) or \
+        compat.fp8_problem(env.gpu['compute_capability'], env.gpu['name'])
+    if problem:
+        with pytest.raises(ScalableViTError, match='FP8'):
+            _build(bundles, 'fp8', target_file, work, cache_dir, env)
+        return
+    path, manifest = _build(bundles, 'fp8', target_file, work, cache_dir, env)
+    assert manifest['build_flags'][0] == 'strongly_typed' and manifest['builder_flags'] == []
+    _compare('fp8', _tensorrt(path, reference['input']), reference, weakly_typed=False)
+
+
 def test_same_compute_capability_engine_or_its_refusal(bundles, reference, target_file, work, cache_dir, env):
     fleet = dataclasses.replace(load_target(target_file), name='fleet',
                                 hardware_compatibility_level='same_compute_capability')

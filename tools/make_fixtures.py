@@ -137,7 +137,7 @@ def make(work: Path, args: argparse.Namespace) -> Dict[str, Any]:
                                    f'images whose PyTorch FP32 top-1 margin is >= {args.min_margin} logits'},
         'onnx': onnx,
         'made_with': {'command': ' '.join(['python tools/make_fixtures.py', *sys.argv[1:]]),
-                      'host_pipeline': f'python deploy/build_engine.py --model fmnist --precision {{fp32,fp16,int8}} '
+                      'host_pipeline': f'python deploy/build_engine.py --model fmnist --precision {{{",".join(PRECISIONS)}}} '
                                        f'--calib-size {args.calib_size} --val-size {args.val_size}',
                       'package_version': __version__, 'weights_sha256': manifest['weights']['sha256'],
                       'tools': {k: v for k, v in tool_versions().items() if v}, 'created_at': utc_now()}}}

@@ -14,6 +14,7 @@ from ..core.errors import ScalableViTError, unknown_choice
 from ..core.fileio import write_json, write_text
 from ..core.runners import Runner
 from ..host.costmodel import limits_note
+from ..host.census import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def render_compare_markdown(report: Dict[str, Any]) -> str:
     labelled = report['labelled']
     head = ['backend', 'precision', 'file'] + (['top-1 (%)'] if labelled else []) + \
         ['agreement vs FP32 (%)', 'worst cosine', f"p50 ms (batch {report['batch']})", 'img/s',
-         f"speed-up vs {report['baseline']}", 'MACs INT8/FP16/FP32 (%)', 'TensorRT estimate ms']
+         f"speed-up vs {report['baseline']}", 'MACs FP8/INT8/FP16/FP32 (%)', 'TensorRT estimate ms']
     lines = [f"# {report['model']}: backends and precisions", '', '| ' + ' | '.join(head) + ' |',
              '|---|---|---|' + '---:|' * (len(head) - 3)]
     for r in report['rows']:
@@ -134,7 +135,7 @@ def render_compare_markdown(report: Dict[str, Any]) -> str:
             [_pct(acc.get('top1_agreement'), 100), '-' if not acc else f"{acc['cosine_min']:.6f}",
              f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['throughput_ips']:.1f}", f"{r['speedup']:.2f}x"]
         plan = r.get('precision_plan')
-        cells += ['/'.join(f"{100 * plan['mac_share'][d]:.0f}" for d in ('int8', 'fp16', 'fp32')),
+        cells += ['/'.join(f"{100 * plan['mac_share'].get(d, 0):.0f}" for d in DTYPES),
                   f"{plan['estimate']['latency_ms']:.3f}"] if plan else ['-', '-']
         lines.append('| ' + ' | '.join(cells) + ' |')
     estimates = [r['precision_plan']['estimate'] for r in report['rows'] if r.get('precision_plan')]

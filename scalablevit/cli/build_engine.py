@@ -2,7 +2,7 @@
 
 Host (any machine, CPU is fine):
     python deploy/build_engine.py --precision int8 [--model scalable_vit_small] [--weights W.pth] [--calib DIR]
-exports the FP32 ONNX, builds the calibration and held-out sets, quantizes (INT8 Q/DQ or FP16 AutoCast),
+exports the FP32 ONNX, builds the calibration and held-out sets, quantizes (INT8 or FP8 Q/DQ, or FP16 AutoCast),
 validates the deployed ONNX with onnxruntime against PyTorch FP32 and writes the bundle (see docs/pipeline.md).
 Then, when TensorRT and a CUDA device are available, it builds and validates the engine for --target.
 
@@ -26,29 +26,31 @@ logger = logging.getLogger(__name__)
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__)
-    p.add_argument('--precision', default='int8', help='fp32 | fp16 | int8 (default: int8)')
+    p.add_argument('--precision', default='int8', help='fp32 | fp16 | int8 | fp8 (default: int8; fp8 needs a GPU of '
+                   'compute capability >= 8.9: Ada, Hopper, Blackwell, Thor)')
     p.add_argument('--model', default='scalable_vit_small', help='registered model name or alias (s, b, l, fmnist)')
     p.add_argument('--weights', type=Path, help='official .pth or safetensors; omitted: random weights (a warning)')
     p.add_argument('--calib', type=Path, help='calibration image folder (default: the bundled sample photos)')
     p.add_argument('--calib-size', type=int, default=512, help='calibration images to sample (default: 512)')
-    p.add_argument('--calib-batch', type=int, help='INT8 calibration batch (default: from the model size, at most 8: '
-                   '2 for S, 1 for L at 224 px); memory and speed only, the scales do not depend on it')
+    p.add_argument('--calib-batch', type=int, help='INT8/FP8 calibration batch (default: from the model size, at most '
+                   '8: 2 for S, 1 for L at 224 px); memory and speed only, the scales do not depend on it')
     p.add_argument('--val', type=Path, help='held-out folder for validation; class subfolders give top-1 vs labels')
     p.add_argument('--val-size', type=int, default=100, help='validation images (default: 100)')
     p.add_argument('--out', type=Path, help='bundle directory (default: out/<model>-<precision>)')
     p.add_argument('--input-size', type=int, help='square input side (default: the model\'s, 224 for S/B/L)')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset 17-20 (default 17: TensorRT 8.6 through 11)')
-    p.add_argument('--int8-method', default='entropy', help='INT8 calibration: entropy | max | percentile '
-                   '(default: entropy; see docs/calibration.md)')
+    p.add_argument('--int8-method', help='INT8 and FP8 calibration: entropy | max | percentile '
+                   '(default: entropy for int8, max for fp8; see docs/calibration.md)')
     p.add_argument('--int8-policy', default='default',
-                   help='INT8 exclusion policy: default | none | auto | auto-none (auto: the fewest layers moved out '
-                        'of INT8 that meet the accuracy budget; see docs/auto-int8.md)')
+                   help='INT8 and FP8 exclusion policy: default | none | auto | auto-none (auto: the fewest layers '
+                        'moved out of INT8 / FP8 that meet the accuracy budget; see docs/auto-int8.md)')
     p.add_argument('--int8-target', help="auto policies: a tighter budget, e.g. 'agreement=99.5,drop=0.2' "
                                          "(top-1 agreement in %%, top-1 drop in points, cosine=worst cosine)")
     p.add_argument('--int8-high-precision', default='fp16',
-                   help='dtype of what is not INT8: fp16 (default; FP32 only where a measured rule says so) or fp32')
-    p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8, e.g. Add Softmax')
-    p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8')
+                   help='dtype of what is not INT8 / FP8: fp16 (default; FP32 only where a measured rule says so) '
+                        'or fp32')
+    p.add_argument('--exclude-op-types', nargs='*', default=[], help='op types kept out of INT8 / FP8, e.g. Add')
+    p.add_argument('--exclude-nodes', nargs='*', default=[], help='node-name regexes kept out of INT8 / FP8')
     p.add_argument('--fold-normalization', action='store_true',
                    help='fold mean/std into the stem conv: the ONNX takes RGB 0-255 (DeepStream; see docs/deploy.md)')
     p.add_argument('--target', default='desktop', help='TensorRT target preset or JSON file (default: desktop)')
@@ -118,6 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     given = Bundle.open(args.bundle) if args.bundle else None
     check_input_size(args.input_size, given.model if given else args.model)
     target = resolve_target(args)
+    from scalablevit.device.targets import check_target_precision
+    check_target_precision(target, given.precision if given else args.precision)  # FP8 for an Orin: before any work
     env, reason = probe_tensorrt()  # once per run; the device stage gets the result
     if env is None and args.require_engine:  # say so before minutes of host work, not after
         raise ScalableViTError(f'TensorRT stage needed (--require-engine) but unavailable: {reason}')

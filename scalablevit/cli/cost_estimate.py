@@ -16,6 +16,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from scalablevit.cli import ArgumentParser, run_cli
 from scalablevit.core.errors import ScalableViTError
+from scalablevit.host.census import DTYPES
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
         onnx_path, _ = bundle.deploy_onnx()
         plan = bundle.precision.upper()
         elsewhere = (bundle.manifest.get('quantization') or {}).get('high_precision_dtype')
-        if bundle.precision == 'int8' and elsewhere:
+        if bundle.precision in ('int8', 'fp8') and elsewhere:
             plan += f' ({elsewhere.upper()} elsewhere)'
         return bundle.model, plan, onnx_path
     if not path.is_file():
@@ -63,7 +64,6 @@ def deployed_onnx(path: Path) -> Tuple[str, str, Path]:
 def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequence[int],
                   builds: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     from scalablevit.host.census import census, layers_of
-    from scalablevit.host.costmodel import estimate_table
     from scalablevit.host.export import load_onnx
     from scalablevit.host.fusion import group_summary, groups_of
     rows = []
@@ -79,14 +79,26 @@ def estimate_rows(paths: Sequence[Path], devices: Sequence[str], batches: Sequen
             rows.append({'model': model, 'plan': f'FP32 ONNX, --{build}' if build else plan, 'onnx': str(onnx_path),
                          'gmacs': summary['macs']['total'] / 1e9,
                          'mac_share': summary['mac_share'] if build in (None, 'fp32') else _assumed_share(groups),
-                         'fusion': group_summary(groups), 'estimates': estimate_table(groups, devices, batches)})
+                         'fusion': group_summary(groups), 'estimates': _estimates(groups, devices, batches)})
+    return rows
+
+
+def _estimates(groups: Sequence[Any], devices: Sequence[str], batches: Sequence[int]) -> List[Dict[str, Any]]:
+    """The estimate per device and batch; a device that cannot run the plan (FP8 without FP8 tensor cores) gets
+    ``latency_ms`` None and why."""
+    from scalablevit.host.costmodel import estimate, unsupported
+    rows = []
+    for device in devices:
+        why = unsupported(groups, device)
+        rows += [{'device': device, 'batch': b, 'latency_ms': None, 'unsupported': why} if why else
+                 estimate(groups, device, b) for b in batches]
     return rows
 
 
 def _assumed_share(groups: Sequence[Any]) -> Dict[str, float]:
     """MAC share per dtype of kernels under an assumed build."""
     total = sum(g.macs for g in groups) or 1
-    return {d: sum(g.macs for g in groups if g.dtype == d) / total for d in ('int8', 'fp16', 'fp32')}
+    return {d: sum(g.macs for g in groups if g.dtype == d) / total for d in DTYPES}
 
 
 def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence[int]) -> str:
@@ -96,16 +108,17 @@ def render(rows: List[Dict[str, Any]], devices: Sequence[str], batches: Sequence
     lines = ['# TensorRT latency ESTIMATE (ms per batch)', '', f'> {limits_note()}']
     for model in dict.fromkeys(r['model'] for r in rows):
         plans = [r for r in rows if r['model'] == model]
-        shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}"
-                                                       for d in ('int8', 'fp16', 'fp32')) for r in plans)
+        shares = ', '.join(f"{r['plan']} " + '/'.join(f"{100 * r['mac_share'][d]:.0f}" for d in DTYPES)
+                           for r in plans)
         kernels = ', '.join(f"{r['plan']} {r['fusion']['kernels']} kernels from {r['fusion']['onnx_nodes']} nodes "
                             f"(attention fused {r['fusion']['attention_fused']}/{r['fusion']['attention_blocks']})"
                             for r in plans)
         lines += ['', f"## {model} ({plans[0]['gmacs']:.3f} GMACs per image)", '',
-                  f'MACs in INT8/FP16/FP32 (%): {shares}.', '', f'After fusion: {kernels}.', '',
+                  f'MACs in FP8/INT8/FP16/FP32 (%): {shares}.', '', f'After fusion: {kernels}.', '',
                   '| device | batch | ' + ' | '.join(r['plan'] for r in plans) + ' |', '|---|---:|' + '---:|' * len(plans)]
         for i, (device, batch) in enumerate((d, b) for d in devices for b in batches):
-            cells = [f"{r['estimates'][i]['latency_ms']:.3f}" for r in plans]
+            cells = [f"{e['latency_ms']:.3f}" if e['latency_ms'] is not None else 'no FP8'
+                     for e in (r['estimates'][i] for r in plans)]
             lines.append(f"| {device_limits(device)['name']} | {batch} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

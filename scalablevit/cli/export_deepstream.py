@@ -45,9 +45,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"net-scale-factor {props['net-scale-factor']}, offsets {props['offsets']}")
     print(f"labels: {out / record['labels']}; model: {out / record['probs_onnx']['file']} (softmax checked on "
           f"{record['probs_onnx']['checked_images']} reference images, max |diff| {record['probs_onnx']['max_abs_diff']:.2g})")
-    if record['int8_engine_build']:
-        print(f"INT8: build the engine strongly typed before starting DeepStream (in {out}):\n  "
-              f"{record['int8_engine_build']}")
+    if record['engine_build']:
+        print(f"{record['precision'].upper()}: build the engine strongly typed before starting DeepStream "
+              f"(in {out}):\n  "
+              f"{record['engine_build']}")
     return 0
 
 

@@ -6,6 +6,14 @@ Facts (with their sources in the comments), not policy:
   TensorRT 8.6 (JetPack 6.0) parses up to opset 17, TensorRT 10.x and 11.x up to 20 and beyond.
 * INT8: modelopt writes every Q/DQ model at opset >= 19 (``BASE_MIN_OPSET`` in ``modelopt/onnx/utils.py``), so an
   INT8 bundle needs TensorRT >= 10 (JetPack >= 6.1).
+* FP8 (E4M3): FP8 Q/DQ is opset >= 19 too (FLOAT8E4M3FN zero points). TensorRT 8.6 cannot build it (release/8.6
+  ``NvInfer.h``: "kFP8 is not supported yet"); the ONNX parser reads FP8 from 9.0 (onnx-tensorrt Changelog, "TensorRT
+  9.0 GA Release ... Added support for FP8"), and FP8 convolutions, which our patch embeddings have, work strongly
+  typed from 10.2 (NVIDIA/TensorRT issue 3987), so the floor is 10.2, strongly typed (no DLA). FP8 tensor cores need
+  compute capability >= 8.9 (Ada 8.9, Hopper 9.0, Blackwell 10.x/12.0, Jetson Thor 11.0; Transformer Engine's support
+  matrix: "requires compute capability 8.9 or higher"; TensorRT-RTX's: Ampere 8.6 and Turing "FP8 No"); Orin is 8.7
+  (CUDA GPUs list). TensorRT refuses it there at build time ("Networks with FP8 Q/DQ layers require hardware with FP8
+  support", NVIDIA/Model-Optimizer issue 70); ``fp8_problem`` says so before any work.
 * Typing: TensorRT 8.6 has no strongly typed networks (precision from builder flags); 10.x has them behind
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11.x types every network strongly (the flag is deprecated and
   ignored, the FP16/INT8 builder flags are gone).
@@ -28,7 +36,8 @@ from typing import Optional, Tuple
 
 from .errors import ScalableViTError
 
-__all__ = ['MIN_TENSORRT', 'OPSETS', 'DEFAULT_OPSET', 'INT8_MIN_TENSORRT', 'HARDWARE_COMPAT', 'BINDING_EXTRAS',
+__all__ = ['MIN_TENSORRT', 'OPSETS', 'DEFAULT_OPSET', 'QDQ_MIN_TENSORRT', 'FP8_MIN_COMPUTE_CAPABILITY',
+           'fp8_problem', 'HARDWARE_COMPAT', 'BINDING_EXTRAS',
            'version', 'same_version', 'max_opset', 'typing_mode', 'network_typing', 'check_opset', 'onnx_opset_problem',
            'check_onnx_opset', 'dla_problem', 'hardware_compat_problem', 'version_compatible', 'cuda_version',
            'binding_extra', 'binding_problem']
@@ -37,7 +46,9 @@ MIN_TENSORRT = (8, 6)
 # opset -> oldest TensorRT whose ONNX parser reads it
 OPSETS = {17: '8.6', 18: '10.0', 19: '10.0', 20: '10.0'}
 DEFAULT_OPSET = 17
-INT8_MIN_TENSORRT = '10.0'
+# Q/DQ format -> oldest TensorRT that parses and builds it (opset 19; FP8 Q/DQ on Conv and GEMM)
+QDQ_MIN_TENSORRT = {'int8': '10.0', 'fp8': '10.2'}
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 # TensorRT major -> how a network gets its precision: 'weak' (builder flags), 'flag' (STRONGLY_TYPED), 'always'
 _TYPING = {8: 'weak', 10: 'flag'}
 # [first, end) TensorRT releases without DLA on Jetson, and the reason a DLA target is refused there
@@ -113,10 +124,14 @@ def check_opset(opset: int) -> int:
 
 
 def onnx_opset_problem(opset: Optional[int], precision: str, trt_version: str) -> Optional[str]:
-    """Why this TensorRT's parser cannot read the ONNX (INT8 Q/DQ from modelopt is opset >= 19), or None."""
-    if precision == 'int8' and version(trt_version) < version(INT8_MIN_TENSORRT):
-        return (f'INT8 bundles need TensorRT >= {version(INT8_MIN_TENSORRT)[0]} (JetPack >= 6.1): modelopt writes '
-                f'Q/DQ models at opset >= 19 and TensorRT {trt_version} parses opset <= {max_opset(trt_version)}')
+    """Why this TensorRT's parser cannot read the ONNX (INT8 and FP8 Q/DQ from modelopt are opset >= 19), or None."""
+    oldest = QDQ_MIN_TENSORRT.get(precision)
+    if oldest and version(trt_version) < version(oldest):
+        if precision == 'int8':
+            return (f'INT8 bundles need TensorRT >= {version(oldest)[0]} (JetPack >= 6.1): modelopt writes Q/DQ models '
+                    f'at opset >= 19 and TensorRT {trt_version} parses opset <= {max_opset(trt_version)}')
+        return (f'{precision.upper()} bundles need TensorRT >= {oldest} (strongly typed FP8 Q/DQ on convolutions and '
+                f'GEMMs), this is TensorRT {trt_version}')
     newest = max_opset(trt_version)
     if opset is not None and opset > newest:
         return (f'the ONNX has opset {opset} but TensorRT {trt_version} parses opset <= {newest}: '
@@ -129,6 +144,19 @@ def check_onnx_opset(opset: Optional[int], precision: str, trt_version: str) -> 
     problem = onnx_opset_problem(opset, precision, trt_version)
     if problem:
         raise ScalableViTError(problem)
+
+
+def fp8_problem(compute_capability: Optional[str], gpu: str) -> Optional[str]:
+    """Why ``gpu`` (compute capability '8.7', or None when unknown) cannot run FP8, or None."""
+    if compute_capability is None:
+        return None
+    if version(compute_capability)[:2] < FP8_MIN_COMPUTE_CAPABILITY:
+        need = '.'.join(map(str, FP8_MIN_COMPUTE_CAPABILITY))
+        supports = 'FP32, FP16 and INT8' if version(compute_capability)[:2] >= (7, 5) else 'FP32 and FP16'
+        return (f'{gpu} (compute capability {compute_capability}) has no FP8 tensor cores: FP8 needs compute '
+                f'capability >= {need} (Ada, Hopper, Blackwell, Jetson Thor); it runs {supports}: build an int8 or '
+                f'fp16 bundle')
+    return None
 
 
 def _in_range(trt_version: str, first: Tuple[int, ...], end: Tuple[int, ...]) -> bool:

@@ -18,7 +18,7 @@ from .errors import ScalableViTError, unknown_choice
 __all__ = ['PRECISIONS', 'STAGES', 'MAX_INPUT_SIDE', 'INTERPOLATIONS', 'LABEL_SETS', 'check_precision',
            'check_manifest', 'check_preprocessing']
 
-PRECISIONS = ('fp32', 'fp16', 'int8')
+PRECISIONS = ('fp32', 'fp16', 'int8', 'fp8')
 SCHEMA = 1
 STAGES = ('export', 'data', 'quantize')  # the host pipeline's stages, in order (fp32 has no quantize)
 INPUT_NAME, OUTPUT_NAME = 'input', 'logits'  # fixed by the exporter (core.runners)

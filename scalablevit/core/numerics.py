@@ -11,7 +11,8 @@ same count, which measured cross-kernel differences sit one to two orders of mag
 
 INT8: integer matmuls are exact; what kernels can change is the high-precision arithmetic between the Q/DQ pairs
 (FP16 in our bundles) and, where a value lands on a rounding midpoint, which way one quantizer rounds it: one
-quantization step of the logits (``scale / 127``) on top of the FP16 bound.
+quantization step of the logits (``scale / 127``) on top of the FP16 bound. FP8 (E4M3) likewise, its step relative
+to the value (3 mantissa bits: one step is at most 2^-3 of the value), so ``scale * 2^-3`` on top of the FP16 bound.
 
 This module is numpy-free and torch-free: the on-device self-test uses it too.
 """
@@ -19,8 +20,11 @@ from typing import Sequence
 
 __all__ = ['UNIT_ROUNDOFF', 'rounding_depth', 'logit_tolerance', 'min_cosine', 'describe']
 
-UNIT_ROUNDOFF = {'fp32': 2.0 ** -24, 'fp16': 2.0 ** -11, 'int8': 2.0 ** -11}  # int8: its FP16 high-precision ops
+# int8, fp8: their FP16 high-precision ops
+UNIT_ROUNDOFF = {'fp32': 2.0 ** -24, 'fp16': 2.0 ** -11, 'int8': 2.0 ** -11, 'fp8': 2.0 ** -11}
 INT8_LEVELS = 127  # symmetric per-tensor quantization: one step is max|x| / 127
+# One quantizer step relative to the largest |value|: INT8 max|x| / 127; FP8 E4M3 at most 2^-3 of the value
+QUANTIZER_STEP = {'int8': 1.0 / INT8_LEVELS, 'fp8': 2.0 ** -3}
 # Rounded ops on a block's longest path: norm, query, key/value (SSA: reduction conv, its norm, GELU), scores,
 # softmax, attention @ value, LIM, projection, residual add; norm, fc1, GELU, fc2, residual add; PEG after the first
 # block of a stage (counted in every block: a bound may overcount, never undercount).
@@ -38,14 +42,14 @@ def _relative_bound(precision: str, depths: Sequence[int]) -> float:
     if precision not in UNIT_ROUNDOFF:
         raise ValueError(f'unknown precision {precision!r}: one of {sorted(UNIT_ROUNDOFF)}')
     bound = rounding_depth(depths) * UNIT_ROUNDOFF[precision]
-    return bound + (1.0 / INT8_LEVELS if precision == 'int8' else 0.0)
+    return bound + QUANTIZER_STEP.get(precision, 0.0)
 
 
 def logit_tolerance(precision: str, depths: Sequence[int], scale: float) -> float:
     """Largest |logit difference| two correct kernels may show on the same graph (see the module docstring).
 
     ``scale`` is the largest |logit| of the reference. FP32 ScalableViT-S (depth 26, |logit| <= 2): 5e-5; the
-    Fashion-MNIST fixture (depth 8, |logit| <= 4.3): FP32 3.7e-5, FP16 0.30, INT8 0.33.
+    Fashion-MNIST fixture (depth 8, |logit| <= 4.3): FP32 3.7e-5, FP16 0.30, INT8 0.33, FP8 0.83.
     """
     return _relative_bound(precision, depths) * scale
 
@@ -58,7 +62,7 @@ def min_cosine(precision: str, depths: Sequence[int]) -> float:
 def describe(precision: str, depths: Sequence[int]) -> str:
     """One line stating the derivation, for error messages."""
     n = rounding_depth(depths)
-    step = f' + 1/{INT8_LEVELS} (one INT8 step)' if precision == 'int8' else ''
+    step = {'int8': f' + 1/{INT8_LEVELS} (one INT8 step)', 'fp8': ' + 2^-3 (one FP8 step)'}.get(precision, '')
     return (f'{precision}: {n} rounded ops x u={UNIT_ROUNDOFF[precision]:.3g}{step} '
             f'= {_relative_bound(precision, depths):.3g} relative')
 

@@ -17,6 +17,7 @@ __all__ = ['PEAKS_FILE', 'load_peaks', 'device_peak', 'device_limits', 'detect_d
 PEAKS_FILE = Path(__file__).with_name('device_peaks.json')
 # precision -> (table field, device_limits field, unit, what the peak is)
 PEAK_FIELDS = {
+    'fp8': ('fp8_dense', 'fp8_tflops', 'TFLOPS', 'dense FP8 (E4M3) tensor-core peak'),
     'int8': ('int8_dense', 'int8_tops', 'TOPS', 'dense INT8 tensor-core peak'),
     'fp16': ('fp16_dense', 'fp16_tflops', 'TFLOPS', 'dense FP16 tensor-core peak'),
     'fp32': ('fp32', 'fp32_tflops', 'TFLOPS', 'FP32 CUDA-core peak'),
@@ -45,13 +46,17 @@ def _entry(device: str) -> Dict[str, Any]:
 
 
 def device_limits(device: str) -> Limits:
-    """Both ceilings of a table device: dense INT8 TOPS, FP16/FP32 TFLOPS, DRAM GB/s, and where they come from.
+    """Both ceilings of a table device: dense INT8 TOPS, FP8/FP16/FP32 TFLOPS, DRAM GB/s, and where they come from.
+
+    ``fp8_tflops`` is None on a GPU without FP8 tensor cores (compute capability < 8.9: ``compute_capability``).
 
     ``gpu_clock_mhz`` / ``mem_clock_mhz`` are the clocks the figures assume (None: not published); ``sms`` and
     ``l2_mb`` (streaming multiprocessors, L2 cache) feed the cost estimate's occupancy and cache rules.
     """
     entry = _entry(device)
     return {'device': device, 'name': entry['name'], 'kind': entry['kind'],
+            'compute_capability': entry['compute_capability'],
+            'fp8_tflops': float(entry['fp8_dense']) if 'fp8_dense' in entry else None,
             'int8_tops': float(entry['int8_dense']), 'fp16_tflops': float(entry['fp16_dense']),
             'fp32_tflops': float(entry['fp32']), 'mem_bw_gbs': float(entry['mem_bw_gbs']),
             'gpu_clock_mhz': entry.get('gpu_clock_mhz'), 'mem_clock_mhz': entry.get('mem_clock_mhz'),
@@ -65,6 +70,10 @@ def device_peak(device: str, precision: str) -> Dict[str, Any]:
     if precision not in PEAK_FIELDS:
         raise unknown_choice('precision', precision, PEAK_FIELDS)
     field, _, unit, kind = PEAK_FIELDS[precision]
+    if field not in entry:
+        from .compat import fp8_problem
+        raise ScalableViTError(fp8_problem(entry['compute_capability'], entry['name']) or
+                               f"{entry['name']} has no {kind} in {PEAKS_FILE.name}")
     sparse = entry.get(field.replace('_dense', '_sparse')) if field.endswith('_dense') else None
     return {'device': device, 'device_name': entry['name'], 'peak': float(entry[field]), 'peak_sparse': sparse,
             'unit': unit, 'peak_kind': kind, 'peak_clock_mhz': entry.get('gpu_clock_mhz'), 'source': entry['source']}

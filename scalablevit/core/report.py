@@ -153,7 +153,7 @@ def _census_markdown(census: Optional[Dict[str, Any]], precision: str) -> List[s
     """The precision census as tables: ops per dtype, MACs / weights / activations per dtype, FP32 islands."""
     if not census:
         return []
-    dtypes = ('int8', 'fp16', 'fp32')
+    dtypes = tuple(d for d in census['mac_share'] if d in ('fp16', 'fp32') or census['macs'][d])  # 8-bit if used
     lines = ['', '## Precision census of the deployed ONNX (what a strongly typed TensorRT engine runs, batch 1)', '',
              '| op type | ' + ' | '.join(d.upper() for d in dtypes) + ' |', '|---|' + '---:|' * len(dtypes)]
     for op, counts in census['ops'].items():
@@ -172,7 +172,8 @@ def _census_markdown(census: Optional[Dict[str, Any]], precision: str) -> List[s
         if len(islands) > 40:
             lines.append(f'| ... {len(islands) - 40} more (report.json) | | | |')
     elif precision != 'fp32':
-        lines += ['', 'No FP32 island: every op that is not INT8 runs FP16.']
+        lines += ['', f'No FP32 island: every op that is not {precision.upper()} runs FP16.' if precision != 'fp16'
+                  else 'No FP32 island: every op runs FP16.']
     outside = census['fp32_macs_outside_islands']
     if precision != 'fp32' and outside:
         lines += ['', f'**{outside / 1e6:.1f} M FP32 MACs outside the named islands** (the census gate).']
@@ -196,8 +197,8 @@ def _auto_markdown(auto: Optional[Dict[str, Any]]) -> List[str]:
         layer = f"`{st['node']}`" if st['node'] else ''
         lines.append(f"| {st['step']} | {st['action']} | {layer} "
                      f"| {_fmt(st['sensitivity'], 4)} | {st['moved']} | {st['top1_agreement'] * 100:.2f} % | {top1} "
-                     f"| {st['cosine_min']:.4f} | {st['int8_mac_share'] * 100:.1f} % "
-                     f"| {st['int8_mac_share_lost'] * 100:.1f} pt | {'met' if st['met'] else 'over'} "
+                     f"| {st['cosine_min']:.4f} | {st['quantized_mac_share'] * 100:.1f} % "
+                     f"| {st['quantized_mac_share_lost'] * 100:.1f} pt | {'met' if st['met'] else 'over'} "
                      f"| {st['seconds']:.1f} |")
     if auto['moved']:
         lines += ['', 'Kept out of INT8 by the search: ' + ', '.join(f'`{n}`' for n in auto['moved'])]

@@ -50,7 +50,7 @@ __all__ = ['profile_shapes', 'build_flags', 'builder_flag_names', 'trtexec_comma
 
 # Our build flag -> the tensorrt.BuilderFlag it sets. Flags not here set none: network creation (typing), TF32
 # (cleared), profiling verbosity, DLA core and hardware compatibility are config properties.
-_BUILDER_FLAGS = {'fp16': 'FP16', 'int8': 'INT8', 'gpu_fallback': 'GPU_FALLBACK',
+_BUILDER_FLAGS = {'fp16': 'FP16', 'int8': 'INT8', 'fp8': 'FP8', 'gpu_fallback': 'GPU_FALLBACK',
                   'prefer_precision_constraints': 'PREFER_PRECISION_CONSTRAINTS', 'direct_io': 'DIRECT_IO',
                   'version_compatible': 'VERSION_COMPATIBLE'}
 
@@ -89,8 +89,9 @@ def build_flags(target: Target, precision: str, trt_version: str) -> List[str]:
 
 
 def _weak_precision(precision: str) -> List[str]:
-    """Builder precision flags standing in for strong typing (INT8 comes from the ONNX's Q/DQ scales)."""
-    return {'fp32': [], 'fp16': ['fp16'], 'int8': ['int8', 'fp16']}[precision]
+    """Builder precision flags standing in for strong typing (INT8 comes from the ONNX's Q/DQ scales). FP8 is never
+    built weakly typed (``compat``: TensorRT >= 10 strongly typed, no DLA); its entry keeps the table whole."""
+    return {'fp32': [], 'fp16': ['fp16'], 'int8': ['int8', 'fp16'], 'fp8': ['fp8', 'fp16']}[precision]
 
 
 def builder_flag_names(flags: Sequence[str]) -> List[str]:
@@ -107,7 +108,7 @@ def _trtexec_option(flag: str, trt_major: int) -> Optional[str]:
         return f'--hardwareCompatibilityLevel={compat.HARDWARE_COMPAT[value][1]}'
     # prefer_precision_constraints and direct_io: trtexec's --useDLACore sets them itself (the first before 11.x,
     # the second without --allowGPUFallback); --precisionConstraints=prefer would only add a warning.
-    options = {'weakly_typed': None, 'fp16': '--fp16', 'int8': '--int8', 'no_tf32': '--noTF32',
+    options = {'weakly_typed': None, 'fp16': '--fp16', 'int8': '--int8', 'fp8': '--fp8', 'no_tf32': '--noTF32',
                'profiling_verbosity': f'--profilingVerbosity={value}', 'dla_core': f'--useDLACore={value}',
                'gpu_fallback': '--allowGPUFallback', 'prefer_precision_constraints': None, 'direct_io': None,
                'version_compatible': '--versionCompatible'}
@@ -240,9 +241,9 @@ def _configure(trt: Any, builder: Any, network: Any, config: Any, target: Target
         raise ScalableViTError(f'TensorRT rejected the profile {shapes}: {trt_logger(trt).pop_errors()}')
     for name in builder_flag_names(flags):
         config.set_flag(getattr(trt.BuilderFlag, name))
-    if 'int8' in flags:
+    if 'int8' in flags or 'fp8' in flags:
         _check_qdq(trt, network, onnx)
-    weak = [f for f in flags if f in ('fp16', 'int8')]
+    weak = [f for f in flags if f in ('fp16', 'int8', 'fp8')]
     if weak:
         logger.warning('weakly typed build (TensorRT %s%s) with BuilderFlag %s: TensorRT may run any layer at that '
                        'precision, not only where the ONNX says', trt.__version__,

@@ -98,7 +98,7 @@ def target_platform_problem(target: Target, precision: str, trt_version: str, gp
         return f'TensorRT {trt_version} is too old: this toolchain needs TensorRT >= 8.6'
     where = f"{gpu['name']} (sm_{gpu['compute_capability'].replace('.', '')})"
     if target.dla_core is not None:
-        if precision == 'fp32':
+        if precision in ('fp32', 'fp8'):
             return (f"target {target.name} uses DLA, which runs FP16 and INT8 only: build an fp16 or int8 bundle, "
                     'or use a GPU-only target')
         gap = compat.dla_problem(trt_version)
@@ -109,6 +109,10 @@ def target_platform_problem(target: Target, precision: str, trt_version: str, gp
                     'has no DLA (Jetson AGX Orin and Orin NX have DLA; Orin Nano, Thor and desktop GPUs do not)')
             return (f'target {target.name} asks for DLA core {target.dla_core} but {where} with TensorRT '
                     f'{trt_version} {have}')
+    if precision == 'fp8':
+        problem = compat.fp8_problem(gpu['compute_capability'], gpu['name'])
+        if problem:
+            return f'cannot build an FP8 engine here: {problem}'
     level = target.hardware_compatibility_level
     if level != 'none':
         if gpu.get('integrated'):

@@ -23,7 +23,7 @@ from . import cuda
 from .engine import (build_engine, build_flags, cached_engine_ok, engine_cache_key, load_engine, manifest_path,
                      read_engine_manifest)
 from .inspector import precision_mismatches
-from .targets import Target, check_engine_batch, load_target
+from .targets import Target, check_engine_batch, check_target_precision, load_target
 from .trt_env import TensorRT, open_tensorrt
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def build_bundle_engine(bundle: Union[PathLike, Bundle], target: Union[str, Targ
     onnx_path, onnx_entry = bundle.deploy_onnx()
     reference = bundle.reference()
     target = check_engine_batch(load_target(target))
+    check_target_precision(target, bundle.precision)
     env = open_tensorrt(env)
     flags = build_flags(target, bundle.precision, env.version)
     key = engine_cache_key(onnx_entry['sha256'], target, bundle.precision, env.version, env.gpu, flags)

@@ -1,11 +1,14 @@
-"""``--int8-policy auto``: move the fewest layers out of INT8 that bring the model within its accuracy budget.
+"""``--int8-policy auto``: move the fewest layers out of INT8 or FP8 that bring the model within its accuracy budget.
+
+Written for INT8 below; an FP8 bundle (``--precision fp8``) runs the same search on its FP8 Q/DQ graph with FP8's
+budget: nothing in it depends on the format but the names in its messages.
 
 One calibration, then graph rewrites:
 
 1. modelopt calibrates once with the start policy's exclusions and AutoCast makes all that is not INT8 FP16 (FP32
-   only in the islands a rule of ``fp16_rules`` names): ``quantize.quantize_int8``'s deployable graph. A layer
+   only in the islands a rule of ``fp16_rules`` names): ``quantize.quantize_qdq``'s deployable graph. A layer
    leaves INT8 by having its inputs rerouted around their Q/DQ pairs in that graph
-   (``quantize.moved_out_of_int8``, the rewrite every exclusion gets); it then runs in the dtype AutoCast gave it,
+   (``quantize.moved_out_of_qdq``, the rewrite every exclusion gets); it then runs in the dtype AutoCast gave it,
    FP16 or, in an island, FP32. This is sound because onnxruntime calibrates every tensor's range on the FP32
    graph alone: a tensor's scale does not depend on which other layers are quantized, so the rewritten graph
    computes what a fresh calibration with that exclusion gives (a test holds the two against each other), and a
@@ -120,14 +123,14 @@ class _Candidate:
     rerouted: int
     metrics: Dict[str, Any]
     violations: List[str]
-    int8_share: float
+    quantized_share: float  # MACs in the Q/DQ format (INT8 or FP8)
 
 
 class _Search:
     """The state of one search: the build function, the evaluation set, the budget, the clock and the steps."""
 
-    def __init__(self, build: Build, evaluation: Dict[str, np.ndarray], budget: Dict[str, float]):
-        self.build, self.evaluation, self.budget = build, evaluation, budget
+    def __init__(self, build: Build, evaluation: Dict[str, np.ndarray], budget: Dict[str, float], fmt: str):
+        self.build, self.evaluation, self.budget, self.fmt = build, evaluation, budget, fmt
         self.start = time.perf_counter()
         self.steps: List[Dict[str, Any]] = []
         self.last_step_s = 0.0
@@ -149,8 +152,8 @@ class _Search:
         """Build and evaluate one candidate; record it as a step."""
         began = time.perf_counter()
         model, rerouted = self.build(list(moved))
-        metrics, violations = _evaluate(model, self.evaluation, self.budget)
-        share = _int8_share(model)
+        metrics, violations = _evaluate(model, self.evaluation, self.budget, self.fmt)
+        share = _quantized_share(model)
         cand = _Candidate(list(moved), model, rerouted, metrics, violations, share)
         self.last_step_s = time.perf_counter() - began
         drop = (None if metrics.get('top1_reference') is None
@@ -158,11 +161,12 @@ class _Search:
         self.steps.append({
             'step': len(self.steps), 'action': action, 'node': node, 'sensitivity': sensitivity,
             'moved': len(moved), 'top1_agreement': metrics['top1_agreement'], 'cosine_min': metrics['cosine_min'],
-            'top1_candidate': metrics['top1_candidate'], 'top1_drop': drop, 'int8_mac_share': share,
-            'int8_mac_share_lost': 0.0 if base_share is None else base_share - share, 'met': not violations,
+            'top1_candidate': metrics['top1_candidate'], 'top1_drop': drop, 'quantized_mac_share': share,
+            'quantized_mac_share_lost': 0.0 if base_share is None else base_share - share, 'met': not violations,
             'violations': violations, 'seconds': round(self.last_step_s, 2)})
-        logger.info('auto step %d (%s%s): agreement %.2f %%, INT8 MACs %.1f %%, %s in %.1f s', len(self.steps) - 1,
-                    action, f' {node}' if node else '', metrics['top1_agreement'] * 100, share * 100,
+        logger.info('auto step %d (%s%s): agreement %.2f %%, %s MACs %.1f %%, %s in %.1f s', len(self.steps) - 1,
+                    action, f' {node}' if node else '', metrics['top1_agreement'] * 100, self.fmt.upper(),
+                    share * 100,
                     'within budget' if not violations else 'over budget: ' + '; '.join(violations),
                     self.last_step_s)
         if self.best is None or _score(cand) > _score(self.best):
@@ -175,21 +179,22 @@ def _score(cand: _Candidate) -> Tuple[bool, float, float, int]:
     return (not cand.violations, cand.metrics['top1_agreement'], cand.metrics['cosine_min'], -len(cand.moved))
 
 
-def _evaluate(model: Any, evaluation: Dict[str, np.ndarray], budget: Dict[str, float]
+def _evaluate(model: Any, evaluation: Dict[str, np.ndarray], budget: Dict[str, float], fmt: str
               ) -> Tuple[Dict[str, Any], List[str]]:
     """Accuracy of ``model`` (onnxruntime CPU) on the reference set against its FP32 logits, and what it breaks."""
     from ..core.compare import accuracy_metrics, budget_violations
     from ..core.runners import run_batches
     from .runners import OnnxRuntimeRunner
-    with OnnxRuntimeRunner(model.SerializeToString(), name='onnxruntime-int8-auto') as runner:
+    with OnnxRuntimeRunner(model.SerializeToString(), name=f'onnxruntime-{fmt}-auto') as runner:
         logits = run_batches(runner, evaluation['input'], batch_size=EVAL_BATCH)
     metrics = accuracy_metrics(evaluation['logits'], logits, evaluation.get('labels'), reference_name='pytorch-fp32')
-    return metrics, budget_violations(metrics, 'int8', budget=budget)
+    return metrics, budget_violations(metrics, fmt, budget=budget)
 
 
-def _int8_share(model: Any) -> float:
+def _quantized_share(model: Any) -> float:
     from .census import census, layers_of
-    return census(layers_of(model))['mac_share']['int8']
+    share = census(layers_of(model))['mac_share']
+    return share['int8'] + share['fp8']
 
 
 def _sensitivity(fp32: Any, candidate: Any, images: Any) -> Dict[str, float]:
@@ -205,21 +210,23 @@ def _sensitivity(fp32: Any, candidate: Any, images: Any) -> Dict[str, float]:
 
 
 def search(build: Build, fp32: Any, calibration: Any, evaluation: Dict[str, np.ndarray],
-           budget: Dict[str, float]) -> AutoResult:
+           budget: Dict[str, float], fmt: str = 'int8') -> AutoResult:
     """The fewest layers to move out of INT8 for ``budget`` (see the module docstring); never raises on a miss.
 
     ``build(moved)`` returns the deployable graph with ``moved`` (node names) out of INT8 and the number of inputs
-    it rerouted; ``evaluation`` is the reference set: 'input', FP32 'logits', optional 'labels'.
+    it rerouted; ``evaluation`` is the reference set: 'input', FP32 'logits', optional 'labels'; ``fmt`` the Q/DQ
+    format ('int8' or 'fp8'), for the messages and the budget's name.
     """
-    state = _Search(build, evaluation, budget)
+    state = _Search(build, evaluation, budget, fmt)
+    name = fmt.upper()
     current = state.try_moved([], 'start', None, None, None)
-    base_share = current.int8_share
+    base_share = current.quantized_share
     sensitivity: Dict[str, float] = {}
     stop = None
     if current.violations:
         sensitivity = _sensitivity(fp32, current.model, calibration)
         ranked = sorted(sensitivity, key=lambda n: -sensitivity[n])
-        logger.info('auto: %d INT8 layers ranked by local error on %d images; most sensitive: %s', len(ranked),
+        logger.info('auto: %d %s layers ranked by local error on %d images; most sensitive: %s', len(ranked), name,
                     min(len(calibration), SENSITIVITY_IMAGES),
                     ', '.join(f'{n} ({sensitivity[n]:.3g})' for n in ranked[:3]))
         current, stop = _forward(state, current, ranked, sensitivity, base_share)
@@ -228,11 +235,11 @@ def search(build: Build, fp32: Any, calibration: Any, evaluation: Dict[str, np.n
     chosen = current if not current.violations else state.best
     met = not chosen.violations
     if met:
-        message = (f'INT8 budget met after moving {len(chosen.moved)} layer(s) out of INT8 '
+        message = (f'{name} budget met after moving {len(chosen.moved)} layer(s) out of {name} '
                    f"({len(state.steps)} evaluations, {state.elapsed():.0f} s): agreement "
-                   f"{chosen.metrics['top1_agreement'] * 100:.2f} %, INT8 MACs {chosen.int8_share * 100:.1f} %")
+                   f"{chosen.metrics['top1_agreement'] * 100:.2f} %, {name} MACs {chosen.quantized_share * 100:.1f} %")
     else:
-        message = (f'INT8 budget not met within the bound ({stop or "every INT8 layer tried"}): best agreement '
+        message = (f'{name} budget not met within the bound ({stop or f"every {name} layer tried"}): best agreement '
                    f"{chosen.metrics['top1_agreement'] * 100:.2f} % after moving {len(chosen.moved)} layer(s); "
                    f"still over: {'; '.join(chosen.violations)}")
     (logger.info if met else logger.warning)('auto: %s', message)
@@ -268,8 +275,8 @@ def _prune(state: _Search, current: _Candidate, sensitivity: Dict[str, float], b
         stop = state.out_of_bounds()
         if stop:
             return current, stop
-        trial = state.try_moved([n for n in current.moved if n != node], 'back to INT8', node, sensitivity[node],
-                                base_share)
+        trial = state.try_moved([n for n in current.moved if n != node], f'back to {state.fmt.upper()}', node,
+                                sensitivity[node], base_share)
         if not trial.violations:
             current = trial
     return current, None

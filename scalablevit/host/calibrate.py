@@ -1,4 +1,5 @@
-"""INT8 activation calibration: batch-independent ranges of exactly the tensors a Q/DQ graph quantizes, on every core.
+"""INT8 and FP8 activation calibration: batch-independent ranges of exactly the tensors a Q/DQ graph quantizes, on
+every core.
 
 modelopt's ONNX INT8 path calibrates with onnxruntime's calibrators, which (1) expose and histogram every input and
 output of every MatMul/Conv/Gemm, quantized or not, in Python on one core, and (2) for ``entropy`` set each
@@ -18,8 +19,8 @@ move the threshold below the maximum). Here, instead:
   quantization of the histogram loses the least information, KL divergence), ``percentile`` (the
   ``PERCENTILE`` quantile of |x|, read off the histogram).
 
-A scale is threshold / 127 (symmetric INT8, as modelopt and onnxruntime compute it), written into the graph's
-scale initializer; weights keep modelopt's per-channel scales.
+A scale is threshold / 127 (symmetric INT8, as modelopt and onnxruntime compute it; threshold / 448 for FP8 E4M3),
+written into the graph's scale initializer; weights keep modelopt's per-channel scales.
 """
 import concurrent.futures
 import logging
@@ -179,9 +180,12 @@ def calibrate(fp32_file: Path, tensors: Sequence[str], batches: Iterable[np.ndar
     return hists
 
 
-def scales_of(hists: Dict[str, TensorHistogram], method: str, fixed: Optional[Dict[str, float]] = None
-              ) -> Dict[str, float]:
-    """tensor -> INT8 scale: threshold / 127, ``fixed`` thresholds as given; a tensor that was zero everywhere gets
-    the smallest positive scale."""
+def scales_of(hists: Dict[str, TensorHistogram], method: str, fixed: Optional[Dict[str, float]] = None,
+              qmax: float = INT8_MAX) -> Dict[str, float]:
+    """tensor -> scale: threshold / ``qmax`` (127 for INT8, 448 for FP8 E4M3: ``qdq.QDQ_FORMATS``), ``fixed``
+    thresholds as given; a tensor that was zero everywhere gets the smallest positive scale.
+
+    The thresholds do not depend on the format: ``entropy`` is TensorRT's INT8 KL search for both, as modelopt's
+    FP8 path calibrates INT8 and rescales by 448 / 127."""
     found = {t: threshold(h, method) for t, h in hists.items()}
-    return {t: max(v, np.finfo(np.float32).tiny) / INT8_MAX for t, v in {**found, **(fixed or {})}.items()}
+    return {t: max(v, np.finfo(np.float32).tiny) / qmax for t, v in {**found, **(fixed or {})}.items()}

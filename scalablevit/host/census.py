@@ -1,13 +1,14 @@
 """Precision census of a deployed ONNX: what a strongly typed TensorRT engine runs in which dtype, and its size.
 
 TensorRT builds our ONNX strongly typed, so the graph *is* the precision plan. The census reads it node by node as
-TensorRT will see it: Q/DQ pairs are not layers of their own (TensorRT fuses them into the INT8 ops around them), a
-MatMul/Gemm/Conv whose data and weight both come from DequantizeLinear runs INT8, every other node runs in the
-dtype of its output. From shapes at batch 1 (ONNX shape inference) it counts, per dtype:
+TensorRT will see it: Q/DQ pairs are not layers of their own (TensorRT fuses them into the INT8 or FP8 ops around
+them), a MatMul/Gemm/Conv whose data and weight both come from DequantizeLinear runs INT8 (or FP8 when the DQ's
+zero point is FLOAT8E4M3FN), every other node runs in the dtype of its output. From shapes at batch 1 (ONNX shape
+inference) it counts, per dtype:
 
 * ops per op type; MACs of Conv, MatMul (attention included) and Gemm, which equal ``scalablevit.models.complexity``;
-* weight bytes as the engine stores them (INT8 for quantized ops, else the initializer's dtype);
-* activation bytes at batch 1 (a tensor read only by QuantizeLinear is stored INT8: TensorRT fuses the Q).
+* weight bytes as the engine stores them (one byte for INT8 and FP8 ops, else the initializer's dtype);
+* activation bytes at batch 1 (a tensor read only by QuantizeLinear is stored in 8 bits: TensorRT fuses the Q).
 
 ``layers`` keeps the per-node records the cost estimate (``costmodel``) needs. Gates next to the accuracy budgets:
 no FP32 MACs outside the islands a rule of ``fp16_rules`` named (``census_violations``). onnx and numpy only.
@@ -17,15 +18,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['Layer', 'DTYPES', 'COMPUTE_OPS', 'layers_of', 'census', 'census_violations', 'bytes_per_image']
+__all__ = ['Layer', 'DTYPES', 'QUANTIZED', 'COMPUTE_OPS', 'layers_of', 'census', 'census_violations', 'bytes_per_image']
 
-DTYPES = ('int8', 'fp16', 'fp32')
+DTYPES = ('fp8', 'int8', 'fp16', 'fp32')
+QUANTIZED = ('fp8', 'int8')  # the 8-bit Q/DQ formats: one byte per element
 COMPUTE_OPS = ('Conv', 'MatMul', 'Gemm')
 _QDQ = ('QuantizeLinear', 'DequantizeLinear')
 _PASS_THROUGH = ('Cast', 'Identity')  # between an initializer and its consumer
 # ONNX TensorProto element type -> (dtype name, bytes per element)
 _ELEM = {1: ('fp32', 4), 10: ('fp16', 2), 16: ('bf16', 2), 3: ('int8', 1), 2: ('uint8', 1), 6: ('int32', 4),
-         7: ('int64', 8), 9: ('bool', 1), 11: ('fp64', 8)}
+         7: ('int64', 8), 9: ('bool', 1), 11: ('fp64', 8), 17: ('fp8', 1)}
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Layer:
 
     name: str
     op_type: str
-    dtype: str  # int8 | fp16 | fp32 | other (shape arithmetic)
+    dtype: str  # fp8 | int8 | fp16 | fp32 | other (shape arithmetic)
     macs: int
     weight_bytes: int
     in_bytes: int
@@ -83,6 +85,15 @@ class _Graph:
         node = self.producer.get(tensor)
         return node is not None and node.op_type == 'DequantizeLinear'
 
+    def quantized_dtype(self, node: Any) -> Optional[str]:
+        """'int8' or 'fp8' for a Conv / MatMul / Gemm whose data and weight both come from DequantizeLinear (the
+        format of its data input's zero point), else None."""
+        if node.op_type not in COMPUTE_OPS or len(node.input) < 2 or not all(map(self.from_dq, node.input[:2])):
+            return None
+        dq = self.producer[node.input[0]]
+        zero_point = self.types.get(dq.input[2]) if len(dq.input) > 2 else None
+        return 'fp8' if _ELEM.get(zero_point, ('',))[0] == 'fp8' else 'int8'
+
     def source(self, tensor: str) -> str:
         """The tensor behind Q/DQ and Cast chains: an initializer for weights, an activation otherwise."""
         node = self.producer.get(tensor)
@@ -95,7 +106,7 @@ class _Graph:
         return self.source(tensor) in self.initializers
 
     def stored_bytes(self, tensor: str) -> int:
-        """Bytes per element the engine holds ``tensor`` in: 1 behind a DQ (INT8) or when only Q reads it."""
+        """Bytes per element the engine holds ``tensor`` in: 1 behind a DQ (INT8, FP8) or when only Q reads it."""
         if self.from_dq(tensor):
             return 1
         readers = self.consumers.get(tensor, [])
@@ -126,8 +137,9 @@ def _macs(node: Any, g: _Graph) -> int:
 
 
 def _dtype(node: Any, g: _Graph) -> str:
-    if node.op_type in COMPUTE_OPS and len(node.input) >= 2 and g.from_dq(node.input[0]) and g.from_dq(node.input[1]):
-        return 'int8'
+    quantized = g.quantized_dtype(node)
+    if quantized:
+        return quantized
     name = g.elem(node.output[0])[0] if node.output else 'other'
     return name if name in DTYPES else 'other'
 
@@ -142,7 +154,7 @@ def layers_of(model: Any) -> List[Layer]:
         if node.op_type in _QDQ or not activations:  # fused by TensorRT, or constants it folds at build time
             continue
         dtype = _dtype(node, g)
-        weight_bytes = sum(g.numel(g.source(t)) * (1 if dtype == 'int8' and g.from_dq(t) else g.elem(t)[1])
+        weight_bytes = sum(g.numel(g.source(t)) * (1 if dtype in QUANTIZED and g.from_dq(t) else g.elem(t)[1])
                            for t in weights)
         layers.append(Layer(
             name=node.name, op_type=node.op_type, dtype=dtype,

@@ -24,20 +24,20 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from ..core.errors import ScalableViTError
 from ..core.peaks import device_limits
 from .fusion import Group, group_summary
 
-__all__ = ['estimate', 'estimate_table', 'error_band', 'limits_note', 'load_fit', 'device_class', 'FIT_FILE',
+__all__ = ['estimate', 'unsupported', 'error_band', 'limits_note', 'load_fit', 'device_class', 'FIT_FILE',
            'BANDWIDTH_FRACTION', 'CACHE_SHARE', 'TILE']
 
 FIT_FILE = Path(__file__).with_name('cost_fit.json')
 BANDWIDTH_FRACTION = 0.8  # what a streaming kernel reaches of the datasheet DRAM bandwidth (not fitted)
 CACHE_SHARE = 0.5  # an activation (or all weights) within this share of the L2 stays on chip
 TILE = 64  # output tile side of a tensor-core kernel for the occupancy rule
-_PEAK_FIELD = {'int8': 'int8_tops', 'fp16': 'fp16_tflops', 'fp32': 'fp32_tflops'}
+_PEAK_FIELD = {'fp8': 'fp8_tflops', 'int8': 'int8_tops', 'fp16': 'fp16_tflops', 'fp32': 'fp32_tflops'}
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +90,15 @@ def _peak(group: Group, limits: Dict[str, Any]) -> Optional[float]:
     return limits.get(_PEAK_FIELD.get(group.dtype, ''))
 
 
+def unsupported(groups: Sequence[Group], device: Union[str, Dict[str, Any]]) -> Optional[str]:
+    """Why ``device`` cannot run these kernels (FP8 on a GPU without FP8 tensor cores), or None."""
+    from ..core.compat import fp8_problem
+    limits = device_limits(device) if isinstance(device, str) else device
+    if limits.get('fp8_tflops') is None and any(g.dtype == 'fp8' for g in groups):
+        return fp8_problem(limits.get('compute_capability'), limits['name']) or f"{limits['name']} has no FP8 peak"
+    return None
+
+
 def estimate(groups: Sequence[Group], device: Union[str, Dict[str, Any]], batch: int = 1,
              fit: Optional[Dict[str, Any]] = None, kernels: bool = False) -> Dict[str, Any]:
     """The estimated time of one batch on ``device`` (a device_peaks.json key or a limits dict).
@@ -98,6 +107,9 @@ def estimate(groups: Sequence[Group], device: Union[str, Dict[str, Any]], batch:
     """
     fit = fit or load_fit()
     limits = device_limits(device) if isinstance(device, str) else device
+    problem = unsupported(groups, limits)
+    if problem:
+        raise ScalableViTError(problem)
     params = fit['classes'][device_class(limits)]
     launch = params['launch_us'] * 1e-6
     bandwidth = limits['mem_bw_gbs'] * 1e9 * BANDWIDTH_FRACTION
@@ -136,9 +148,3 @@ def estimate(groups: Sequence[Group], device: Union[str, Dict[str, Any]], batch:
     if kernels:
         result['kernels'] = rows
     return result
-
-
-def estimate_table(groups: Sequence[Group], devices: Iterable[str], batches: Iterable[int] = (1, 8)
-                   ) -> List[Dict[str, Any]]:
-    """``estimate`` for every device and batch size, in that order."""
-    return [estimate(groups, device, batch) for device in devices for batch in batches]

@@ -1,4 +1,4 @@
-"""Where a candidate ONNX (INT8 or FP16) departs from its FP32 source: block by block and node by node.
+"""Where a candidate ONNX (INT8, FP8 or FP16) departs from its FP32 source: block by block and node by node.
 
 Both graphs run side by side on the same images with their intermediate tensors exposed as outputs (onnxruntime
 CPU running each graph as written, see ``_exposed_session``). Tensors are matched **by name**: modelopt's Q/DQ
@@ -8,8 +8,10 @@ Per matched tensor, over all images:
 
 * cosine similarity and relative L2 error ``||cand - ref|| / ||ref||`` of the whole tensor, max |cand - ref|;
 * the range that explains them: FP32 max |x|, RMS and median |x|, and, where the candidate quantizes the tensor, its
-  INT8 step (``scale``) and the share of values beyond the clip range ``127 * scale``. A step near or above the
-  median |x| means the typical value rounds to a level or two, or to zero: an outlier channel set the scale;
+  quantizer step at the median |x| (INT8: ``scale`` everywhere; FP8 E4M3: 2^-3 of the value's power of two, at
+  least 2^-9 ``scale``) and the share of values beyond the clip range (``127.5 * scale``; FP8 ``464 * scale``). A
+  step near or above the median |x| means the typical value rounds to a level or two, or to zero: an outlier
+  channel set the scale (FP8's relative grid keeps the step near 2^-3 of the value until it turns subnormal);
 * ``local_error``: the node's output error minus the largest error of the tensors it reads (behind Q/DQ and
   Casts). That is the error the node itself adds, and what ``autoquant`` ranks quantized layers by.
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from ..core.errors import ScalableViTError
 from ..core.fileio import PathLike, write_json, write_text
+from .export import onnx_precision
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,8 @@ class Probe:
     block: Optional[str]
     depth: int  # index of the producing node in the FP32 graph (topological order)
     sources: Tuple[str, ...] = ()  # the activation tensors the candidate node reads, behind Q/DQ and Casts
-    quantized: bool = False  # the candidate node reads a DequantizeLinear output (an INT8 layer)
-    int8_scale: Optional[float] = None  # the candidate quantizes this tensor (per-tensor scale)
+    quantized: bool = False  # the candidate node reads a DequantizeLinear output (an INT8 or FP8 layer)
+    qdq_scale: Optional[float] = None  # the candidate quantizes this tensor (per-tensor scale)
 
 
 @dataclass
@@ -158,7 +161,26 @@ def _source(tensor: str, producer: Dict[str, Any]) -> str:
     return tensor
 
 
-def _int8_scales(model: Any, producer: Dict[str, Any]) -> Dict[str, float]:
+# Q/DQ format -> the largest |x / scale| that rounds to within half a step of the top level (beyond it: clipped)
+CLIP_LEVEL = {'int8': 127.5, 'fp8': 464.0}
+
+
+def quantizer_step(fmt: str, scale: float, value: float) -> float:
+    """The distance between the levels around ``value`` of a quantizer with ``scale``: INT8's uniform ``scale``;
+    FP8 E4M3's 2^(e - 3) ``scale`` for a value in [2^e, 2^(e+1)) ``scale``, subnormal below 2^-6 (step 2^-9)."""
+    if fmt != 'fp8':
+        return scale
+    exponent = math.floor(math.log2(value / scale)) if value > 0 else -6
+    return 2.0 ** (max(exponent, -6) - 3) * scale
+
+
+def _qdq_format(model: Any) -> Optional[str]:
+    """'int8' or 'fp8' for a Q/DQ candidate, None for FP32 / FP16 ones."""
+    precision = onnx_precision(model)
+    return precision if precision in CLIP_LEVEL else None
+
+
+def _qdq_scales(model: Any, producer: Dict[str, Any]) -> Dict[str, float]:
     """tensor -> per-tensor scale of the QuantizeLinear that quantizes it (behind Casts) in ``model``."""
     values = _constant_values(model)
     scales = {}
@@ -174,7 +196,7 @@ def probes(reference: Any, candidate: Any) -> List[Probe]:
     ref_types, cand_types = _float_types(reference), _float_types(candidate)
     producer = {out: node for node in candidate.graph.node for out in node.output}
     constants = set(_constant_values(candidate))
-    scales = _int8_scales(candidate, producer)
+    scales = _qdq_scales(candidate, producer)
     found = []
     for depth, node in enumerate(reference.graph.node):
         for tensor in node.output:
@@ -189,7 +211,7 @@ def probes(reference: Any, candidate: Any) -> List[Probe]:
                 sources=tuple(s for s in sources if s not in constants),
                 quantized=any(producer.get(t) is not None and producer[t].op_type == 'DequantizeLinear'
                               for t in cand.input),
-                int8_scale=scales.get(tensor)))
+                qdq_scale=scales.get(tensor)))
     return found
 
 
@@ -262,7 +284,8 @@ def measure(reference: ModelLike, candidate: ModelLike, images: np.ndarray, batc
     batch = batch_size or batch_size_for(ref_model, found, memory_budget)
     input_name = ref_model.graph.input[0].name
     stats = {p.tensor: _Stats() for p in found}
-    clip = {p.tensor: 127.5 * p.int8_scale for p in found if p.int8_scale}
+    level = CLIP_LEVEL[_qdq_format(cand_model) or 'int8']
+    clip = {p.tensor: level * p.qdq_scale for p in found if p.qdq_scale}
     logger.info('divergence: %d tensors matched by name, %d images in batches of %d', len(found), len(images), batch)
     sessions = [_exposed_session(m, names) for m in (ref_model, cand_model)]
     for start in range(0, len(images), batch):
@@ -285,20 +308,21 @@ def local_errors(found: Sequence[Probe], metrics: Dict[str, Dict[str, Any]]) -> 
     return {p.node: metrics[p.tensor]['local_error'] for p in found if p.quantized}
 
 
-def _rows(found: Sequence[Probe], metrics: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One JSON row per probe; a quantized node also gets the INT8 step (over median |x|) and clipping of what it
-    reads."""
+def _rows(found: Sequence[Probe], metrics: Dict[str, Dict[str, Any]], fmt: str) -> List[Dict[str, Any]]:
+    """One JSON row per probe; a quantized node also gets the quantizer step at the median |x| (over it) and the
+    clipping of what it reads."""
     rows = []
     for p in found:
         m = metrics[p.tensor]
-        step = p.int8_scale
+        median = m['fp32_median_abs']
+        step = quantizer_step(fmt, p.qdq_scale, median) if p.qdq_scale else None
         rows.append({'tensor': p.tensor, 'node': p.node, 'op_type': p.op_type, 'block': p.block, 'depth': p.depth,
-                     'quantized': p.quantized, 'sources': list(p.sources), **m, 'int8_step': step,
-                     'int8_step_over_median': step / m['fp32_median_abs'] if step and m['fp32_median_abs'] else None})
+                     'quantized': p.quantized, 'sources': list(p.sources), **m, 'scale': p.qdq_scale, 'step': step,
+                     'step_over_median': step / median if step and median else None})
     by_tensor = {r['tensor']: r for r in rows}
     for row in rows:
-        feeds = [by_tensor[s] for s in row['sources'] if s in by_tensor and by_tensor[s]['int8_step']]
-        row['input_int8_step_over_median'] = max((f['int8_step_over_median'] or 0.0 for f in feeds), default=None)
+        feeds = [by_tensor[s] for s in row['sources'] if s in by_tensor and by_tensor[s]['step']]
+        row['input_step_over_median'] = max((f['step_over_median'] or 0.0 for f in feeds), default=None)
         row['input_clipped_fraction'] = max((f['clipped_fraction'] for f in feeds), default=None)
     return rows
 
@@ -314,13 +338,14 @@ def divergence_report(reference: ModelLike, candidate: ModelLike, images: np.nda
 
     ``blocks``: one row per block output in depth order, with the node in the block that adds the most error;
     ``nodes``: every matched tensor; ``first_block`` / ``first_node``: the first to cross ``threshold``
-    (relative L2 error, or any non-finite value); ``quantized_nodes`` ranks the INT8 layers by local error.
+    (relative L2 error, or any non-finite value); ``quantized_nodes`` ranks the INT8 / FP8 layers by local error.
     """
     if not threshold > 0:
         raise ScalableViTError(f'divergence threshold must be a positive relative error, got {threshold}')
-    ref_model = _load(reference)
-    found, metrics = measure(ref_model, candidate, images, batch_size, progress)
-    rows = _rows(found, metrics)
+    ref_model, cand_model = _load(reference), _load(candidate)
+    found, metrics = measure(ref_model, cand_model, images, batch_size, progress)
+    fmt = _qdq_format(cand_model)
+    rows = _rows(found, metrics, fmt or 'int8')
     by_tensor = {r['tensor']: r for r in rows}
     blocks = []
     for block, tensor in block_outputs(ref_model).items():
@@ -335,7 +360,7 @@ def divergence_report(reference: ModelLike, candidate: ModelLike, images: np.nda
     return {
         'reference': str(reference) if not hasattr(reference, 'graph') else 'in-memory model',
         'candidate': str(candidate) if not hasattr(candidate, 'graph') else 'in-memory model',
-        'images': int(len(images)), 'threshold': threshold, 'matched_tensors': len(rows),
+        'format': fmt, 'images': int(len(images)), 'threshold': threshold, 'matched_tensors': len(rows),
         'first_block': next((b for b in blocks if _crossed(b, threshold)), None),
         'first_node': next((r for r in rows if _crossed(r, threshold)), None),
         'blocks': blocks, 'quantized_nodes': [{'node': r['node'], 'op_type': r['op_type'], 'block': r['block'],
@@ -362,7 +387,8 @@ def render_markdown(report: Dict[str, Any], top: int = 12) -> str:
                   f"(local error {first['worst_local_error']:.3g}).", '']
     else:
         lines += ['No block crosses the threshold.', '']
-    lines += ['| block | output | cosine | rel. L2 error | max abs error | FP32 max abs | FP32 RMS | INT8 nodes '
+    name = (report.get('format') or 'int8').upper()
+    lines += [f'| block | output | cosine | rel. L2 error | max abs error | FP32 max abs | FP32 RMS | {name} nodes '
               '| node adding most error (local error) |', '|---|---|---:|---:|---:|---:|---:|---:|---|']
     lines += [f"| {b['block']} | `{b['tensor']}` | {b['cosine']:.5f} | {b['rel_l2']:.3g} | {b['max_abs_err']:.3g} "
               f"| {b['fp32_absmax']:.3g} | {b['fp32_rms']:.3g} | {b['quantized_nodes']} | `{b['worst_node']}` "
@@ -370,16 +396,17 @@ def render_markdown(report: Dict[str, Any], top: int = 12) -> str:
     by_node = {r['node']: r for r in report['nodes']}
     ranked = report['quantized_nodes'][:top]
     if ranked:
-        lines += ['', f'## INT8 nodes adding the most error (top {len(ranked)} of {len(report["quantized_nodes"])})',
+        lines += ['', f'## {name} nodes adding the most error (top {len(ranked)} of {len(report["quantized_nodes"])})',
                   '', 'Local error: the node\'s output error minus the largest error of what it reads. The ranges are '
-                  'those of its output; the INT8 step and clipping are those of the quantized tensor it reads (the '
-                  'largest step over median |x| when it reads several; weights are quantized per channel, not shown).',
-                  '', '| node | op | local error | rel. L2 error | FP32 max abs | FP32 RMS | input INT8 step / median '
-                  '|x| | input clipped |', '|---|---|---:|---:|---:|---:|---:|---:|']
+                  f'those of its output; the {name} step (at the median |x|) and clipping are those of the quantized '
+                  'tensor it reads (the largest step over median |x| when it reads several; weights are quantized per '
+                  'channel, not shown).',
+                  '', f'| node | op | local error | rel. L2 error | FP32 max abs | FP32 RMS | input {name} step / '
+                  'median |x| | input clipped |', '|---|---|---:|---:|---:|---:|---:|---:|']
         for q in ranked:
             r = by_node[q['node']]
             lines.append(f"| `{q['node']}` | {q['op_type']} | {q['local_error']:.3g} | {r['rel_l2']:.3g} "
-                         f"| {r['fp32_absmax']:.3g} | {r['fp32_rms']:.3g} | {_g(r['input_int8_step_over_median'])} "
+                         f"| {r['fp32_absmax']:.3g} | {r['fp32_rms']:.3g} | {_g(r['input_step_over_median'])} "
                          f"| {_g(r['input_clipped_fraction'], '.2%')} |")
     return '\n'.join(lines) + '\n'
 
@@ -395,7 +422,8 @@ def plot_divergence(report: Dict[str, Any], path: PathLike, title: Optional[str]
         return None
     rows, blocks, floor = report['nodes'], report['blocks'], 1e-7
     fig, (ax_err, ax_rng) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw={'height_ratios': [3, 2]})
-    for quantized, color, label in ((False, '0.65', 'tensor'), (True, 'tab:orange', 'INT8 node output')):
+    name = (report.get('format') or 'int8').upper()
+    for quantized, color, label in ((False, '0.65', 'tensor'), (True, 'tab:orange', f'{name} node output')):
         sel = [r for r in rows if r['quantized'] == quantized]
         ax_err.scatter([r['depth'] for r in sel], [max(r['rel_l2'], floor) for r in sel], s=9, c=color, label=label)
         ax_rng.scatter([r['depth'] for r in sel], [max(r['fp32_absmax'], floor) for r in sel], s=9, c=color)
@@ -403,9 +431,9 @@ def plot_divergence(report: Dict[str, Any], path: PathLike, title: Optional[str]
     ax_err.plot(depth, [max(b['rel_l2'], floor) for b in blocks], '-o', c='tab:blue', ms=4, label='block output')
     ax_rng.plot(depth, [max(b['fp32_absmax'], floor) for b in blocks], '-o', c='tab:blue', ms=4, label='max |x|')
     ax_rng.plot(depth, [max(b['fp32_rms'], floor) for b in blocks], '--', c='tab:blue', lw=1, label='RMS')
-    steps = [r for r in rows if r['int8_step']]
-    ax_rng.scatter([r['depth'] for r in steps], [r['int8_step'] for r in steps], marker='_', s=60, c='tab:red',
-                   label='INT8 step of a quantized tensor')
+    steps = [r for r in rows if r['step']]
+    ax_rng.scatter([r['depth'] for r in steps], [r['step'] for r in steps], marker='_', s=60, c='tab:red',
+                   label=f'{name} step of a quantized tensor (at its median |x|)')
     ax_err.axhline(report['threshold'], c='tab:red', lw=1, ls=':', label=f"threshold {report['threshold']:g}")
     first = report['first_block']
     if first:

@@ -233,7 +233,8 @@ def read_metadata(model: Any) -> Dict[str, str]:
 
 
 def onnx_precision(model: Any) -> str:
-    """'int8' when the graph has Q/DQ nodes, 'fp16' when any tensor is float16, else 'fp32'.
+    """'int8' or 'fp8' when the graph has Q/DQ nodes (by their zero points), 'fp16' when any tensor is float16,
+    else 'fp32'.
 
     Our quantized files also say it in ``scalablevit.precision`` metadata; this reads any ONNX file.
     """
@@ -242,8 +243,8 @@ def onnx_precision(model: Any) -> str:
     if declared:
         return declared
     graph = model.graph
-    if any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in _nodes(graph)):
-        return 'int8'
+    if any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in _nodes(graph)):  # FP8 zero points: E4M3
+        return 'fp8' if any(t.data_type == TensorProto.FLOAT8E4M3FN for t in graph.initializer) else 'int8'
     types = [t.data_type for t in graph.initializer]
     types += [v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)]
     types += [a.i for n in _nodes(graph) if n.op_type == 'Cast' for a in n.attribute if a.name == 'to']

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .census import COMPUTE_OPS, _Graph, _macs
+from .census import COMPUTE_OPS, QUANTIZED, _Graph, _macs
 
 __all__ = ['Group', 'RULES', 'groups_of', 'group_summary']
 
@@ -67,7 +67,7 @@ class Group:
     kind: str  # conv | gemm | attention | norm | softmax | pointwise | reduce | copy
     nodes: List[str]
     op_types: List[str]
-    dtype: str  # the dtype its math runs in: int8 | fp16 | fp32 (an 'assumed' plan overrides fp32)
+    dtype: str  # the dtype its math runs in: fp8 | int8 | fp16 | fp32 (an 'assumed' plan overrides fp32)
     macs: int = 0
     weight_bytes: int = 0
     inputs: Dict[str, int] = field(default_factory=dict)  # boundary activation -> bytes at batch 1
@@ -124,11 +124,11 @@ class _Fuser:
         return [t for t in node.input if t and t not in self.static and not self.g.is_weight(t)]
 
     def dtype(self, node: Any) -> str:
-        if node.op_type in COMPUTE_OPS and len(node.input) >= 2 and self.g.from_dq(node.input[0]) and \
-                self.g.from_dq(node.input[1]):
-            return 'int8'
+        quantized = self.g.quantized_dtype(node)
+        if quantized:
+            return quantized
         name = self.g.elem(node.output[0])[0] if node.output else 'other'
-        if name not in ('int8', 'fp16'):  # integer and boolean work (indices, masks) is costed like FP32
+        if name not in ('fp8', 'int8', 'fp16'):  # integer and boolean work (indices, masks) is costed like FP32
             name = 'fp32'
         return self.assume if self.assume and name == 'fp32' else name
 
@@ -271,7 +271,7 @@ class _Fuser:
                 if g.is_weight(tensor):
                     source = g.source(tensor)
                     if g.numel(source) > 1:
-                        per = 1 if group.dtype == 'int8' and g.from_dq(tensor) else g.elem(source)[1]
+                        per = 1 if group.dtype in QUANTIZED and g.from_dq(tensor) else g.elem(source)[1]
                         group.weight_bytes += g.numel(source) * per
                     continue
                 producer = self.producer(tensor)

@@ -39,12 +39,12 @@ class HostOptions:
     out: Optional[Path] = None
     calib_dir: Optional[Path] = None
     calib_size: int = 512
-    calib_batch: Optional[int] = None  # INT8 calibration batch; None: quantize.calibration_batch (model size)
+    calib_batch: Optional[int] = None  # INT8/FP8 calibration batch; None: quantize.calibration_batch (model size)
     val_dir: Optional[Path] = None
     val_size: int = 100
     input_size: Optional[int] = None
     opset: int = 17
-    int8_method: str = 'entropy'
+    int8_method: Optional[str] = None  # None: the format's default (int8_policy.DEFAULT_METHODS)
     int8_policy: str = 'default'
     int8_high_precision: str = 'fp16'
     int8_target: Optional[str] = None  # auto policies: 'agreement=99.5,drop=0.2' (tighter than the budget)
@@ -54,7 +54,7 @@ class HostOptions:
     target: str = 'desktop'  # the report's cost estimate is for this target's reference device
     force: bool = False
     fold_normalization: bool = False  # the ONNX takes RGB 0-255 (scalablevit.models.fold); data fed to match
-    int8: Any = dataclasses.field(default=None, init=False)  # quantize.Int8Settings, set by validate()
+    qdq: Any = dataclasses.field(default=None, init=False)  # int8_policy.QdqSettings (int8, fp8), set by validate()
 
     def validate(self) -> 'HostOptions':
         from ..core.compat import check_opset
@@ -64,16 +64,18 @@ class HostOptions:
         load_target(self.target)
         check_precision(self.precision)
         check_opset(self.opset)
-        int8_only = [flag for flag, value in (('--int8-target', self.int8_target), ('--calib-batch', self.calib_batch))
-                     if value is not None]
-        if self.precision != 'int8' and int8_only:
-            raise ScalableViTError(f"{' and '.join(int8_only)}: for --precision int8 only, not {self.precision}")
-        if self.precision == 'int8':
-            from .int8_policy import Int8Settings
-            self.int8 = Int8Settings(method=self.int8_method, policy=self.int8_policy,
-                                     exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
-                                     high_precision_dtype=self.int8_high_precision, target=self.int8_target,
-                                     batch_size=self.calib_batch)
+        from .int8_policy import DEFAULT_METHODS, QdqSettings
+        qdq_only = [flag for flag, value in (('--int8-target', self.int8_target), ('--calib-batch', self.calib_batch))
+                    if value is not None]
+        if self.precision not in DEFAULT_METHODS and qdq_only:
+            raise ScalableViTError(f"{' and '.join(qdq_only)}: for --precision int8 or fp8 only, not {self.precision}")
+        if self.precision in DEFAULT_METHODS:
+            from ..device.targets import check_target_precision
+            check_target_precision(load_target(self.target), self.precision)
+            self.qdq = QdqSettings(fmt=self.precision, method=self.int8_method, policy=self.int8_policy,
+                                   exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
+                                   high_precision_dtype=self.int8_high_precision, target=self.int8_target,
+                                   batch_size=self.calib_batch)
         if self.calib_size < 1 or self.val_size < 1:
             raise ScalableViTError('--calib-size and --val-size must be positive')
         if self.input_size is not None:
@@ -289,13 +291,13 @@ class HostPipeline:
         fp32_sha = self.bundle.manifest['onnx']['fp32']['sha256']
         calib_file = self.bundle.file('calibration.npz')
         settings: Dict[str, Any] = {'precision': opt.precision}
-        if opt.precision == 'int8':  # not the batch: the scales do not depend on it (host.calibrate)
-            settings.update({k: v for k, v in dataclasses.asdict(opt.int8).items() if k != 'batch_size'})
+        if opt.qdq:  # not the batch: the scales do not depend on it (host.calibrate)
+            settings.update({k: v for k, v in dataclasses.asdict(opt.qdq).items() if k != 'batch_size'})
         # The key also holds what the policy name and the module constants stand for, so editing them rebuilds.
-        behaviour = (opt.int8.record() if opt.int8 else None, int8_policy.HAZARDS, int8_policy.FP16_KEEP_FP32_OP_TYPES,
+        behaviour = (opt.qdq.record() if opt.qdq else None, int8_policy.HAZARDS, int8_policy.FP16_KEEP_FP32_OP_TYPES,
                      fp16_rules.LAYERNORM_LIMIT, fp16_rules.RANGE_LIMIT, fp16_rules.RANGE_CHECK_IMAGES,
-                     *((quantize.GEMV_PROBE_BATCH, calibrate.CALIBRATOR) if opt.int8 else ()))
-        search = bool(opt.int8 and opt.int8.record()['search'])
+                     *((quantize.GEMV_PROBE_BATCH, calibrate.CALIBRATOR) if opt.qdq else ()))
+        search = bool(opt.qdq and opt.qdq.record()['search'])
         if search:  # the search also depends on the reference set it evaluates on, the budgets and its bounds
             behaviour += (self.bundle.manifest['reference']['sha256'], _auto_behaviour())
         key = stage_key('quantize', __version__, fp32_sha, self.bundle.manifest['calibration']['sha256'], settings,
@@ -303,12 +305,12 @@ class HostPipeline:
 
         def work() -> Dict[str, Any]:
             from ..data.store import StoredImages
-            # INT8 calibrates on these images; FP16 measures on them which nodes risk FP16 overflow. Both read
-            # them from the file a batch at a time, never the whole set.
+            # INT8 and FP8 calibrate on these images; FP16 measures on them which nodes risk FP16 overflow. All
+            # read them from the file a batch at a time, never the whole set.
             calib = StoredImages(calib_file)
-            if opt.precision == 'int8':
-                info = quantize.quantize_int8(fp32, self.bundle.file(name), calib, opt.int8, source_sha256=fp32_sha,
-                                              evaluation=self.bundle.reference() if search else None)
+            if opt.qdq:
+                info = quantize.quantize_qdq(fp32, self.bundle.file(name), calib, opt.qdq, source_sha256=fp32_sha,
+                                             evaluation=self.bundle.reference() if search else None)
             else:
                 info = quantize.convert_fp16(fp32, self.bundle.file(name), calibration=calib, source_sha256=fp32_sha)
             return {**settings, **info}
@@ -359,7 +361,7 @@ class HostPipeline:
         from ..core.peaks import load_peaks
         from ..device.targets import load_target
         from .census import DTYPES, census, layers_of
-        from .costmodel import error_band, estimate, limits_note
+        from .costmodel import error_band, estimate, limits_note, unsupported
         from .export import load_onnx
         from .fusion import group_summary, groups_of
         model = load_onnx(self.bundle.file(deploy))
@@ -374,7 +376,7 @@ class HostPipeline:
         self.bundle.manifest['latency_estimate'] = {
             'error_band': error_band(), 'fusion': group_summary(groups),
             'ms': {device: {str(b): round(estimate(groups, device, b)['latency_ms'], 4) for b in (1, 8)}
-                   for device in load_peaks()}}
+                   for device in load_peaks() if not unsupported(groups, device)}}  # FP8: GPUs with FP8 only
         self.bundle.save()
         target = load_target(self.opt.target)
         devices = [target.reference_device] if target.reference_device else []

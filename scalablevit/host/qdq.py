@@ -1,11 +1,12 @@
-"""Q/DQ graphs: which nodes an INT8 model quantizes, and the rewrites that move a node out of INT8.
+"""Q/DQ graphs: which nodes an INT8 or FP8 model quantizes, and the rewrites that move a node out of its Q/DQ.
 
 onnx graph work only (no modelopt): node selection by op type and name pattern, the Q/DQ census of compute ops,
-zero-point checks, and ``moved_out_of_int8``, which reroutes a node around its Q/DQ on the one calibrated graph.
+the two Q/DQ formats (``QDQ_FORMATS``), zero-point checks, and ``moved_out_of_qdq``, which reroutes a node around
+its Q/DQ on the one calibrated graph.
 """
 import logging
 import re
-from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -14,8 +15,13 @@ from .int8_policy import compile_pattern
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['match_nodes', 'quantized_nodes', 'qdq_summary', 'check_zero_points', 'moved_out_of_int8']
-COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 exists for; qdq_summary counts them
+__all__ = ['QDQ_FORMATS', 'match_nodes', 'quantized_nodes', 'qdq_summary', 'qdq_format', 'check_zero_points',
+           'moved_out_of_qdq']
+COMPUTE_OP_TYPES = ('MatMul', 'Gemm', 'Conv')  # the ops INT8 and FP8 exist for; qdq_summary counts them
+# Q/DQ format -> (ONNX element type of its zero points, the largest magnitude it holds). TensorRT's symmetric
+# quantization: INT8 (TensorProto.INT8) to +-127, FP8 E4M3 (TensorProto.FLOAT8E4M3FN, ONNX opset >= 19) to +-448;
+# a scale is the calibrated threshold over that maximum, for activations and weights (quantize._fp8_weight_scales).
+QDQ_FORMATS = {'int8': (3, 127.0), 'fp8': (17, 448.0)}
 
 
 def opset_of(model: Any) -> int:
@@ -55,18 +61,6 @@ def _producers(model: Any) -> Dict[str, Any]:
     return {out: node for node in model.graph.node for out in node.output}
 
 
-def _constants(model: Any) -> Dict[str, np.ndarray]:
-    """Initializers and Constant-node values by tensor name."""
-    from onnx import numpy_helper
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == 'Constant':
-            for attr in node.attribute:
-                if attr.name == 'value':
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
 def quantized_nodes(model: Any, op_types: Sequence[str] = COMPUTE_OP_TYPES) -> List[str]:
     """Names of ``op_types`` nodes whose data and weight inputs (first two) both come from DequantizeLinear."""
     producers = _producers(model)
@@ -96,12 +90,39 @@ def qdq_summary(model: Any) -> Dict[str, Any]:
                                                                                       by_type.values())}
 
 
-def check_zero_points(model: Any, name: str = 'INT8 model') -> int:
-    """Every Q/DQ must have an explicit int8 zero point of 0 and a finite positive scale (TensorRT's rules).
+def _constant_protos(model: Any) -> Dict[str, Any]:
+    """Initializers and Constant-node values by tensor name, as TensorProtos (their element type is the point)."""
+    protos = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == 'Constant':
+            protos.update({node.output[0]: a.t for a in node.attribute if a.name == 'value'})
+    return protos
+
+
+def qdq_format(model: Any) -> Optional[str]:
+    """'int8' or 'fp8' from the zero points of the model's Q/DQ nodes, None without Q/DQ; a model that mixes
+    formats, or has zero points of neither, is refused (TensorRT's explicit quantization takes these two)."""
+    protos = _constant_protos(model)
+    types = {protos[n.input[2]].data_type if len(n.input) > 2 and n.input[2] in protos else None
+             for n in model.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')}
+    found = [fmt for fmt, (elem, _) in QDQ_FORMATS.items() if elem in types]
+    if not types:
+        return None
+    if len(found) != 1 or len(types) != 1:
+        raise ScalableViTError(f'the Q/DQ zero points mix or miss formats (ONNX element types '
+                               f'{sorted(map(str, types))}); expected all int8 or all float8e4m3fn')
+    return found[0]
+
+
+def check_zero_points(model: Any, name: str = 'INT8 model', fmt: str = 'int8') -> int:
+    """Every Q/DQ must have an explicit zero point of 0 of the format's type (int8, or float8e4m3fn for FP8) and a
+    finite positive scale (TensorRT's rules).
 
     Returns the number of Q/DQ nodes checked; raises ScalableViTError naming the first offending node.
     """
-    values = _constants(model)
+    from onnx import numpy_helper
+    elem, _ = QDQ_FORMATS[fmt]
+    protos = _constant_protos(model)
     checked = 0
     for node in model.graph.node:
         if node.op_type not in ('QuantizeLinear', 'DequantizeLinear'):
@@ -109,12 +130,16 @@ def check_zero_points(model: Any, name: str = 'INT8 model') -> int:
         checked += 1
         if len(node.input) < 3 or not node.input[2]:
             raise ScalableViTError(f'{name}: {node.op_type} {node.name} has no zero point (uint8 by default); '
-                                   f'TensorRT needs int8 with zero point 0')
-        zp, scale = values.get(node.input[2]), values.get(node.input[1])
-        if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
-            found = 'not a constant' if zp is None else f'{zp.dtype} {np.unique(zp)[:4].tolist()}'
-            raise ScalableViTError(f'{name}: {node.op_type} {node.name} zero point is {found}; TensorRT needs int8 0')
-        if scale is None or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+                                   f'TensorRT needs {fmt} with zero point 0')
+        zp, scale = protos.get(node.input[2]), protos.get(node.input[1])
+        if zp is None or zp.data_type != elem or np.any(numpy_helper.to_array(zp).astype(np.float32) != 0):
+            found = 'not a constant' if zp is None else (
+                f'element type {zp.data_type}, values '
+                f'{np.unique(numpy_helper.to_array(zp).astype(np.float32))[:4].tolist()}')
+            raise ScalableViTError(f'{name}: {node.op_type} {node.name} zero point is {found}; TensorRT needs {fmt} 0 '
+                                   f'(element type {elem})')
+        values = None if scale is None else numpy_helper.to_array(scale).astype(np.float32)
+        if values is None or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ScalableViTError(f'{name}: {node.op_type} {node.name} has a non-constant, zero or non-finite scale')
     return checked
 
@@ -153,8 +178,8 @@ def _drop_unused(model: Any, op_types: Sequence[str]) -> None:
         model.graph.node.extend(keep)
 
 
-def moved_out_of_int8(model: Any, nodes: Sequence[str]) -> Tuple[Any, int]:
-    """A copy of the deployable INT8 ``model`` with ``nodes`` reading the tensors behind their Q/DQ pairs.
+def moved_out_of_qdq(model: Any, nodes: Sequence[str]) -> Tuple[Any, int]:
+    """A copy of the deployable INT8 or FP8 ``model`` with ``nodes`` reading the tensors behind their Q/DQ pairs.
 
     The same rewrite as every exclusion (``reroute_excluded``), done after the FP16 step: AutoCast gave each Q/DQ
     pair one dtype (FP16, or FP32 for an island's feeds), so the tensor behind the pair has the dtype the node
@@ -170,7 +195,7 @@ def moved_out_of_int8(model: Any, nodes: Sequence[str]) -> Tuple[Any, int]:
             dq = producers.get(tensor)
             q = producers.get(dq.input[0]) if dq is not None and dq.op_type == 'DequantizeLinear' else None
             if q is not None and q.op_type == 'QuantizeLinear' and _scale_type(copy, q) != _scale_type(copy, dq):
-                raise ScalableViTError(f'cannot move {node.name} out of INT8: the Q/DQ pair on {q.input[0]} mixes '
+                raise ScalableViTError(f'cannot move {node.name} out of its Q/DQ: the pair on {q.input[0]} mixes '
                                        f'dtypes')
     return copy, reroute_excluded(copy, wanted)
 

@@ -3,11 +3,14 @@
 * INT8: explicit Q/DQ (``modelopt.onnx.quantization.quantize``) calibrated with onnxruntime on the host.
   TensorRT 10+ builds a strongly typed engine straight from those Q/DQ nodes (TensorRT 11 has no other
   INT8 path). modelopt writes INT8 models at opset >= 19, which TensorRT 8.6 cannot parse.
+* FP8 (E4M3): the same path with modelopt's FP8 Q/DQ placement (``quantize_mode='fp8'``: it leaves out the convs
+  TensorRT has no FP8 kernel for: depthwise, fewer than 16 channels, filters over 32 taps) and scales threshold / 448;
+  for GPUs of compute capability >= 8.9 (``core.compat.FP8_MIN_COMPUTE_CAPABILITY``).
 * FP16: modelopt AutoCast (``convert_to_mixed_precision``) with FP32 inputs/outputs; kept FP32: op types /
   node names asked for, LayerNorms whose measured input range risks FP16 overflow, and what AutoCast's own
   range check on the calibration images flags.
 
-What stays out of INT8 is the policy of ``int8_policy``; the Q/DQ graph work is ``qdq``.
+What stays out of INT8 or FP8 is the policy of ``int8_policy``; the Q/DQ graph work is ``qdq``.
 
 modelopt writes intermediate files beside its input and output; it therefore runs in a private temporary
 directory, and only the final model is written (atomically) to the output path. modelopt, onnx and
@@ -23,20 +26,20 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.compat import INT8_MIN_TENSORRT
+from ..core.compat import QDQ_MIN_TENSORRT
 from ..core.errors import ScalableViTError
 from ..core.fileio import PathLike, atomic_path, sha256_bytes, sha256_file
 from ..core.steps import release_memory, timed_step
 from .calibrate import CALIBRATOR
 from .fp16_rules import fp16_islands, with_qdq_feeds
-from .int8_policy import (CALIBRATION_DEVICES, FP16_KEEP_FP32_OP_TYPES, Int8Settings, calibration_batch,
+from .int8_policy import (CALIBRATION_DEVICES, FP16_KEEP_FP32_OP_TYPES, QdqSettings, calibration_batch,
                           check_calibration_batch, check_choice, resolve_policy)
-from .qdq import (COMPUTE_OP_TYPES, check_zero_points, exact_patterns, match_nodes, moved_out_of_int8,
+from .qdq import (COMPUTE_OP_TYPES, QDQ_FORMATS, check_zero_points, exact_patterns, match_nodes, moved_out_of_qdq,
                   nodes_with_dq_inputs, opset_of, qdq_summary, quantized_nodes, reroute_excluded)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['quantize_int8', 'convert_fp16', 'fp32_compute_nodes']
+__all__ = ['quantize_qdq', 'convert_fp16', 'fp32_compute_nodes']
 GEMV_PROBE_BATCH = 8  # the batch modelopt's GEMV exclusions are decided at (_gemv_probe_shapes)
 
 
@@ -55,8 +58,10 @@ def _modelopt_log_level() -> str:
 
 # Lines dropped from stdout during a modelopt call: onnxruntime's calibrator prints the first once per batch
 # (our progress bar says it); the second marks records of the stdout handler modelopt.onnx re-adds on every
-# quantize() call, which also reach our own handler through propagation (so each record prints once).
-_STDOUT_NOISE = ('Collecting tensor data and making histogram', '- [modelopt][onnx] - ')
+# quantize() call, which also reach our own handler through propagation (so each record prints once); the last two
+# are onnx-graphsurgeon's in modelopt's FP8 conversion (an optional colour package; FP8 kept as the ONNX type).
+_STDOUT_NOISE = ('Collecting tensor data and making histogram', '- [modelopt][onnx] - ',
+                 'colored module is not installed', 'Could not convert: FLOAT8E4M3FN')
 
 
 class _StderrWithoutNoise(io.TextIOBase):
@@ -240,8 +245,8 @@ def _check_device(device: str) -> str:
     return ep
 
 
-# --------------------------------------------------------------------------------------- INT8
-def _calibration_reader(images: Any, input_name: str, batch_size: int, what: str = 'INT8 calibration') -> Any:
+# --------------------------------------------------------------------------------------- INT8 and FP8
+def _calibration_reader(images: Any, input_name: str, batch_size: int, what: str) -> Any:
     """onnxruntime CalibrationDataReader over ``images`` (an array or a ``data.StoredImages``) in batches read as
     they are asked for, with one progress bar per pass: memory holds a batch, not the set."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -272,20 +277,20 @@ def _calibration_reader(images: Any, input_name: str, batch_size: int, what: str
     return _Reader()
 
 
-def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
-                  settings: Optional[Int8Settings] = None, source_sha256: Optional[str] = None,
-                  evaluation: Optional[Dict[str, np.ndarray]] = None, **options: Any) -> Dict[str, Any]:
-    """Explicit-Q/DQ INT8 model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H, W float32, an array or
-    a ``data.StoredImages`` read a batch at a time).
+def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
+                 settings: Optional[QdqSettings] = None, source_sha256: Optional[str] = None,
+                 evaluation: Optional[Dict[str, np.ndarray]] = None, **options: Any) -> Dict[str, Any]:
+    """Explicit-Q/DQ INT8 or FP8 (``settings.fmt``) model of ``fp32_onnx`` calibrated on ``calibration`` (N, C, H,
+    W float32, an array or a ``data.StoredImages`` read a batch at a time).
 
-    ``settings`` (or ``Int8Settings(**options)``): nodes kept out of INT8 are the policy's (see INT8_POLICIES)
-    plus ``exclude_op_types`` and ``exclude_nodes`` (regexes searched in node names); calibration runs on
-    ``calibration_device`` ('cpu' or 'cuda', never silently another). ``source_sha256`` is the FP32 file's hash
+    ``settings`` (or ``QdqSettings(**options)``): nodes kept out of the Q/DQ format are the policy's (see
+    INT8_POLICIES) plus ``exclude_op_types`` and ``exclude_nodes`` (regexes searched in node names); calibration runs
+    on ``calibration_device`` ('cpu' or 'cuda', never silently another). ``source_sha256`` is the FP32 file's hash
     when the caller knows it. A searching policy ('auto') also needs ``evaluation``, the held-out reference set
     ('input', FP32 'logits', optional 'labels') its accuracy budget is measured on. Returns the facts for the
     manifest: settings, opset, Q/DQ counts, calibration size and hash, time, size, sha256 (and the search's steps).
     """
-    settings = settings or Int8Settings(**options)
+    settings = settings or QdqSettings(**options)
     out_path = Path(out_path)
     with timed_step('load'):
         model, src = _load_checked(fp32_onnx, source_sha256)
@@ -302,9 +307,10 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
     with timed_step('fp16 ranges'):
         islands = fp16_islands(model, images) if fp16 else {}
     version = _modelopt_version()
-    logger.info('INT8 quantization of %s: modelopt %s Q/DQ placement, %s calibration on %d images (%d batches of <= %d%s) '
-                'on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fp32_onnx, version,
-                settings.method, len(images), -(-len(images) // batch), batch,
+    fmt = settings.fmt.upper()
+    logger.info('%s quantization of %s: modelopt %s Q/DQ placement, %s calibration on %d images (%d batches of '
+                '<= %d%s) on %s, policy %s, %d nodes excluded, disable_mha_qdq=%s, %s elsewhere', fmt, fp32_onnx,
+                version, settings.method, len(images), -(-len(images) // batch), batch,
                 '' if settings.batch_size else ', for the model size', settings.calibration_device,
                 settings.policy, len(excluded), record['disable_mha_qdq'], settings.high_precision_dtype.upper())
     start = time.perf_counter()
@@ -312,8 +318,8 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
         staged, input_name = _stage_copy(model, work), model.graph.input[0].name
         del model  # modelopt reads the staged file: the FP32 model is not held beside modelopt's own copies
         release_memory()
-        with timed_step('int8 calibration'):
-            quantized = _run_modelopt_int8(staged, input_name, images, record, excluded, ep, batch, work)
+        with timed_step(f'{settings.fmt} calibration'):
+            quantized = _run_modelopt_qdq(staged, input_name, images, record, excluded, ep, batch, work)
             rerouted = reroute_excluded(quantized, set(excluded))
         if fp16:
             with timed_step('fp16 autocast'):
@@ -329,13 +335,14 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calibration: Any,
             excluded, rerouted = excluded + record['exclude_nodes_auto'], rerouted + moved_rerouted
     if not fp16:  # FP32 everywhere INT8 is not: by request, so each such compute node is named for the census
         done = set(quantized_nodes(quantized))
-        islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None, 'note': 'int8 high precision fp32'}
+        islands = {n.name: {'rule': 'requested', 'value': None, 'limit': None,
+                            'note': f'{settings.fmt} high precision fp32'}
                    for n in quantized.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in done}
     record['fp32_islands'] = islands
     with timed_step('check and save', [out_path]):
-        info = _finish_int8(quantized, src, out_path, record, excluded, rerouted, images, batch, settings, version,
-                            start)
-    logger.info('INT8: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d',
+        info = _finish_qdq(quantized, src, out_path, record, excluded, rerouted, images, batch, settings, version,
+                           start)
+    logger.info('%s: %d/%d MatMul/Gemm/Conv nodes quantized, %d FP32 island(s), opset %d', fmt,
                 info['qdq']['quantized_total'], info['qdq']['compute_total'], len(islands), info['opset'])
     return info
 
@@ -353,7 +360,7 @@ def _check_evaluation(evaluation: Optional[Dict[str, np.ndarray]], src: Dict[str
     return {**evaluation, 'input': images}
 
 
-def _search(start: Any, fp32_file: Path, images: Any, evaluation: Dict[str, np.ndarray], settings: Int8Settings,
+def _search(start: Any, fp32_file: Path, images: Any, evaluation: Dict[str, np.ndarray], settings: QdqSettings,
             record: Dict[str, Any]) -> Tuple[Any, int]:
     """autoquant's search from the deployable ``start`` graph; its facts go into ``record['auto']``. The FP32 model
     is read back from the staged ``fp32_file`` now, so it was not held through calibration."""
@@ -361,9 +368,9 @@ def _search(start: Any, fp32_file: Path, images: Any, evaluation: Dict[str, np.n
 
     from ..core.compare import load_budgets
     from .autoquant import search, target_budget
-    budget = target_budget(load_budgets()['int8'], settings.target)
-    result = search(lambda moved: moved_out_of_int8(start, moved), onnx.load(str(fp32_file)), images, evaluation,
-                    budget)
+    budget = target_budget(load_budgets()[settings.fmt], settings.target)
+    result = search(lambda moved: moved_out_of_qdq(start, moved), onnx.load(str(fp32_file)), images, evaluation,
+                    budget, settings.fmt)
     record['auto'] = result.record()
     record['exclude_nodes_auto'] = list(result.moved)  # the chosen exclusion set, also stamped in the ONNX
     return result.model, result.rerouted
@@ -377,37 +384,41 @@ def _excluded_nodes(model: Any, settings: Dict[str, Any]) -> List[str]:
     return [n.name for n in model.graph.node if n.name in policy | user]
 
 
-def _run_modelopt_int8(staged: Path, input_name: str, images: Any, settings: Dict[str, Any], excluded: List[str],
-                       ep: str, batch_size: int, work: Path) -> Any:
-    """modelopt's INT8 Q/DQ placement on the ``staged`` FP32 file with FP32 elsewhere (the FP16 step, with our
-    islands, comes after), its activation scales then replaced by ``calibrate``'s over every image: modelopt
-    calibrates on the first batch only (its own calibration is batch-dependent and slow; see calibrate)."""
+def _run_modelopt_qdq(staged: Path, input_name: str, images: Any, settings: Dict[str, Any], excluded: List[str],
+                      ep: str, batch_size: int, work: Path) -> Any:
+    """modelopt's INT8 or FP8 (``settings['format']``) Q/DQ placement on the ``staged`` FP32 file with FP32
+    elsewhere (the FP16 step, with our islands, comes after), its activation scales then replaced by ``calibrate``'s
+    over every image: modelopt calibrates on the first batch only (its own calibration is batch-dependent and slow;
+    see calibrate). FP8 mode is modelopt's INT8 placement less the convs TensorRT has no FP8 kernel for, converted
+    to E4M3 Q/DQ; its weight scales are replaced too (``_fp8_weight_scales``)."""
     import onnx
     from modelopt.onnx.quantization import quantize
-    output = work / 'model.int8.onnx'
+    output = work / f"model.{settings['format']}.onnx"
     try:
         from ..data.store import image_batches
         first = next(image_batches(images, 1))  # placement only (shapes, GEMVs): the scales come from _calibrate
         reader = _calibration_reader(first, input_name, 1, 'Q/DQ placement')
         with _without_per_batch_bars():
-            quantize(str(staged), quantize_mode='int8', calibration_method='max',
+            quantize(str(staged), quantize_mode=settings['format'], calibration_method='max',
                      calibration_data_reader=reader, calibration_shapes=_gemv_probe_shapes(input_name, images),
                      calibration_eps=[ep], nodes_to_exclude=exact_patterns(excluded) or None,
                      disable_mha_qdq=settings['disable_mha_qdq'], high_precision_dtype='fp32',
                      output_path=str(output), log_level=_modelopt_log_level())
     except (RuntimeError, ValueError, AssertionError, onnx.checker.ValidationError) as e:
-        raise ScalableViTError(f'modelopt INT8 quantization failed: {type(e).__name__}: {e}') from e
+        raise ScalableViTError(f"modelopt {settings['format'].upper()} quantization failed: {type(e).__name__}: {e}"
+                               ) from e
     if not output.is_file():
-        raise ScalableViTError('modelopt INT8 quantization wrote no model (see its log above)')
+        raise ScalableViTError(f"modelopt {settings['format'].upper()} quantization wrote no model (see its log "
+                               "above)")
     quantized = onnx.load(str(output))
     provider = next(p for e, p in CALIBRATION_DEVICES.values() if e == ep)  # the same device as modelopt's
-    _calibrate(quantized, staged, input_name, images, settings['method'], batch_size, provider)
+    _calibrate(quantized, staged, input_name, images, settings['method'], batch_size, provider, settings['format'])
     return quantized
 
 
 def _calibrate(quantized: Any, staged: Path, input_name: str, images: Any, method: str, batch_size: int,
-               provider: str) -> None:
-    """Replace the activation scales of ``quantized`` with ``method``'s over every calibration image."""
+               provider: str, fmt: str) -> None:
+    """Replace the activation scales of ``quantized`` (format ``fmt``) with ``method``'s over every image."""
     from onnx import numpy_helper
 
     from ..core.progress import progress
@@ -416,14 +427,41 @@ def _calibrate(quantized: Any, staged: Path, input_name: str, images: Any, metho
     tensors = quantized_activations(quantized)
     fixed = fixed_thresholds(quantized, tensors)
     hists = calibrate(staged, [t for t in tensors if t not in fixed], image_batches(images, batch_size), input_name,
-                      progress(len(images), f'INT8 calibration ({method})'), provider)
-    scales = scales_of(hists, method, fixed)
+                      progress(len(images), f'{fmt.upper()} calibration ({method})'), provider)
+    scales = scales_of(hists, method, fixed, qmax=QDQ_FORMATS[fmt][1])
     initializers = {t.name: t for t in quantized.graph.initializer}
     for node in quantized.graph.node:
         if node.op_type == 'QuantizeLinear' and node.input[0] in scales:
             scale = initializers[node.input[1]]
             scale.CopyFrom(numpy_helper.from_array(
                 np.array(scales[node.input[0]], dtype=numpy_helper.to_array(scale).dtype), scale.name))
+    if fmt == 'fp8':
+        _fp8_weight_scales(quantized, QDQ_FORMATS[fmt][1])
+
+
+def _fp8_weight_scales(quantized: Any, qmax: float) -> None:
+    """Weight scales of max|w| / 448 per output channel. modelopt's ``int8_to_fp8`` multiplies INT8 scales by
+    448 / 127, which puts the weights on +-127^2/448 = +-36 of E4M3's +-448 (NVIDIA/Model-Optimizer issue 215): a
+    weight below max|w| / 2304 turns subnormal instead of below max|w| / 28672. TensorRT's FP8 quantization (scale =
+    amax / 448) and modelopt's PyTorch FP8 recipe use the whole range; so do our activation scales."""
+    from onnx import numpy_helper
+    initializers = {t.name: t for t in quantized.graph.initializer}
+    readers: Dict[str, List[Any]] = {}
+    for node in quantized.graph.node:
+        for tensor in node.input:
+            readers.setdefault(tensor, []).append(node)
+    for node in quantized.graph.node:
+        if node.op_type != 'QuantizeLinear' or node.input[0] not in initializers:
+            continue
+        weight = np.abs(numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32))
+        axis = next((a.i for a in node.attribute if a.name == 'axis'), 1) % max(weight.ndim, 1)
+        names = {node.input[1]} | {r.input[1] for r in readers.get(node.output[0], [])
+                                   if r.op_type == 'DequantizeLinear'}
+        for name in names:
+            old = numpy_helper.to_array(initializers[name])
+            amax = weight.max() if old.ndim == 0 else weight.max(axis=tuple(i for i in range(weight.ndim) if i != axis))
+            new = np.maximum(amax, np.finfo(np.float32).tiny) / qmax
+            initializers[name].CopyFrom(numpy_helper.from_array(new.astype(old.dtype).reshape(old.shape), name))
 
 
 def _to_fp16(staged: Path, keep_fp32: List[str]) -> Any:
@@ -442,27 +480,28 @@ def _to_fp16(staged: Path, keep_fp32: List[str]) -> Any:
         raise ScalableViTError(f'modelopt AutoCast FP16 conversion failed: {type(e).__name__}: {e}') from e
 
 
-def _finish_int8(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[str, Any], excluded: List[str],
-                 rerouted: int, images: Any, batch: int, settings: Int8Settings, version: str,
+def _finish_qdq(model: Any, src: Dict[str, Any], out_path: Path, record: Dict[str, Any], excluded: List[str],
+                 rerouted: int, images: Any, batch: int, settings: QdqSettings, version: str,
                  start: float) -> Dict[str, Any]:
     """Check the result (zero points, TensorRT ops, exclusions), stamp metadata, write it atomically."""
     from .export import check_tensorrt_ops
-    name = f'INT8 model of {src["path"]}'
-    checked = check_zero_points(model, name)
+    name = f'{settings.fmt.upper()} model of {src["path"]}'
+    checked = check_zero_points(model, name, settings.fmt)
     if checked == 0:
         raise ScalableViTError(f'{name}: modelopt inserted no Q/DQ node (everything excluded?)')
     check_tensorrt_ops(model, name)
     leaks = nodes_with_dq_inputs(model, excluded)
     if leaks:
-        raise ScalableViTError(f'{name}: excluded nodes still read INT8 tensors: {", ".join(leaks[:3])}')
-    info = {**record, 'precision': 'int8', 'calibration_device': settings.calibration_device,
+        raise ScalableViTError(f'{name}: excluded nodes still read {settings.fmt.upper()} tensors: '
+                               f'{", ".join(leaks[:3])}')
+    info = {**record, 'precision': settings.fmt, 'calibration_device': settings.calibration_device,
             'modelopt_version': version, 'calibration_images': int(len(images)),
             'calibration_batch_size': batch, 'calibrator': CALIBRATOR[0],
             'calibration_sha256': _images_sha256(images), 'excluded_nodes': len(excluded),
-            'rerouted_inputs': rerouted, 'opset': opset_of(model), 'min_tensorrt': INT8_MIN_TENSORRT,
+            'rerouted_inputs': rerouted, 'opset': opset_of(model), 'min_tensorrt': QDQ_MIN_TENSORRT[settings.fmt],
             'qdq': qdq_summary(model), 'source_sha256': src['sha256']}
-    stamped = ('policy', 'method', 'calibrator', 'disable_mha_qdq', 'high_precision_dtype', 'calibration_sha256',
-               'modelopt_version', 'min_tensorrt')
+    stamped = ('format', 'policy', 'method', 'calibrator', 'disable_mha_qdq', 'high_precision_dtype',
+               'calibration_sha256', 'modelopt_version', 'min_tensorrt')
     _stamp(model, src, info, stamped + (('exclude_nodes_auto',) if 'auto' in info else ()))
     _save(model, out_path)
     info.update(time_s=time.perf_counter() - start, size_bytes=out_path.stat().st_size, sha256=sha256_file(out_path),

@@ -20,7 +20,11 @@ Engines: nvinfer builds ``model-engine-file`` from ``onnx-file`` when it is miss
 name ``<onnx-file>_b<batch>_gpu<id>_<fp32|fp16|int8>.engine``, which is the name written here so later runs
 reuse it. nvinfer's builder sets precision flags and needs a calibration file for INT8 (without one it logs
 "INT8 calibration file not specified. Trying FP16 mode."), so for an INT8 (Q/DQ) bundle the config says to build
-that engine strongly typed with trtexec first; the command is in the config and the manifest.
+that engine strongly typed with trtexec first; the command is in the config and the manifest. FP8 likewise, and
+more so: nvinfer's ``network-mode`` has no FP8 value (FP32, INT8, FP16 and BEST are all its parser accepts), its own
+build would be weakly typed, which TensorRT refuses for FP8 Q/DQ, so the config names FP16 (what the rest of the
+graph runs in) and an engine trtexec built strongly typed (``_fp8.engine``). That nvinfer loads a prebuilt FP8 engine
+is what it does with any plan; no DeepStream release documents it for FP8, and it has not run here.
 """
 import dataclasses
 import logging
@@ -41,6 +45,9 @@ logger = logging.getLogger(__name__)
 __all__ = ['nvinfer_normalization', 'write_probs_onnx', 'DeepStreamConfig', 'check_ids', 'export_deepstream']
 
 NETWORK_MODE = {'fp32': 0, 'int8': 1, 'fp16': 2}  # NvDsInferNetworkMode enum order
+# bundle precision -> network-mode: FP8 has none; its prebuilt engine runs what is not FP8 in FP16
+MODE_OF = {'fp32': 'fp32', 'fp16': 'fp16', 'int8': 'int8', 'fp8': 'fp16'}
+PREBUILT = ('int8', 'fp8')  # Q/DQ bundles: the engine is built strongly typed by trtexec, not by nvinfer
 PROCESS_MODE = {'primary': 1, 'secondary': 2}
 SCALING_FILTER = {'nearest': 0, 'bilinear': 1, 'bicubic': 2}  # NvBufSurfTransformInter_*; 2 = GPU-cubic/VIC 5-tap
 PROBS = 'probs'
@@ -129,7 +136,8 @@ class DeepStreamConfig:
         props = {
             'gpu-id': '0', 'gie-unique-id': str(self.gie_id), 'onnx-file': self.onnx_file,
             'model-engine-file': self.engine_file, 'labelfile-path': self.labels_file,
-            'batch-size': str(self.batch_size), 'network-type': '1', 'network-mode': str(NETWORK_MODE[self.precision]),
+            'batch-size': str(self.batch_size), 'network-type': '1',
+            'network-mode': str(NETWORK_MODE[MODE_OF[self.precision]]),
             'process-mode': str(PROCESS_MODE[self.process_mode]), 'model-color-format': '0',
             'infer-dims': ';'.join(map(str, self.chw)), 'network-input-order': '0',
             'net-scale-factor': repr(self.net_scale_factor), 'offsets': ';'.join(map(repr, self.offsets)),
@@ -221,7 +229,7 @@ def export_deepstream(source: PathLike, out_dir: PathLike, bundle: Optional[Path
     config_name = f'config_infer_{dep.name}.txt'
     record = {'config': config_name, 'labels': 'labels.txt', 'probs_onnx': None, 'source': str(source),
               'bundle': str(dep.bundle.path), 'precision': precision, 'untrained': untrained,
-              'properties': config.properties(), 'int8_engine_build': build if precision == 'int8' else None}
+              'properties': config.properties(), 'engine_build': build if precision in PREBUILT else None}
 
     def fill(tmp: Path) -> None:
         record['probs_onnx'] = write_probs_onnx(onnx, tmp / probs_name, reference)
@@ -253,4 +261,8 @@ def _notes(dep: Deployable, dcfg: Dict[str, Any], build: str, untrained: bool) -
     if dep.precision == 'int8':
         notes += ['INT8 (explicit Q/DQ): nvinfer has no calibration file and would build with FP16 flags; build the '
                   'engine strongly typed first:', f'  {build}']
+    if dep.precision == 'fp8':
+        notes += ['FP8 (explicit Q/DQ, GPUs of compute capability >= 8.9 only): nvinfer has no FP8 network-mode '
+                  '(FP16 is set, for what is not FP8) and its own build is weakly typed, which TensorRT refuses for '
+                  'FP8; build the engine strongly typed first:', f'  {build}']
     return notes

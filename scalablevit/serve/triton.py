@@ -199,6 +199,12 @@ def export_triton(source: PathLike, repo: PathLike, name: Optional[str] = None, 
     notes = [f'Written by scalablevit-export-triton from {dep.engine or dep.bundle.path} ({dep.precision}).']
     if untrained:
         notes.append('UNTRAINED: random weights (the bundle manifest says untrained); answers mean nothing.')
+    if dep.precision == 'fp8':  # FP8 lives inside the model; the IO stays FP32, which Triton's backends need
+        notes.append('FP8 (E4M3) Q/DQ inside, FP32 IO: the TensorRT plan runs on GPUs of compute capability >= 8.9 '
+                     'only; the ONNX was validated on the onnxruntime CPU provider (its CUDA provider is not checked).'
+                     if backend == 'onnxruntime' else
+                     'FP8 (E4M3) inside, FP32 IO (Triton\'s TensorRT backend takes no FP8 IO); runs only on the GPU '
+                     'it was built for (compute capability >= 8.9).')
     config = model_config_text(name, backend, hi, opt, dep.input_name, chw, _output_name(dep), len(labels), notes)
     _reparse(config, {'name': name, 'max_batch_size': hi, 'inputs': [(dep.input_name, chw)],
                       'outputs': [(_output_name(dep), [len(labels)])], 'instance_groups': 1})
