@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..core import compat
 from ..core.errors import ScalableViTError, unknown_choice
 from ..core.manifest import MAX_INPUT_SIDE, PRECISIONS
-from .targets import INT32_MAX, MAX_ENGINE_BATCH, Target, checked_int
+from .targets import INT32_MAX, MAX_ENGINE_BATCH, Target, checked_int, dla_precision_problem
 
 __all__ = ['MANIFEST_FORMAT', 'IDENTITY_FIELDS', 'identity', 'describe_gpu', 'engine_compatibility_problem',
            'check_engine_compatible', 'target_platform_problem', 'check_target_platform', 'require',
@@ -98,9 +98,9 @@ def target_platform_problem(target: Target, precision: str, trt_version: str, gp
         return f'TensorRT {trt_version} is too old: this toolchain needs TensorRT >= 8.6'
     where = f"{gpu['name']} (sm_{gpu['compute_capability'].replace('.', '')})"
     if target.dla_core is not None:
-        if precision in ('fp32', 'fp8'):
-            return (f"target {target.name} uses DLA, which runs FP16 and INT8 only: build an fp16 or int8 bundle, "
-                    'or use a GPU-only target')
+        problem = dla_precision_problem(target, precision)
+        if problem:
+            return problem
         gap = compat.dla_problem(trt_version)
         if gap:
             return f'target {target.name} asks for DLA core {target.dla_core}, but {gap}'

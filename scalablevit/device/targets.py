@@ -16,8 +16,8 @@ from ..core.errors import ScalableViTError, unknown_choice
 from ..core.fileio import PathLike, read_json
 
 __all__ = ['Target', 'TARGETS_DIR', 'INT32_MAX', 'MAX_ENGINE_BATCH', 'MAX_WORKSPACE_MIB', 'checked_int', 'list_targets',
-           'load_target', 'target_from_dict', 'check_engine_batch', 'target_precision_problem',
-           'check_target_precision']
+           'load_target', 'target_from_dict', 'check_engine_batch', 'dla_precision_problem',
+           'target_precision_problem', 'check_target_precision']
 
 TARGETS_DIR = Path(__file__).with_name('targets')
 INT32_MAX = 2 ** 31 - 1  # TensorRT's dimensions, profile shapes and DLA core are 32-bit
@@ -178,14 +178,22 @@ def _check_target_values(source: str, t: Target) -> None:
                                    'dla_core set (hardware compatibility is not supported on Jetson)')
 
 
+def dla_precision_problem(target: Target, precision: str) -> Optional[str]:
+    """Why ``target``'s DLA cannot run ``precision`` (DLA runs FP16 and INT8 only), or None."""
+    if target.dla_core is None or precision in ('fp16', 'int8'):
+        return None
+    return (f'target {target.name} uses DLA, which runs FP16 and INT8 only: build an fp16 or int8 bundle, or use a '
+            'GPU-only target')
+
+
 def target_precision_problem(target: Target, precision: str) -> Optional[str]:
-    """Why ``target`` cannot run a ``precision`` bundle, known before any GPU is at hand, or None: FP8 on a target
-    whose reference GPU has no FP8 tensor cores (every Orin), or on DLA (FP16 and INT8 only). The build on the GPU
-    itself checks its real compute capability (``engine_rules.target_platform_problem``)."""
+    """Why ``target`` cannot run an FP8 bundle, known before any GPU is at hand, or None: on DLA, or on a target
+    whose reference GPU has no FP8 tensor cores (every Orin). The build on the GPU itself checks its real compute
+    capability (``engine_rules.target_platform_problem``)."""
     if precision != 'fp8':
         return None
     if target.dla_core is not None:
-        return f'target {target.name} uses DLA, which runs FP16 and INT8 only: build an fp16 or int8 bundle'
+        return dla_precision_problem(target, precision)
     if target.reference_device is None:
         return None
     from ..core.compat import fp8_problem
